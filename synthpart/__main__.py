@@ -1,0 +1,5 @@
+import sys
+
+from synthpart.cli import main
+
+sys.exit(main())

@@ -1,0 +1,310 @@
+"""Every setting of a run, as frozen dataclasses, loaded from TOML plus overrides.
+
+A config file mirrors the dataclasses::
+
+  seed = 0
+  schedule = "sequential"          # or "parallel"
+
+  [data]
+  name = "fashion-mnist"
+
+  [model]
+  hidden = [512, 512, 512, 512, 512]  # 6 dense layers: input -> 5 hidden -> classes
+  cuts = [3]                          # segment boundaries, after dense layer 3
+
+  [sil]
+  kind = "uniform"                    # uniform | gaussian | orthogonal
+  scale = 1.0                         # kappa
+
+  [train]                             # every segment and the conventional baseline
+  optimizer = "adam"
+  learning_rate = 1e-3
+  batch_size = 128
+  epochs = 10
+
+  [[segments]]                        # optional per-segment overrides, in order
+  epochs = 5
+
+  [recovery]
+  epochs = 2
+
+Overrides use dotted keys (``train.learning_rate=3e-4``, ``segments.1.epochs=4``), so every
+setting is reachable from the command line without a flag of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from synthpart.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop", "lamb")
+ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "silu")
+SIL_KINDS = ("uniform", "gaussian", "orthogonal")
+SIL_LOSSES = ("mse", "l1", "cosine")
+SCHEDULES = ("sequential", "parallel")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which dataset, where to find it, and how to prepare it."""
+  name: str = "digits"
+  data_dir: str | None = None
+  download: bool = False
+  validation_size: int = 0  # examples held out of the training set (seeded), 0 for none
+  standardize: bool = False  # per-feature mean/std from the training set, on top of /255
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """A fully connected network and where it is cut."""
+  hidden: tuple[int, ...] = (512, 512, 512, 512, 512)
+  activation: str = "relu"
+  cuts: tuple[int, ...] = (3,)  # cut after these dense layers (1-based), strictly increasing
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"  # master-weight dtype
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.hidden) + 1
+
+  @property
+  def num_segments(self) -> int:
+    return len(self.cuts) + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SILConfig:
+  """How synthetic intermediate labels are drawn and learned."""
+  kind: str = "uniform"
+  scale: float = 1.0  # kappa: uniform entries are kappa * U(0, 1)
+  noise: float = 0.1  # std of the Gaussian noise on SIL inputs in the parallel schedule
+  loss: str = "mse"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """One optax loop: optimizer, learning rate, batch size and epochs."""
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  batch_size: int = 128
+  epochs: int = 10
+  weight_decay: float = 0.0
+  momentum: float = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A whole run. `segments` holds per-segment overrides of `train`, by segment index."""
+  seed: int = 0
+  schedule: str = "sequential"
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  sil: SILConfig = SILConfig()
+  train: TrainConfig = TrainConfig()
+  segments: tuple[Mapping[str, Any], ...] = ()
+  # A fresh Adam at the segments' rate can undo what they learned; a tenth of it keeps it.
+  recovery: TrainConfig = TrainConfig(epochs=2, learning_rate=1e-4)
+
+  def segment_train(self, index: int) -> TrainConfig:
+    """The training settings of segment `index`: `train` with that segment's overrides."""
+    overrides = self.segments[index] if index < len(self.segments) else {}
+    return dataclasses.replace(self.train, **overrides)
+
+  def to_dict(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    out["segments"] = [dict(s) for s in self.segments]
+    return out
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "sil": SILConfig, "train": TrainConfig,
+             "recovery": TrainConfig}
+
+
+def _coerce(path: str, value: Any, default: Any) -> Any:
+  """Checks `value` against the type of the field's default; converts where lossless."""
+  if isinstance(default, bool):
+    if isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+      return value.lower() in ("true", "1", "yes")
+    raise ConfigError(f"{path} must be true or false, got {value!r}")
+  if isinstance(default, int):
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+      raise ConfigError(f"{path} must be an integer, got {value!r}")
+    try:
+      return int(value)
+    except ValueError:
+      raise ConfigError(f"{path} must be an integer, got {value!r}") from None
+  if isinstance(default, float):
+    if isinstance(value, bool):
+      raise ConfigError(f"{path} must be a number, got {value!r}")
+    try:
+      return float(value)
+    except (TypeError, ValueError):
+      raise ConfigError(f"{path} must be a number, got {value!r}") from None
+  if isinstance(default, tuple):
+    if isinstance(value, str):
+      value = [v for v in value.replace(" ", "").split(",") if v]
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(f"{path} must be a list of integers, got {value!r}")
+    return tuple(_coerce(f"{path}[{i}]", v, 0) for i, v in enumerate(value))
+  if default is None or isinstance(default, str):
+    if value is not None and not isinstance(value, str):
+      raise ConfigError(f"{path} must be a string, got {value!r}")
+    return value
+  raise ConfigError(f"{path}: unsupported value {value!r}")
+
+
+def _build(cls: type, path: str, values: Mapping[str, Any]) -> Any:
+  if not isinstance(values, Mapping):
+    raise ConfigError(f"[{path}] must be a table of settings, got {values!r}")
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  defaults = cls()
+  kwargs = {}
+  for key, value in values.items():
+    if key not in fields:
+      raise ConfigError(f"unknown setting {path}.{key}; allowed: {', '.join(fields)}")
+    kwargs[key] = _coerce(f"{path}.{key}", value, getattr(defaults, key))
+  return cls(**kwargs)
+
+
+def _overrides(path: str, values: Mapping[str, Any]) -> dict[str, Any]:
+  """The settings a [[segments]] table overrides, checked like a [train] table."""
+  built = _build(TrainConfig, path, values)
+  return {key: getattr(built, key) for key in values}
+
+
+def from_dict(values: Mapping[str, Any]) -> Config:
+  """Builds and validates a `Config` from nested plain values (a parsed TOML document)."""
+  kwargs: dict[str, Any] = {}
+  for key, value in values.items():
+    if key in _SECTIONS:
+      if key == "recovery":
+        value = {**dataclasses.asdict(Config.recovery), **value}
+      kwargs[key] = _build(_SECTIONS[key], key, value)
+    elif key == "segments":
+      if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"segments must be a list of tables, got {value!r}")
+      kwargs[key] = tuple(_overrides(f"segments.{i}", s) for i, s in enumerate(value))
+    elif key in ("seed", "schedule"):
+      kwargs[key] = _coerce(key, value, getattr(Config(), key))
+    else:
+      allowed = ", ".join(["seed", "schedule", "segments", *_SECTIONS])
+      raise ConfigError(f"unknown setting {key}; allowed: {allowed}")
+  config = Config(**kwargs)
+  validate(config)
+  return config
+
+
+def set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+  """Sets `values[a][b]...` from ``"a.b..."``; numeric parts index the `segments` list."""
+  parts = dotted.split(".")
+  node: Any = values
+  for i, part in enumerate(parts[:-1]):
+    if part.isdigit():
+      if not isinstance(node, list):
+        raise ConfigError(f"cannot index {'.'.join(parts[:i])} with {part} in {dotted!r}")
+      while len(node) <= int(part):
+        node.append({})
+      node = node[int(part)]
+    else:
+      default = [] if i + 1 < len(parts) and parts[i + 1].isdigit() else {}
+      node = node.setdefault(part, default)
+  if isinstance(value, str):
+    value = _parse_scalar(value)
+  node[parts[-1]] = value
+
+
+def _parse_scalar(text: str) -> Any:
+  """Reads a command-line value as TOML would (numbers, booleans, lists), else a string."""
+  try:
+    return tomllib.loads(f"v = {text}")["v"]
+  except tomllib.TOMLDecodeError:
+    return text
+
+
+def load(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+  """Reads a TOML file (or the defaults), applies dotted overrides, validates."""
+  values: dict[str, Any] = {}
+  if path is not None:
+    try:
+      values = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+      raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+      raise ConfigError(f"config file {path} cannot be read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+      raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+  for key, value in (overrides or {}).items():
+    set_dotted(values, key, value)
+  return from_dict(values)
+
+
+def _choice(path: str, value: str, allowed: tuple[str, ...]) -> None:
+  if value not in allowed:
+    raise ConfigError(f"{path} = {value!r} is not one of {', '.join(allowed)}")
+
+
+def _check_train(path: str, t: TrainConfig, allow_zero_epochs: bool = False) -> None:
+  _choice(f"{path}.optimizer", t.optimizer, OPTIMIZERS)
+  if not (t.learning_rate > 0 and math.isfinite(t.learning_rate)):
+    raise ConfigError(f"{path}.learning_rate must be a positive number, got {t.learning_rate}")
+  if t.batch_size < 1:
+    raise ConfigError(f"{path}.batch_size must be at least 1, got {t.batch_size}")
+  if t.epochs < (0 if allow_zero_epochs else 1):
+    raise ConfigError(f"{path}.epochs must be at least {0 if allow_zero_epochs else 1}, "
+                      f"got {t.epochs}")
+  if t.weight_decay < 0:
+    raise ConfigError(f"{path}.weight_decay must be >= 0, got {t.weight_decay}")
+
+
+def validate(config: Config) -> None:
+  """Checks everything that does not depend on the data; raises `ConfigError`."""
+  _choice("schedule", config.schedule, SCHEDULES)
+  m = config.model
+  if not m.hidden:
+    raise ConfigError("model.hidden must list at least one hidden width")
+  if any(w < 1 for w in m.hidden):
+    raise ConfigError(f"model.hidden widths must be positive, got {list(m.hidden)}")
+  _choice("model.activation", m.activation, ACTIVATIONS)
+  _choice("model.dtype", m.dtype, DTYPES)
+  _choice("model.param_dtype", m.param_dtype, DTYPES)
+  cuts = list(m.cuts)
+  if any(c < 1 or c > len(m.hidden) for c in cuts):
+    raise ConfigError(f"model.cuts {cuts} out of range: a cut falls after a hidden layer, "
+                      f"1..{len(m.hidden)}")
+  if cuts != sorted(set(cuts)):
+    raise ConfigError(f"model.cuts {cuts} must be strictly increasing, without repeats")
+  _choice("sil.kind", config.sil.kind, SIL_KINDS)
+  _choice("sil.loss", config.sil.loss, SIL_LOSSES)
+  if not (config.sil.scale > 0 and math.isfinite(config.sil.scale)):
+    raise ConfigError(f"sil.scale (kappa) must be > 0, got {config.sil.scale}")
+  if not (config.sil.noise >= 0 and math.isfinite(config.sil.noise)):
+    raise ConfigError(f"sil.noise must be >= 0, got {config.sil.noise}")
+  _check_train("train", config.train)
+  _check_train("recovery", config.recovery, allow_zero_epochs=True)
+  if len(config.segments) > m.num_segments:
+    raise ConfigError(f"{len(config.segments)} [[segments]] tables given for "
+                      f"{m.num_segments} segments (cuts {cuts})")
+  for i in range(m.num_segments):
+    _check_train(f"segments.{i}", config.segment_train(i))
+  if config.data.validation_size < 0:
+    raise ConfigError(f"data.validation_size must be >= 0, got {config.data.validation_size}")
+
+
+def validate_for_data(config: Config, num_train: int) -> None:
+  """Checks the settings that depend on the dataset's size."""
+  trains = [("train", config.train)] + [(f"segments.{i}", config.segment_train(i))
+                                        for i in range(config.model.num_segments)]
+  if config.recovery.epochs:
+    trains.append(("recovery", config.recovery))
+  for path, t in trains:
+    if t.batch_size > num_train:
+      raise ConfigError(f"{path}.batch_size {t.batch_size} is larger than the "
+                        f"{num_train} training examples")

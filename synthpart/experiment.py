@@ -1,0 +1,128 @@
+"""Experiments: train one configuration, or compare every method on it; results as documents.
+
+results.json (schema version 1)::
+
+  {
+    "schema": 1,
+    "command": "compare" | "train",
+    "dataset": {"name", "source", "num_classes", "num_train", "num_test", "num_features"},
+    "config": {... every setting, as in the TOML file ...},
+    "devices": ["cpu:0", ...],
+    "versions": {"synthpart", "jax", "jaxlib", "flax", "optax", "numpy", "python"},
+    "runs": [
+      {
+        "method": "conventional" | "pnn-sequential" | "pnn-parallel"
+                  | "pnn-sequential+recovery" | "pnn-parallel+recovery",
+        "test_accuracy": fraction in [0, 1],
+        "wall_seconds": training time after compilation (evaluation excluded),
+        "compile_seconds": total compile time of its loops,
+        "segments": [{"name", "layers": [start, stop), "objective", "device", "optimizer",
+                      "learning_rate", "batch_size", "epochs", "steps_per_epoch",
+                      "loss_per_epoch": [...], "epoch_seconds": [...], "compile_seconds",
+                      "diverged"}],
+        "curve": [{"epoch", "seconds", "examples": [per loop], "accuracy"?}],
+        "transfers": [{"what", "source", "destination", "bytes"}]
+      }
+    ]
+  }
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from synthpart.config import Config
+from synthpart.progress import Progress
+from synthpart.train.schedules import (MethodResult, Problem, SCHEDULES, train_conventional,
+                                       train_recovery)
+
+SCHEMA_VERSION = 1
+METHODS = ("conventional", "pnn-sequential", "pnn-parallel", "pnn-sequential+recovery",
+           "pnn-parallel+recovery")
+
+
+def compare(problem: Problem, progress: Progress) -> list[MethodResult]:
+  """Conventional training, then both schedules, each with and without recovery epochs.
+
+  Recovery continues from the very segments the plain method trained, so each pair shows
+  exactly what the recovery epochs add.
+  """
+  runs = [train_conventional(problem, progress)[1]]
+  for schedule in ("sequential", "parallel"):
+    params, result = SCHEDULES[schedule](problem, progress)
+    runs.append(result)
+    if problem.config.recovery.epochs > 0:
+      runs.append(train_recovery(problem, params, result, progress)[1])
+  return runs
+
+
+def train_one(problem: Problem, progress: Progress) -> list[MethodResult]:
+  """One configuration: no cuts is conventional training; else its schedule (+ recovery)."""
+  if len(problem.specs) == 1:
+    return [train_conventional(problem, progress)[1]]
+  params, result = SCHEDULES[problem.config.schedule](problem, progress)
+  runs = [result]
+  if problem.config.recovery.epochs > 0:
+    runs.append(train_recovery(problem, params, result, progress)[1])
+  return runs
+
+
+def versions() -> dict[str, str]:
+  out = {"python": platform.python_version()}
+  for package in ("synthpart", "jax", "jaxlib", "flax", "optax", "numpy"):
+    try:
+      out[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      out[package] = "not installed"
+  return out
+
+
+def results_document(command: str, problem: Problem, dataset_source: str,
+                     runs: list[MethodResult]) -> dict[str, Any]:
+  return {
+      "schema": SCHEMA_VERSION,
+      "command": command,
+      "dataset": {"name": problem.dataset, "source": dataset_source,
+                  "num_classes": problem.num_classes, "num_train": len(problem.train_y),
+                  "num_test": len(problem.test_y), "num_features": problem.train_x.shape[1]},
+      "config": problem.config.to_dict(),
+      "devices": [f"{d.platform}:{d.id}" for d in problem.devices],
+      "backend": jax.default_backend(),
+      "versions": versions(),
+      "runs": [r.to_dict() for r in runs],
+  }
+
+
+def write_json_atomic(path: str | os.PathLike, document: Any) -> None:
+  """Writes JSON through a temporary file and a rename: a reader never sees half a file."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(document, f, indent=1, allow_nan=True)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def format_table(runs: list[MethodResult]) -> str:
+  """A plain-text table: method, test accuracy, wall and compile seconds, epochs per loop."""
+  header = f"{'method':<26} {'test acc':>8} {'wall s':>8} {'compile s':>9}  epochs per loop"
+  lines = [header, "-" * len(header)]
+  for r in runs:
+    epochs = " + ".join(str(len(s.loss_per_epoch)) for s in r.segments)
+    lines.append(f"{r.method:<26} {100 * r.test_accuracy:>7.2f}% {r.wall_seconds:>8.1f} "
+                 f"{r.compile_seconds:>9.1f}  {epochs}")
+  return "\n".join(lines)

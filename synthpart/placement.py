@@ -1,0 +1,51 @@
+"""Putting arrays on devices, and a ledger of every transfer between devices.
+
+Everything a segment needs is placed on its device with an explicit `jax.device_put`. Arrays that
+must cross from one segment's device to another's go through `hand_over`, which records the bytes,
+so the accounting of what each method moves is taken from what it really moved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Transfer:
+  what: str
+  source: str
+  destination: str
+  bytes: int
+
+
+def device_name(device: jax.Device) -> str:
+  return f"{device.platform}:{device.id}"
+
+
+def _array_bytes(tree: Any) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def hand_over(tree: Any, device: jax.Device, ledger: list[Transfer], what: str) -> Any:
+  """Moves `tree` to `device` (an explicit transfer) and records it in `ledger` if it crosses."""
+  leaves = jax.tree.leaves(tree)
+  sources = {d for x in leaves if isinstance(x, jax.Array) for d in x.devices()}
+  moved = jax.device_put(tree, device)
+  crossing = [d for d in sources if d != device]
+  if crossing:
+    ledger.append(Transfer(what, ",".join(sorted(device_name(d) for d in crossing)),
+                           device_name(device), _array_bytes(tree)))
+  return moved
+
+
+def key_on(key: jax.Array, device: jax.Device) -> jax.Array:
+  """A copy of a typed PRNG key on `device`, routed through the host.
+
+  Keys are tiny; taking them through the host keeps device-to-device traffic for real data alone.
+  """
+  raw = jax.device_get(jax.random.key_data(key))
+  return jax.random.wrap_key_data(jax.device_put(np.asarray(raw), device))

@@ -1,0 +1,81 @@
+"""The one training loop: an epoch is a single jitted `lax.scan` over minibatches.
+
+Every method (conventional, each segment, recovery) trains through `make_epoch`; the schedules
+differ only in what data and objective they hand it and on which device they place it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from synthpart.model import Params
+from synthpart.train.objectives import Constants
+
+LossFn = Callable[[Params, dict, Constants, jax.Array], jax.Array]
+
+
+class TrainState(NamedTuple):
+  params: Params
+  opt_state: optax.OptState
+
+
+def init_state(params: Params, optimizer: optax.GradientTransformation) -> TrainState:
+  return TrainState(params, optimizer.init(params))
+
+
+def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
+               num_examples: int) -> Callable[..., tuple[TrainState, jax.Array]]:
+  """Returns jitted epoch(state, data, consts, key, epoch) -> (state, losses [steps]).
+
+  `data` is a dict of per-example arrays [num_examples, ...] already on the device; each step
+  gathers its minibatch from them, so nothing leaves the device during the epoch. The order is a
+  fresh permutation per epoch from fold_in(key, epoch); the last partial batch is dropped. The
+  state is donated: its buffers are reused for the updated state.
+  """
+  steps = num_examples // batch_size
+
+  def step(carry: tuple[TrainState, dict, Constants], xs: tuple[jax.Array, jax.Array]):
+    state, data, consts = carry
+    idx, key = xs
+    batch = {name: array[idx] for name, array in data.items()}
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, consts, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return (TrainState(params, opt_state), data, consts), loss
+
+  def epoch(state: TrainState, data: dict, consts: Constants, key: jax.Array,
+            epoch_index: jax.Array) -> tuple[TrainState, jax.Array]:
+    order_key, step_key = jax.random.split(jax.random.fold_in(key, epoch_index))
+    order = jax.random.permutation(order_key, num_examples)[:steps * batch_size]
+    step_keys = jax.random.split(step_key, steps)
+    (state, _, _), losses = jax.lax.scan(step, (state, data, consts),
+                                         (order.reshape(steps, batch_size), step_keys))
+    return state, losses
+
+  return jax.jit(epoch, donate_argnums=0)
+
+
+def make_predict(apply_fn: Callable[[Params, jax.Array], jax.Array],
+                 chunk: int = 1024) -> Callable[[Params, jax.Array], jax.Array]:
+  """Jitted predict(params, x [n, ...]) -> outputs [n, out], in chunks to bound memory."""
+  def predict(params: Params, x: jax.Array) -> jax.Array:
+    n = x.shape[0]
+    size = min(chunk, n)
+    padded = -(-n // size) * size
+    x = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1))
+    out = jax.lax.map(lambda xb: apply_fn(params, xb), x.reshape(-1, size, *x.shape[1:]))
+    return out.reshape(padded, *out.shape[2:])[:n]
+  return jax.jit(predict)
+
+
+def count_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.sum(jnp.argmax(logits, axis=-1) == labels)
+
+
+def tree_bytes(tree: Any) -> int:
+  """Bytes held by the arrays of a pytree."""
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))

@@ -1,0 +1,418 @@
+"""The training schedules: conventional, sequential (the paper's), parallel, and recovery.
+
+Each segment trains through the same epoch loop on its own device (segment i on device i mod n).
+`sequential` trains segment k on the outputs of the trained segment k-1, handed over once;
+`parallel` trains every segment at once from the SIL tables alone, dispatching every segment's
+epoch before waiting on any, so the devices run concurrently and nothing crosses between them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from synthpart.config import Config, TrainConfig, validate_for_data
+from synthpart.errors import ConfigError
+from synthpart.labels import sil_tables
+from synthpart.model import Params, apply_segment, compose, init_segment, whole_network
+from synthpart.partition import SegmentSpec, network_widths, plan_segments
+from synthpart.placement import Transfer, device_name, hand_over, key_on
+from synthpart.progress import Progress
+from synthpart.train.loop import TrainState, count_correct, make_epoch, make_predict
+from synthpart.train.objectives import Constants, Task, make_loss, preprocess_pixels
+from synthpart.train.optim import make_optimizer
+
+# Streams of the run's key, folded in so that each use draws independently of the others.
+INIT_STREAM, SIL_STREAM, ORDER_STREAM, RECOVERY_STREAM = 0, 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """Everything the schedules share, prepared once: settings, data on the host, plan, devices."""
+  config: Config
+  dataset: str
+  train_x: np.ndarray  # uint8 [N, features]
+  train_y: np.ndarray  # int32 [N]
+  test_x: np.ndarray  # uint8 [M, features]
+  test_y: np.ndarray  # int32 [M]
+  num_classes: int
+  specs: tuple[SegmentSpec, ...]
+  devices: tuple[jax.Device, ...]
+  sil: dict[int, np.ndarray]  # cut layer -> [classes, width] table, on the host
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    return whole_network(self.specs).widths
+
+  def device_of(self, segment: int) -> jax.Device:
+    return self.devices[segment % len(self.devices)]
+
+  def key(self, *path: int) -> jax.Array:
+    key = jax.random.key(self.config.seed)
+    for p in path:
+      key = jax.random.fold_in(key, p)
+    return key
+
+
+def make_problem(config: Config, dataset: Any, devices: list[jax.Device] | None = None) -> Problem:
+  """Flattens the dataset, plans the segments and draws the SIL tables.
+
+  `dataset` has uint8 `train_images` / `test_images` [N, ...] and int labels, plus `name` and
+  `num_classes` (a `synthpart.data.Dataset`).
+  """
+  train_x = np.ascontiguousarray(dataset.train_images.reshape(len(dataset.train_images), -1))
+  test_x = np.ascontiguousarray(dataset.test_images.reshape(len(dataset.test_images), -1))
+  validate_for_data(config, len(train_x))
+  widths = network_widths(train_x.shape[1], config.model.hidden, dataset.num_classes)
+  specs = plan_segments(widths, config.model.cuts)
+  problem = Problem(config=config, dataset=dataset.name, train_x=train_x,
+                    train_y=np.asarray(dataset.train_labels, np.int32), test_x=test_x,
+                    test_y=np.asarray(dataset.test_labels, np.int32),
+                    num_classes=dataset.num_classes, specs=specs,
+                    devices=tuple(devices or jax.devices()), sil={})
+  tables = sil_tables(problem.key(SIL_STREAM), widths, config.model.cuts, dataset.num_classes,
+                      config.sil.kind, config.sil.scale)
+  return dataclasses.replace(problem, sil=jax.device_get(tables))
+
+
+def input_constants(problem: Problem, device: jax.Device) -> Constants:
+  """Pixel statistics for standardisation (training set only), on `device`; else empty."""
+  if not problem.config.data.standardize:
+    return Constants()
+  x = problem.train_x.astype(np.float32) / 255.0
+  mean, std = x.mean(0), x.std(0) + 1e-6
+  return Constants(mean=jax.device_put(mean, device), std=jax.device_put(std, device))
+
+
+@dataclasses.dataclass
+class SegmentResult:
+  """What one optax loop did: where, how long, and its loss after every epoch."""
+  name: str
+  layers: tuple[int, int]  # [start, stop) of the network's dense layers
+  objective: str
+  device: str
+  optimizer: str
+  learning_rate: float
+  batch_size: int
+  epochs: int
+  steps_per_epoch: int
+  loss_per_epoch: list[float] = dataclasses.field(default_factory=list)
+  epoch_seconds: list[float] = dataclasses.field(default_factory=list)
+  compile_seconds: float = 0.0
+  diverged: bool = False
+
+
+@dataclasses.dataclass
+class MethodResult:
+  """One method's outcome: test accuracy, time, every loop, and its accuracy along the way.
+
+  `curve` holds one point per epoch round: cumulative training seconds, examples seen by each
+  loop so far, and the test accuracy of the network composed at that point (where tracked).
+  """
+  method: str
+  test_accuracy: float = math.nan
+  wall_seconds: float = 0.0
+  compile_seconds: float = 0.0
+  segments: list[SegmentResult] = dataclasses.field(default_factory=list)
+  curve: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  transfers: list[Transfer] = dataclasses.field(default_factory=list)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class SegmentRun:
+  """One segment's optax loop, live on its device: compiled epoch, state, data, key."""
+  result: SegmentResult
+  device: jax.Device
+  epoch_fn: Callable[..., tuple[TrainState, jax.Array]]
+  state: TrainState
+  data: dict[str, jax.Array]
+  consts: Constants
+  key: jax.Array
+
+  def dispatch(self, epoch: int) -> jax.Array:
+    """Enqueues one epoch and returns its per-step losses without waiting for them."""
+    epoch_index = jax.device_put(np.uint32(epoch), self.device)
+    self.state, losses = self.epoch_fn(self.state, self.data, self.consts, self.key, epoch_index)
+    return losses
+
+  def record(self, losses: jax.Array, seconds: float) -> bool:
+    """Stores an epoch's mean loss; returns False (and marks divergence) if it is not finite."""
+    loss = float(np.mean(jax.device_get(losses)))
+    self.result.loss_per_epoch.append(loss)
+    self.result.epoch_seconds.append(seconds)
+    if not math.isfinite(loss):
+      self.result.diverged = True
+    return not self.result.diverged
+
+
+def start_segment(task: Task, train: TrainConfig, params: Params, data: dict[str, Any],
+                  consts: Constants, key: jax.Array, device: jax.Device, name: str) -> SegmentRun:
+  """Commits params, optimizer state and data to `device` and compiles the epoch there."""
+  optimizer = make_optimizer(train)
+  with jax.default_device(device):
+    params = jax.device_put(params, device)
+    state = jax.jit(lambda p: TrainState(p, optimizer.init(p)))(params)
+    data = jax.device_put(data, device)
+    key = key_on(key, device)
+    num_examples = len(data["y"])
+    epoch = make_epoch(make_loss(task), optimizer, train.batch_size, num_examples)
+    start = time.perf_counter()
+    compiled = epoch.lower(state, data, consts, key, jax.device_put(np.uint32(0), device)).compile()
+    compile_seconds = time.perf_counter() - start
+  result = SegmentResult(
+      name=name, layers=(task.spec.start, task.spec.stop), objective=_objective(task),
+      device=device_name(device), optimizer=train.optimizer, learning_rate=train.learning_rate,
+      batch_size=train.batch_size, epochs=train.epochs,
+      steps_per_epoch=num_examples // train.batch_size, compile_seconds=compile_seconds)
+  return SegmentRun(result, device, compiled, state, data, consts, key)
+
+
+def _objective(task: Task) -> str:
+  source = {"pixels": "inputs", "features": "activations", "sil": "sil+noise"}[task.inputs]
+  return f"{source} -> {'labels' if task.spec.is_last else 'sil'}"
+
+
+def init_params(problem: Problem, spec: SegmentSpec, device: jax.Device) -> Params:
+  """Initialises a segment directly on its device (layer l from the init key folded with l)."""
+  key = key_on(problem.key(INIT_STREAM), device)
+  init = functools.partial(init_segment, spec=spec, param_dtype=problem.config.model.param_dtype)
+  return jax.jit(init)(key)
+
+
+def segment_task(problem: Problem, spec: SegmentSpec, inputs: str) -> Task:
+  m, s = problem.config.model, problem.config.sil
+  return Task(spec=spec, inputs=inputs, activation=m.activation, dtype=m.dtype, sil_loss=s.loss,
+              noise=s.noise if inputs == "sil" else 0.0)
+
+
+def segment_constants(problem: Problem, spec: SegmentSpec, inputs: str,
+                      device: jax.Device) -> Constants:
+  consts = input_constants(problem, device) if inputs == "pixels" else Constants()
+  if inputs == "sil":
+    consts = consts._replace(sil_in=jax.device_put(problem.sil[spec.input_cut], device))
+  if not spec.is_last:
+    consts = consts._replace(sil_out=jax.device_put(problem.sil[spec.output_cut], device))
+  return consts
+
+
+def make_evaluator(problem: Problem, device: jax.Device) -> Callable[[list[Params]], float]:
+  """Returns accuracy(segment_params) of the composed network on the test set, on `device`."""
+  whole = whole_network(problem.specs)
+  m = problem.config.model
+  x = jax.device_put(problem.test_x, device)
+  y = jax.device_put(problem.test_y, device)
+  consts = input_constants(problem, device)
+  predict = make_predict(lambda p, xb: apply_segment(p, preprocess_pixels(xb, consts), whole,
+                                                     m.activation, m.dtype))
+  correct = jax.jit(lambda p: count_correct(predict(p, x), y))
+
+  def accuracy(segment_params: list[Params]) -> float:
+    params = hand_over(compose(segment_params), device, [], "evaluation")
+    return int(jax.device_get(correct(params))) / len(problem.test_y)
+
+  return accuracy
+
+
+def _stop_if_diverged(run: SegmentRun, epoch: int, progress: Progress) -> bool:
+  if run.result.diverged:
+    progress.message(f"{run.result.name} diverged at epoch {epoch + 1}: loss "
+                     f"{run.result.loss_per_epoch[-1]}; its last finite epoch is kept")
+  return run.result.diverged
+
+
+def _examples(runs: list[SegmentRun]) -> list[int]:
+  return [len(r.result.loss_per_epoch) * r.result.steps_per_epoch * r.result.batch_size
+          for r in runs]
+
+
+def train_whole(problem: Problem, method: str, train: TrainConfig, params: Params,
+                key: jax.Array, progress: Progress, result: MethodResult | None = None,
+                evaluate: Callable[[list[Params]], float] | None = None,
+                name: str = "network") -> tuple[Params, MethodResult]:
+  """End-to-end backprop of the whole network on device 0: the baseline, and recovery epochs.
+
+  With `result`, the epochs extend an earlier method's result (recovery after segments).
+  """
+  device = problem.device_of(0)
+  whole = whole_network(problem.specs)
+  evaluate = evaluate or make_evaluator(problem, device)
+  result = result or MethodResult(method)
+  result.method = method
+  offset_examples = result.curve[-1]["examples"] if result.curve else []
+  run = start_segment(segment_task(problem, whole, "pixels"), train, params,
+                      {"x": problem.train_x, "y": problem.train_y},
+                      input_constants(problem, device), key, device, name)
+  result.segments.append(run.result)
+  result.compile_seconds += run.result.compile_seconds
+  bar = progress.bar(f"{method} {name}", train.epochs)
+  for epoch in range(train.epochs):
+    start = time.perf_counter()
+    losses = jax.block_until_ready(run.dispatch(epoch))
+    ok = run.record(losses, time.perf_counter() - start)
+    result.wall_seconds += run.result.epoch_seconds[-1]
+    if _stop_if_diverged(run, epoch, progress) or not ok:
+      break
+    accuracy = evaluate([run.state.params])
+    result.curve.append({"epoch": epoch + 1, "seconds": result.wall_seconds,
+                         "examples": offset_examples + _examples([run]), "accuracy": accuracy})
+    bar.update(loss=run.result.loss_per_epoch[-1], acc=accuracy)
+  bar.close()
+  params = jax.device_get(run.state.params)
+  result.test_accuracy = evaluate([params])
+  return params, result
+
+
+def train_conventional(problem: Problem, progress: Progress) -> tuple[Params, MethodResult]:
+  """The baseline: the same network and optimizer, end to end on one device."""
+  whole = whole_network(problem.specs)
+  params = init_params(problem, whole, problem.device_of(0))
+  return train_whole(problem, "conventional", problem.config.train, params,
+                     problem.key(ORDER_STREAM, 0), progress)
+
+
+def train_sequential(problem: Problem, progress: Progress,
+                     track_accuracy: bool = True) -> tuple[list[Params], MethodResult]:
+  """The paper's schedule: segment k learns from the trained segment k-1's outputs.
+
+  The outputs over the training set are computed once on segment k-1's device and handed over
+  once to segment k's: the only transfer between devices.
+  """
+  result = MethodResult("pnn-sequential")
+  evaluate = make_evaluator(problem, problem.device_of(0)) if track_accuracy else None
+  trained: list[Params] = []
+  features: jax.Array | None = None
+  runs: list[SegmentRun] = []
+  for spec in problem.specs:
+    device = problem.device_of(spec.index)
+    inputs = "pixels" if spec.is_first else "features"
+    if spec.is_first:
+      x: Any = problem.train_x
+    else:
+      start = time.perf_counter()
+      x = jax.block_until_ready(
+          hand_over(features, device, result.transfers, f"cut {spec.input_cut} activations"))
+      result.wall_seconds += time.perf_counter() - start
+    task = segment_task(problem, spec, inputs)
+    train = problem.config.segment_train(spec.index)
+    run = start_segment(task, train, init_params(problem, spec, device),
+                        {"x": x, "y": problem.train_y},
+                        segment_constants(problem, spec, inputs, device),
+                        problem.key(ORDER_STREAM, spec.start), device, f"segment {spec.index}")
+    runs.append(run)
+    result.segments.append(run.result)
+    result.compile_seconds += run.result.compile_seconds
+    bar = progress.bar(f"sequential segment {spec.index}", train.epochs)
+    for epoch in range(train.epochs):
+      start = time.perf_counter()
+      losses = jax.block_until_ready(run.dispatch(epoch))
+      run.record(losses, time.perf_counter() - start)
+      result.wall_seconds += run.result.epoch_seconds[-1]
+      if _stop_if_diverged(run, epoch, progress):
+        break
+      point: dict[str, Any] = {"epoch": epoch + 1, "seconds": result.wall_seconds,
+                               "examples": _examples(runs)}
+      if spec.is_last and evaluate is not None:
+        point["accuracy"] = evaluate(trained + [run.state.params])
+      result.curve.append(point)
+      bar.update(loss=run.result.loss_per_epoch[-1], **_acc(point))
+    bar.close()
+    trained.append(run.state.params)
+    if not spec.is_last:
+      start = time.perf_counter()
+      features = jax.block_until_ready(_forward(task, run)(run.state.params, run.data["x"]))
+      result.wall_seconds += time.perf_counter() - start
+  params = jax.device_get(trained)
+  result.test_accuracy = (evaluate or make_evaluator(problem, problem.device_of(0)))(params)
+  return params, result
+
+
+def _acc(point: dict[str, Any]) -> dict[str, float]:
+  return {"acc": point["accuracy"]} if "accuracy" in point else {}
+
+
+def _forward(task: Task, run: SegmentRun) -> Callable[[Params, jax.Array], jax.Array]:
+  """The trained segment's outputs over a whole array, chunked, on the segment's device."""
+  consts = run.consts
+
+  def apply(params: Params, xb: jax.Array) -> jax.Array:
+    x = preprocess_pixels(xb, consts) if task.inputs == "pixels" else xb
+    return apply_segment(params, x, task.spec, task.activation, task.dtype)
+
+  return make_predict(apply)
+
+
+def train_parallel(problem: Problem, progress: Progress,
+                   track_accuracy: bool = True) -> tuple[list[Params], MethodResult]:
+  """Every segment at once, from the SIL tables alone: nothing crosses devices while training.
+
+  Each round dispatches one epoch of every unfinished segment before waiting on any of them.
+  With `track_accuracy`, the composed network is evaluated between rounds (outside the timing).
+  """
+  result = MethodResult("pnn-parallel")
+  runs: list[SegmentRun] = []
+  for spec in problem.specs:
+    device = problem.device_of(spec.index)
+    inputs = "pixels" if spec.is_first else "sil"
+    data = {"x": problem.train_x, "y": problem.train_y} if spec.is_first else {"y": problem.train_y}
+    runs.append(start_segment(
+        segment_task(problem, spec, inputs), problem.config.segment_train(spec.index),
+        init_params(problem, spec, device), data,
+        segment_constants(problem, spec, inputs, device),
+        problem.key(ORDER_STREAM, spec.start), device, f"segment {spec.index}"))
+  result.segments = [r.result for r in runs]
+  result.compile_seconds = sum(r.result.compile_seconds for r in runs)
+  evaluate = make_evaluator(problem, problem.device_of(0)) if track_accuracy else None
+  bars = [progress.bar(f"parallel {r.result.name}", r.result.epochs, position=i)
+          for i, r in enumerate(runs)]
+  active = list(range(len(runs)))
+  for epoch in range(max(r.result.epochs for r in runs)):
+    active = [i for i in active if epoch < runs[i].result.epochs]
+    if not active:
+      break
+    start = time.perf_counter()
+    pending = [(i, runs[i].dispatch(epoch)) for i in active]
+    for i, losses in pending:
+      jax.block_until_ready(losses)
+      runs[i].record(losses, time.perf_counter() - start)
+      bars[i].update(loss=runs[i].result.loss_per_epoch[-1])
+    result.wall_seconds += time.perf_counter() - start
+    active = [i for i in active if not _stop_if_diverged(runs[i], epoch, progress)]
+    point: dict[str, Any] = {"epoch": epoch + 1, "seconds": result.wall_seconds,
+                             "examples": _examples(runs)}
+    if evaluate is not None and not any(r.result.diverged for r in runs):
+      point["accuracy"] = evaluate([r.state.params for r in runs])
+    result.curve.append(point)
+  for bar in bars:
+    bar.close()
+  params = jax.device_get([r.state.params for r in runs])
+  result.test_accuracy = (evaluate or make_evaluator(problem, problem.device_of(0)))(params)
+  return params, result
+
+
+def train_recovery(problem: Problem, segment_params: list[Params], base: MethodResult,
+                   progress: Progress) -> tuple[Params, MethodResult]:
+  """Recovery epochs: end-to-end training of the composed network, with its own optimizer."""
+  result = dataclasses.replace(base, segments=list(base.segments), curve=list(base.curve),
+                               transfers=list(base.transfers))
+  return train_whole(problem, f"{base.method}+recovery", problem.config.recovery,
+                     compose(segment_params), problem.key(RECOVERY_STREAM), progress,
+                     result=result, name="recovery")
+
+
+SCHEDULES = {"sequential": train_sequential, "parallel": train_parallel}
+
+
+def train_partitioned(problem: Problem, progress: Progress) -> tuple[list[Params], MethodResult]:
+  if len(problem.specs) < 2:
+    raise ConfigError("a partitioned run needs at least one cut (model.cuts)")
+  return SCHEDULES[problem.config.schedule](problem, progress)
