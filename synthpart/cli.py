@@ -87,7 +87,10 @@ def select_devices(count: int, num_segments: int) -> list[Any]:
   wanted = count or num_segments
   if count < 0:
     raise ConfigError(f"--devices must be >= 0, got {count}")
-  jax.config.update("jax_num_cpu_devices", max(wanted, 1))
+  try:
+    jax.config.update("jax_num_cpu_devices", max(wanted, 1))
+  except RuntimeError:
+    pass  # the backend is already up (an embedding program chose): use the devices it has
   devices = jax.devices()
   return devices[:wanted] if wanted <= len(devices) else devices
 

@@ -151,6 +151,8 @@ def _coerce(path: str, value: Any, default: Any) -> Any:
   if isinstance(default, tuple):
     if isinstance(value, str):
       value = [v for v in value.replace(" ", "").split(",") if v]
+    elif isinstance(value, int) and not isinstance(value, bool):
+      value = [value]
     if not isinstance(value, (list, tuple)):
       raise ConfigError(f"{path} must be a list of integers, got {value!r}")
     return tuple(_coerce(f"{path}[{i}]", v, 0) for i, v in enumerate(value))

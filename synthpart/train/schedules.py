@@ -55,10 +55,13 @@ class Problem:
     return self.devices[segment % len(self.devices)]
 
   def key(self, *path: int) -> jax.Array:
-    key = jax.random.key(self.config.seed)
-    for p in path:
-      key = jax.random.fold_in(key, p)
-    return key
+    """The run's key folded with `path`. Seeds and stream numbers are Python integers that
+    must reach the device: allowed here even where a caller forbids implicit transfers."""
+    with jax.transfer_guard("allow"):
+      key = jax.random.key(self.config.seed)
+      for p in path:
+        key = jax.random.fold_in(key, p)
+      return key
 
 
 def make_problem(config: Config, dataset: Any, devices: list[jax.Device] | None = None) -> Problem:

@@ -1,0 +1,63 @@
+import pytest
+
+from synthpart import config as config_lib
+from synthpart.errors import ConfigError
+
+
+def test_defaults_mirror_the_paper():
+  c = config_lib.load()
+  assert c.model.num_layers == 6 and c.model.cuts == (3,)
+  assert c.model.hidden == (512,) * 5 and c.model.activation == "relu"
+  assert c.sil.kind == "uniform"
+
+
+def test_toml_then_overrides(tmp_path):
+  path = tmp_path / "run.toml"
+  path.write_text('seed = 3\n[model]\ncuts = [2, 4]\n[train]\nepochs = 7\n'
+                  '[[segments]]\nlearning_rate = 0.01\n')
+  c = config_lib.load(path, {"segments.2.epochs": "4", "sil.scale": "2.5"})
+  assert c.seed == 3 and c.model.cuts == (2, 4) and c.sil.scale == 2.5
+  assert c.segment_train(0).learning_rate == 0.01 and c.segment_train(0).epochs == 7
+  assert c.segment_train(1) == c.train
+  assert c.segment_train(2).epochs == 4
+
+
+def test_comma_lists_from_flags():
+  c = config_lib.load(overrides={"model.hidden": "64,32", "model.cuts": "1"})
+  assert c.model.hidden == (64, 32) and c.model.cuts == (1,)
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("model.cuts", [0], "out of range"),
+    ("model.cuts", [6], "out of range"),
+    ("model.cuts", [3, 2], "strictly increasing"),
+    ("model.cuts", [2, 2], "strictly increasing"),
+    ("sil.scale", 0, "kappa"),
+    ("sil.scale", -1, "kappa"),
+    ("sil.kind", "laplace", "sil.kind"),
+    ("train.optimizer", "adagrad2", "train.optimizer"),
+    ("train.batch_size", 0, "batch_size"),
+    ("train.learning_rate", "fast", "number"),
+    ("model.hidden", [0, 4], "positive"),
+    ("schedule", "async", "schedule"),
+    ("model.width", 3, "unknown setting model.width"),
+    ("bogus", 1, "unknown setting bogus"),
+])
+def test_bad_settings_name_the_culprit(key, value, words):
+  with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+    config_lib.load(overrides={key: value})
+
+
+def test_batch_larger_than_data():
+  c = config_lib.load(overrides={"train.batch_size": 500})
+  with pytest.raises(ConfigError, match="larger than the 100 training examples"):
+    config_lib.validate_for_data(c, 100)
+
+
+def test_bad_toml_is_one_line(tmp_path):
+  path = tmp_path / "bad.toml"
+  path.write_text("[model\n")
+  with pytest.raises(ConfigError, match="not valid TOML"):
+    config_lib.load(path)
+  with pytest.raises(ConfigError, match="does not exist"):
+    config_lib.load(tmp_path / "missing.toml")

@@ -1,0 +1,101 @@
+import jax
+import numpy as np
+import pytest
+
+from synthpart.progress import Progress
+from synthpart.train import schedules as S
+from tiny import tiny_config, tiny_dataset
+
+QUIET = Progress(quiet=True)
+
+
+def _problem(devices=None, **overrides):
+  return S.make_problem(tiny_config(**overrides), tiny_dataset(), devices)
+
+
+def test_segments_live_on_their_devices():
+  devices = jax.devices()[:2]
+  problem = _problem(devices, **{"model.cuts": [1, 2]})  # 3 segments on 2 devices
+  assert [problem.device_of(i) for i in range(3)] == [devices[0], devices[1], devices[0]]
+  spec = problem.specs[1]
+  run = S.start_segment(S.segment_task(problem, spec, "sil"), problem.config.segment_train(1),
+                        S.init_params(problem, spec, devices[1]), {"y": problem.train_y},
+                        S.segment_constants(problem, spec, "sil", devices[1]),
+                        problem.key(0), devices[1], "segment 1")
+  for leaf in jax.tree.leaves((run.state, run.data, run.consts)):
+    assert leaf.devices() == {devices[1]}
+
+
+def test_parallel_moves_nothing_between_devices():
+  problem = _problem(jax.devices()[:2])
+  # Explicit device-to-device copies are errors too: the only traffic is host <-> device.
+  with jax.transfer_guard_device_to_device("disallow_explicit"):
+    _, result = S.train_parallel(problem, QUIET, track_accuracy=False)
+  assert result.transfers == []
+  assert all(len(s.loss_per_epoch) == 3 for s in result.segments)
+  assert {s.device for s in result.segments} == {"cpu:0", "cpu:1"}
+
+
+def test_sequential_hands_over_cut_activations_once():
+  problem = _problem(jax.devices()[:3], **{"model.cuts": [1, 2]})
+  with jax.transfer_guard("disallow"):  # no implicit transfer anywhere
+    _, result = S.train_sequential(problem, QUIET, track_accuracy=False)
+  n, widths = len(problem.train_y), problem.widths
+  assert [(t.what, t.source, t.destination, t.bytes) for t in result.transfers] == [
+      ("cut 1 activations", "cpu:0", "cpu:1", n * widths[1] * 4),
+      ("cut 2 activations", "cpu:1", "cpu:2", n * widths[2] * 4)]
+  # And that hand-over is a real device-to-device copy: forbidding them stops the schedule.
+  with jax.transfer_guard_device_to_device("disallow_explicit"):
+    with pytest.raises(Exception, match="[Dd]isallowed"):
+      S.train_sequential(problem, QUIET, track_accuracy=False)
+
+
+@pytest.mark.parametrize("train", [S.train_sequential, S.train_parallel])
+def test_same_seed_same_result_bit_for_bit(train):
+  a_params, a = train(_problem(jax.devices()[:2]), QUIET)
+  b_params, b = train(_problem(jax.devices()[:2]), QUIET)
+  for x, y in zip(jax.tree.leaves(a_params), jax.tree.leaves(b_params)):
+    assert np.array_equal(x, y)
+  assert [s.loss_per_epoch for s in a.segments] == [s.loss_per_epoch for s in b.segments]
+  assert a.test_accuracy == b.test_accuracy
+  c_params, _ = train(_problem(jax.devices()[:2], seed=1), QUIET)
+  assert not np.array_equal(jax.tree.leaves(a_params)[0], jax.tree.leaves(c_params)[0])
+
+
+def test_every_method_learns_the_tiny_task():
+  problem = _problem(jax.devices()[:2], **{"train.epochs": 6})
+  _, conv = S.train_conventional(problem, QUIET)
+  seq_params, seq = S.train_sequential(problem, QUIET)
+  par_params, par = S.train_parallel(problem, QUIET)
+  _, rec = S.train_recovery(problem, seq_params, seq, QUIET)
+  for r in (conv, seq, rec):
+    assert r.test_accuracy > 0.9, (r.method, r.test_accuracy)
+  # Chance is 0.25; the right segment only ever saw noisy SIL vectors, not real activations.
+  assert par.test_accuracy > 0.7
+  assert len(conv.curve) == 6 and all("accuracy" in p for p in conv.curve)
+  assert rec.method == "pnn-sequential+recovery" and len(rec.segments) == 3
+  assert rec.wall_seconds > seq.wall_seconds
+  # segment losses fall
+  for s in seq.segments + par.segments:
+    assert s.loss_per_epoch[-1] < s.loss_per_epoch[0]
+
+
+def test_per_segment_settings_are_honoured():
+  problem = _problem(jax.devices()[:2], **{"segments.0.epochs": 2, "segments.1.epochs": 4,
+                                           "segments.1.batch_size": 16,
+                                           "segments.1.optimizer": "momentum"})
+  _, result = S.train_parallel(problem, QUIET)
+  first, last = result.segments
+  assert (len(first.loss_per_epoch), len(last.loss_per_epoch)) == (2, 4)
+  assert last.batch_size == 16 and last.steps_per_epoch == 256 // 16
+  assert last.optimizer == "momentum" and first.optimizer == "adam"
+
+
+def test_divergence_stops_only_that_segment():
+  problem = _problem(jax.devices()[:2], **{"segments.0.learning_rate": 1e30,
+                                           "segments.0.optimizer": "sgd"})
+  _, result = S.train_parallel(problem, QUIET)
+  first, last = result.segments
+  assert first.diverged and not np.isfinite(first.loss_per_epoch[-1])
+  assert len(first.loss_per_epoch) < 3 or not np.isfinite(first.loss_per_epoch[0])
+  assert not last.diverged and len(last.loss_per_epoch) == 3
