@@ -28,6 +28,9 @@ A config file mirrors the dataclasses::
   [recovery]
   epochs = 2
 
+  [placement]                         # devices per segment, data-parallel inside each group
+  groups = [2, 2]                     # or devices_per_segment = 2; default one device each
+
 Overrides use dotted keys (``train.learning_rate=3e-4``, ``segments.1.epochs=4``), so every
 setting is reachable from the command line without a flag of its own.
 """
@@ -99,6 +102,28 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PlacementConfig:
+  """How many devices each segment trains on (see `synthpart.groups`).
+
+  `groups` lists one size per segment, in order (uneven sizes allowed); where it is empty every
+  segment gets `devices_per_segment`. A group of k > 1 devices trains its segment data-parallel.
+  """
+  groups: tuple[int, ...] = ()
+  devices_per_segment: int = 1
+
+  def sizes(self, num_segments: int) -> tuple[int, ...]:
+    """The group size of every segment."""
+    return self.groups or (self.devices_per_segment,) * num_segments
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """How often each loop saves its state, and how many saves it keeps."""
+  every: int = 1  # epochs between checkpoints; every loop also saves after its last epoch
+  keep: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   """A whole run. `segments` holds per-segment overrides of `train`, by segment index."""
   seed: int = 0
@@ -110,6 +135,8 @@ class Config:
   segments: tuple[Mapping[str, Any], ...] = ()
   # A fresh Adam at the segments' rate can undo what they learned; a tenth of it keeps it.
   recovery: TrainConfig = TrainConfig(epochs=2, learning_rate=1e-4)
+  checkpoint: CheckpointConfig = CheckpointConfig()
+  placement: PlacementConfig = PlacementConfig()
 
   def segment_train(self, index: int) -> TrainConfig:
     """The training settings of segment `index`: `train` with that segment's overrides."""
@@ -123,7 +150,8 @@ class Config:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "sil": SILConfig, "train": TrainConfig,
-             "recovery": TrainConfig}
+             "recovery": TrainConfig, "checkpoint": CheckpointConfig,
+             "placement": PlacementConfig}
 
 
 def _coerce(path: str, value: Any, default: Any) -> Any:
@@ -296,8 +324,28 @@ def validate(config: Config) -> None:
                       f"{m.num_segments} segments (cuts {cuts})")
   for i in range(m.num_segments):
     _check_train(f"segments.{i}", config.segment_train(i))
+  if config.checkpoint.every < 1 or config.checkpoint.keep < 1:
+    raise ConfigError(f"checkpoint.every and checkpoint.keep must be at least 1, got "
+                      f"{config.checkpoint.every} and {config.checkpoint.keep}")
   if config.data.validation_size < 0:
     raise ConfigError(f"data.validation_size must be >= 0, got {config.data.validation_size}")
+  _check_placement(config.placement, m.num_segments)
+
+
+def _check_placement(p: PlacementConfig, num_segments: int) -> None:
+  if p.devices_per_segment < 1:
+    raise ConfigError(f"placement.devices_per_segment must be at least 1, got "
+                      f"{p.devices_per_segment}")
+  if not p.groups:
+    return
+  if p.devices_per_segment != 1:
+    raise ConfigError("placement.groups and placement.devices_per_segment exclude each other; "
+                      "give one of them")
+  if len(p.groups) != num_segments:
+    raise ConfigError(f"placement.groups {list(p.groups)} must give one size per segment: "
+                      f"{num_segments} segments")
+  if any(size < 1 for size in p.groups):
+    raise ConfigError(f"placement.groups sizes must be at least 1, got {list(p.groups)}")
 
 
 def validate_for_data(config: Config, num_train: int) -> None:

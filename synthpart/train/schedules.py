@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from synthpart import checkpoint
+from synthpart import groups as groups_lib
 from synthpart.config import Config, TrainConfig, validate_for_data
 from synthpart.errors import ConfigError
 from synthpart.labels import sil_tables
@@ -46,13 +48,24 @@ class Problem:
   specs: tuple[SegmentSpec, ...]
   devices: tuple[jax.Device, ...]
   sil: dict[int, np.ndarray]  # cut layer -> [classes, width] table, on the host
+  # Each segment's device group, where a caller chose them (a multi-process run places only its
+  # own segments); empty: laid out from config.placement over `devices`.
+  groups: tuple[tuple[jax.Device, ...], ...] = ()
 
   @property
   def widths(self) -> tuple[int, ...]:
     return whole_network(self.specs).widths
 
-  def device_of(self, segment: int) -> jax.Device:
-    return self.devices[segment % len(self.devices)]
+  def group_of(self, segment: int) -> tuple[jax.Device, ...]:
+    """The devices `segment` trains on; without groups, device i mod n for segment i."""
+    if self.groups:
+      return self.groups[segment]
+    sizes = self.config.placement.sizes(len(self.specs))
+    return groups_lib.layout_groups(self.devices, sizes)[segment]
+
+  def device_of(self, segment: int) -> groups_lib.Placement:
+    """Where `segment` lives: its device, or a sharding replicated over its device group."""
+    return groups_lib.placement_of(self.group_of(segment))
 
   def key(self, *path: int) -> jax.Array:
     """The run's key folded with `path`. Seeds and stream numbers are Python integers that
@@ -141,12 +154,39 @@ class SegmentRun:
   data: dict[str, jax.Array]
   consts: Constants
   key: jax.Array
+  last_checkpoint: str | None = None
 
-  def dispatch(self, epoch: int) -> jax.Array:
+  def dispatch(self, epoch: int, method: str = "") -> jax.Array:
     """Enqueues one epoch and returns its per-step losses without waiting for them."""
     epoch_index = jax.device_put(np.uint32(epoch), self.device)
     self.state, losses = self.epoch_fn(self.state, self.data, self.consts, self.key, epoch_index)
+    checkpoint.crash_point(f"epoch-dispatched:{method}/{self.result.name}:{epoch + 1}")
     return losses
+
+  def resume(self, policy: checkpoint.Policy | None, method: str) -> tuple[int, dict[str, Any]]:
+    """Restores this loop's newest checkpoint, if any: (epochs already done, its meta)."""
+    restored = None if policy is None else checkpoint.restore(
+        policy, method, self.result.name, self.state, self.device)
+    if restored is None:
+      return 0, {}
+    self.state, meta = restored
+    self.result.loss_per_epoch = list(meta["loss_per_epoch"])
+    self.result.epoch_seconds = list(meta["epoch_seconds"])
+    self.last_checkpoint = str(policy.loop_dir(method, self.result.name) / str(meta["epoch"]))
+    return meta["epoch"], meta
+
+  def save(self, policy: checkpoint.Policy | None, method: str, progress: MethodResult) -> None:
+    """Checkpoints every `policy.every` epochs and after the last; never a non-finite state."""
+    epoch = len(self.result.loss_per_epoch)
+    if (policy is None or self.result.diverged
+        or (epoch % policy.every and epoch != self.result.epochs)):
+      return
+    meta = {"epoch": epoch, "key": jax.device_get(jax.random.key_data(self.key)).tolist(),
+            "loss_per_epoch": self.result.loss_per_epoch,
+            "epoch_seconds": self.result.epoch_seconds,
+            "curve": progress.curve, "wall_seconds": progress.wall_seconds}
+    self.last_checkpoint = str(checkpoint.save(policy, method, self.result.name, epoch,
+                                               self.state, meta))
 
   def record(self, losses: jax.Array, seconds: float) -> bool:
     """Stores an epoch's mean loss; returns False (and marks divergence) if it is not finite."""
@@ -160,15 +200,20 @@ class SegmentRun:
 
 def start_segment(task: Task, train: TrainConfig, params: Params, data: dict[str, Any],
                   consts: Constants, key: jax.Array, device: jax.Device, name: str) -> SegmentRun:
-  """Commits params, optimizer state and data to `device` and compiles the epoch there."""
+  """Commits params, optimizer state and data to `device` and compiles the epoch there.
+
+  `device` may be a sharding replicated over a device group (`Problem.device_of`): everything is
+  replicated over the group and each minibatch split over it (`synthpart.groups`).
+  """
   optimizer = make_optimizer(train)
-  with jax.default_device(device):
+  with jax.default_device(groups_lib.lead_device(device)):
     params = jax.device_put(params, device)
     state = jax.jit(lambda p: TrainState(p, optimizer.init(p)))(params)
     data = jax.device_put(data, device)
     key = key_on(key, device)
     num_examples = len(data["y"])
-    epoch = make_epoch(make_loss(task), optimizer, train.batch_size, num_examples)
+    loss = groups_lib.shard_batches(make_loss(task), device)
+    epoch = make_epoch(loss, optimizer, train.batch_size, num_examples)
     start = time.perf_counter()
     compiled = epoch.lower(state, data, consts, key, jax.device_put(np.uint32(0), device)).compile()
     compile_seconds = time.perf_counter() - start
@@ -217,20 +262,28 @@ def make_evaluator(problem: Problem, device: jax.Device) -> Callable[[list[Param
   consts = input_constants(problem, device)
   predict = make_predict(lambda p, xb: apply_segment(p, preprocess_pixels(xb, consts), whole,
                                                      m.activation, m.dtype))
-  correct = jax.jit(lambda p: count_correct(predict(p, x), y))
+  # The test set goes in as an argument: closed over, XLA would constant-fold it at compile time.
+  correct = jax.jit(lambda p, x, y: count_correct(predict(p, x), y))
 
   def accuracy(segment_params: list[Params]) -> float:
     params = hand_over(compose(segment_params), device, [], "evaluation")
-    return int(jax.device_get(correct(params))) / len(problem.test_y)
+    return int(jax.device_get(correct(params, x, y))) / len(problem.test_y)
 
   return accuracy
 
 
-def _stop_if_diverged(run: SegmentRun, epoch: int, progress: Progress) -> bool:
+def _stop_if_diverged(run: SegmentRun, method: str, epoch: int, progress: Progress) -> bool:
   if run.result.diverged:
-    progress.message(f"{run.result.name} diverged at epoch {epoch + 1}: loss "
-                     f"{run.result.loss_per_epoch[-1]}; its last finite epoch is kept")
+    progress.message(f"{method} {run.result.name} diverged at epoch {epoch + 1} (loss "
+                     f"{run.result.loss_per_epoch[-1]}); last good checkpoint: "
+                     f"{run.last_checkpoint or 'none'}")
   return run.result.diverged
+
+
+def _restore_progress(result: MethodResult, meta: dict[str, Any]) -> None:
+  if meta:
+    result.curve = list(meta["curve"])
+    result.wall_seconds = meta["wall_seconds"]
 
 
 def _examples(runs: list[SegmentRun]) -> list[int]:
@@ -241,7 +294,8 @@ def _examples(runs: list[SegmentRun]) -> list[int]:
 def train_whole(problem: Problem, method: str, train: TrainConfig, params: Params,
                 key: jax.Array, progress: Progress, result: MethodResult | None = None,
                 evaluate: Callable[[list[Params]], float] | None = None,
-                name: str = "network") -> tuple[Params, MethodResult]:
+                name: str = "network",
+                checkpoints: checkpoint.Policy | None = None) -> tuple[Params, MethodResult]:
   """End-to-end backprop of the whole network on device 0: the baseline, and recovery epochs.
 
   With `result`, the epochs extend an earlier method's result (recovery after segments).
@@ -257,17 +311,20 @@ def train_whole(problem: Problem, method: str, train: TrainConfig, params: Param
                       input_constants(problem, device), key, device, name)
   result.segments.append(run.result)
   result.compile_seconds += run.result.compile_seconds
-  bar = progress.bar(f"{method} {name}", train.epochs)
-  for epoch in range(train.epochs):
+  done, meta = run.resume(checkpoints, method)
+  _restore_progress(result, meta)
+  bar = progress.bar(f"{method} {name}", train.epochs, done=done)
+  for epoch in range(done, train.epochs):
     start = time.perf_counter()
-    losses = jax.block_until_ready(run.dispatch(epoch))
-    ok = run.record(losses, time.perf_counter() - start)
+    losses = jax.block_until_ready(run.dispatch(epoch, method))
+    run.record(losses, time.perf_counter() - start)
     result.wall_seconds += run.result.epoch_seconds[-1]
-    if _stop_if_diverged(run, epoch, progress) or not ok:
+    if _stop_if_diverged(run, method, epoch, progress):
       break
     accuracy = evaluate([run.state.params])
     result.curve.append({"epoch": epoch + 1, "seconds": result.wall_seconds,
                          "examples": offset_examples + _examples([run]), "accuracy": accuracy})
+    run.save(checkpoints, method, result)
     bar.update(loss=run.result.loss_per_epoch[-1], acc=accuracy)
   bar.close()
   params = jax.device_get(run.state.params)
@@ -275,16 +332,19 @@ def train_whole(problem: Problem, method: str, train: TrainConfig, params: Param
   return params, result
 
 
-def train_conventional(problem: Problem, progress: Progress) -> tuple[Params, MethodResult]:
+def train_conventional(problem: Problem, progress: Progress,
+                       checkpoints: checkpoint.Policy | None = None
+                       ) -> tuple[Params, MethodResult]:
   """The baseline: the same network and optimizer, end to end on one device."""
   whole = whole_network(problem.specs)
   params = init_params(problem, whole, problem.device_of(0))
   return train_whole(problem, "conventional", problem.config.train, params,
-                     problem.key(ORDER_STREAM, 0), progress)
+                     problem.key(ORDER_STREAM, 0), progress, checkpoints=checkpoints)
 
 
-def train_sequential(problem: Problem, progress: Progress,
-                     track_accuracy: bool = True) -> tuple[list[Params], MethodResult]:
+def train_sequential(problem: Problem, progress: Progress, track_accuracy: bool = True,
+                     checkpoints: checkpoint.Policy | None = None
+                     ) -> tuple[list[Params], MethodResult]:
   """The paper's schedule: segment k learns from the trained segment k-1's outputs.
 
   The outputs over the training set are computed once on segment k-1's device and handed over
@@ -301,6 +361,7 @@ def train_sequential(problem: Problem, progress: Progress,
     if spec.is_first:
       x: Any = problem.train_x
     else:
+      checkpoint.crash_point(f"handover:{result.method}:cut {spec.input_cut}")
       start = time.perf_counter()
       x = jax.block_until_ready(
           hand_over(features, device, result.transfers, f"cut {spec.input_cut} activations"))
@@ -314,21 +375,28 @@ def train_sequential(problem: Problem, progress: Progress,
     runs.append(run)
     result.segments.append(run.result)
     result.compile_seconds += run.result.compile_seconds
-    bar = progress.bar(f"sequential segment {spec.index}", train.epochs)
-    for epoch in range(train.epochs):
+    done, meta = run.resume(checkpoints, result.method)
+    _restore_progress(result, meta)
+    bar = progress.bar(f"sequential segment {spec.index}", train.epochs, done=done)
+    for epoch in range(done, train.epochs):
       start = time.perf_counter()
-      losses = jax.block_until_ready(run.dispatch(epoch))
+      losses = jax.block_until_ready(run.dispatch(epoch, result.method))
       run.record(losses, time.perf_counter() - start)
       result.wall_seconds += run.result.epoch_seconds[-1]
-      if _stop_if_diverged(run, epoch, progress):
+      if _stop_if_diverged(run, result.method, epoch, progress):
         break
       point: dict[str, Any] = {"epoch": epoch + 1, "seconds": result.wall_seconds,
                                "examples": _examples(runs)}
       if spec.is_last and evaluate is not None:
         point["accuracy"] = evaluate(trained + [run.state.params])
       result.curve.append(point)
+      run.save(checkpoints, result.method, result)
       bar.update(loss=run.result.loss_per_epoch[-1], **_acc(point))
     bar.close()
+    if run.result.diverged:
+      progress.message(f"{result.method}: later segments not trained, segment {spec.index} "
+                       "diverged")
+      return jax.device_get(trained + [run.state.params]), result
     trained.append(run.state.params)
     if not spec.is_last:
       start = time.perf_counter()
@@ -354,8 +422,9 @@ def _forward(task: Task, run: SegmentRun) -> Callable[[Params, jax.Array], jax.A
   return make_predict(apply)
 
 
-def train_parallel(problem: Problem, progress: Progress,
-                   track_accuracy: bool = True) -> tuple[list[Params], MethodResult]:
+def train_parallel(problem: Problem, progress: Progress, track_accuracy: bool = True,
+                   checkpoints: checkpoint.Policy | None = None
+                   ) -> tuple[list[Params], MethodResult]:
   """Every segment at once, from the SIL tables alone: nothing crosses devices while training.
 
   Each round dispatches one epoch of every unfinished segment before waiting on any of them.
@@ -375,26 +444,34 @@ def train_parallel(problem: Problem, progress: Progress,
   result.segments = [r.result for r in runs]
   result.compile_seconds = sum(r.result.compile_seconds for r in runs)
   evaluate = make_evaluator(problem, problem.device_of(0)) if track_accuracy else None
-  bars = [progress.bar(f"parallel {r.result.name}", r.result.epochs, position=i)
+  # Loops may have been checkpointed at different epochs: each resumes from its own, and the
+  # method's curve from the one that got least far.
+  resumed = [r.resume(checkpoints, result.method) for r in runs]
+  done = [d for d, _ in resumed]
+  _restore_progress(result, min(resumed, key=lambda dm: dm[0])[1])
+  result.curve = result.curve[:min(done)]
+  bars = [progress.bar(f"parallel {r.result.name}", r.result.epochs, position=i, done=done[i])
           for i, r in enumerate(runs)]
   active = list(range(len(runs)))
-  for epoch in range(max(r.result.epochs for r in runs)):
+  for epoch in range(min(done), max(r.result.epochs for r in runs)):
     active = [i for i in active if epoch < runs[i].result.epochs]
     if not active:
       break
     start = time.perf_counter()
-    pending = [(i, runs[i].dispatch(epoch)) for i in active]
+    pending = [(i, runs[i].dispatch(epoch, result.method)) for i in active if epoch >= done[i]]
     for i, losses in pending:
       jax.block_until_ready(losses)
       runs[i].record(losses, time.perf_counter() - start)
       bars[i].update(loss=runs[i].result.loss_per_epoch[-1])
     result.wall_seconds += time.perf_counter() - start
-    active = [i for i in active if not _stop_if_diverged(runs[i], epoch, progress)]
+    active = [i for i in active if not _stop_if_diverged(runs[i], result.method, epoch, progress)]
     point: dict[str, Any] = {"epoch": epoch + 1, "seconds": result.wall_seconds,
                              "examples": _examples(runs)}
     if evaluate is not None and not any(r.result.diverged for r in runs):
       point["accuracy"] = evaluate([r.state.params for r in runs])
     result.curve.append(point)
+    for i, _ in pending:
+      runs[i].save(checkpoints, result.method, result)
   for bar in bars:
     bar.close()
   params = jax.device_get([r.state.params for r in runs])
@@ -403,19 +480,22 @@ def train_parallel(problem: Problem, progress: Progress,
 
 
 def train_recovery(problem: Problem, segment_params: list[Params], base: MethodResult,
-                   progress: Progress) -> tuple[Params, MethodResult]:
+                   progress: Progress, checkpoints: checkpoint.Policy | None = None
+                   ) -> tuple[Params, MethodResult]:
   """Recovery epochs: end-to-end training of the composed network, with its own optimizer."""
   result = dataclasses.replace(base, segments=list(base.segments), curve=list(base.curve),
                                transfers=list(base.transfers))
   return train_whole(problem, f"{base.method}+recovery", problem.config.recovery,
                      compose(segment_params), problem.key(RECOVERY_STREAM), progress,
-                     result=result, name="recovery")
+                     result=result, name="recovery", checkpoints=checkpoints)
 
 
 SCHEDULES = {"sequential": train_sequential, "parallel": train_parallel}
 
 
-def train_partitioned(problem: Problem, progress: Progress) -> tuple[list[Params], MethodResult]:
+def train_partitioned(problem: Problem, progress: Progress,
+                      checkpoints: checkpoint.Policy | None = None
+                      ) -> tuple[list[Params], MethodResult]:
   if len(problem.specs) < 2:
     raise ConfigError("a partitioned run needs at least one cut (model.cuts)")
-  return SCHEDULES[problem.config.schedule](problem, progress)
+  return SCHEDULES[problem.config.schedule](problem, progress, checkpoints=checkpoints)
