@@ -2,7 +2,10 @@
 
   synthpart compare [CONFIG] [flags] --out DIR   every method on one config, one table
   synthpart train   [CONFIG] [flags] --out DIR   one configuration
+  synthpart launch  [CONFIG] [flags] --out DIR   one configuration, one process per segment
+                                                 group (jax.distributed; --local N to test)
   synthpart data list | verify NAME              the datasets and where they are
+  synthpart bench   SUITE [flags] --out DIR      throughput, FLOP/s, compile time, memory
 
 Settings come from the TOML file, then the flags, then `--set KEY=VALUE` (any dotted setting).
 User errors print one line and exit with status 2.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 from pathlib import Path
@@ -43,6 +47,8 @@ SETTING_FLAGS: dict[str, tuple[str, str]] = {
     "--recovery-epochs": ("recovery.epochs", "end-to-end epochs after composing (0: none)"),
     "--recovery-lr": ("recovery.learning_rate", "learning rate of the recovery epochs"),
     "--seed": ("seed", "seed of the run's PRNG key"),
+    "--group-sizes": ("placement.groups", "devices of each segment, comma separated; a segment "
+                      "trains data-parallel on its group (default one device each)"),
 }
 
 
@@ -57,11 +63,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", default=None, metavar="DIR",
                       help="run directory for results.json (default runs/<command>-<time>)")
   parser.add_argument("--overwrite", action="store_true",
-                      help="replace the results of an earlier run in --out")
+                      help="replace the earlier run in --out")
+  parser.add_argument("--resume", action="store_true",
+                      help="continue the interrupted run in --out from its checkpoints")
   parser.add_argument("--devices", type=int, default=0, metavar="N",
                       help="devices to spread segments over (default: one per segment, "
                            "simulated on CPU)")
   parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+  parser.add_argument("--tensorboard", action="store_true",
+                      help="also write TensorBoard event files under DIR/tensorboard")
 
 
 def load_config(args: argparse.Namespace) -> config_lib.Config:
@@ -97,9 +107,10 @@ def select_devices(count: int, num_segments: int) -> list[Any]:
 
 def _out_dir(args: argparse.Namespace) -> Path:
   out = Path(args.out or f"runs/{args.command}-{time.strftime('%Y%m%d-%H%M%S')}")
-  if (out / "results.json").exists() and not args.overwrite:
-    raise ConfigError(f"--out {out} already holds results.json; pass --overwrite to replace it "
-                      "or choose another directory")
+  if args.resume and args.overwrite:
+    raise ConfigError("--resume and --overwrite exclude each other")
+  if args.resume and not args.out:
+    raise ConfigError("--resume needs --out DIR, the run to continue")
   if out.exists() and not out.is_dir():
     raise ConfigError(f"--out {out} exists and is not a directory")
   return out
@@ -111,9 +122,15 @@ def _run(args: argparse.Namespace, experiment: Callable[..., list]) -> int:
   from synthpart.progress import Progress
   from synthpart.train.schedules import make_problem
 
+  from synthpart import checkpoint
+
   config = load_config(args)
   out = _out_dir(args)
-  devices = select_devices(args.devices, config.model.num_segments)
+  # Checked before any work: a run directory holding another run is never touched.
+  checkpoint.prepare_run_dir(out, config.to_dict(), resume=args.resume,
+                             overwrite=args.overwrite, dry_run=True)
+  # One device per segment by default; segment groups need the sum of their sizes.
+  devices = select_devices(args.devices, sum(config.placement.sizes(config.model.num_segments)))
   dataset = load_dataset(config.data.name, config.data.data_dir, download=config.data.download,
                          progress=not args.quiet)
   if config.data.validation_size:
@@ -121,14 +138,25 @@ def _run(args: argparse.Namespace, experiment: Callable[..., list]) -> int:
     dataset = dataclasses.replace(dataset, test_images=held_out.test_images,
                                   test_labels=held_out.test_labels)
   problem = make_problem(config, dataset, devices)
-  progress = Progress(quiet=args.quiet)
+  checkpoint.prepare_run_dir(out, config.to_dict(), resume=args.resume,
+                             overwrite=args.overwrite)
+  progress = Progress(quiet=args.quiet, log_path=out / "log.txt")
+  policy = checkpoint.Policy(out, config.checkpoint.every, config.checkpoint.keep)
+
+  def keep_results(runs: list) -> None:
+    exp.write_json_atomic(out / "results.json",
+                          exp.results_document(args.command, problem, dataset.source, runs))
+
   if not args.quiet:
     print(f"dataset {dataset.name} from {dataset.source}: {len(problem.train_y)} train, "
           f"{len(problem.test_y)} test, {problem.num_classes} classes; devices "
           f"{', '.join(f'{d.platform}:{d.id}' for d in problem.devices)}", file=sys.stderr)
-  runs = experiment(problem, progress)
+  runs = experiment(problem, progress, checkpoints=policy, on_result=keep_results)
+  keep_results(runs)
   document = exp.results_document(args.command, problem, dataset.source, runs)
-  exp.write_json_atomic(out / "results.json", document)
+  if getattr(args, "tensorboard", False):
+    from synthpart.tblog import write_tensorboard
+    write_tensorboard(document, out / "tensorboard")
   print(exp.format_table(runs))
   print(f"results: {out / 'results.json'}")
   if dataset.name == "digits" and not args.quiet:
@@ -147,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("compare", help="conventional vs partitioned (both schedules, with and "
                      "without recovery) on one config")
   _add_run_arguments(p)
-  p.set_defaults(func=lambda a: _run(a, compare))
+  p.add_argument("--with-model-parallel", action="store_true",
+                 help="also train model-parallel backprop (segments on their devices, "
+                      "activations and gradients crossing every step); slow: one dispatch per "
+                      "segment per step")
+  p.set_defaults(func=lambda a: _run(a, functools.partial(
+      compare, with_model_parallel=a.with_model_parallel)))
   p = sub.add_parser("train", help="train one configuration")
   _add_run_arguments(p)
   p.set_defaults(func=lambda a: _run(a, train_one))
@@ -157,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     pass
   else:
     add_data_commands(sub)
+  from synthpart.report import add_report_commands
+  from synthpart.sweep import add_sweep_commands
+  add_sweep_commands(sub)
+  add_report_commands(sub)
+  from synthpart.bench import add_bench_command
+  add_bench_command(sub)
+  from synthpart.distributed import add_launch_command
+  add_launch_command(sub)
   return parser
 
 

@@ -215,7 +215,7 @@ def from_dict(values: Mapping[str, Any]) -> Config:
   kwargs: dict[str, Any] = {}
   for key, value in values.items():
     if key in _SECTIONS:
-      if key == "recovery":
+      if key == "recovery" and isinstance(value, Mapping):
         value = {**dataclasses.asdict(Config.recovery), **value}
       kwargs[key] = _build(_SECTIONS[key], key, value)
     elif key == "segments":

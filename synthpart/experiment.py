@@ -12,7 +12,7 @@ results.json (schema version 1)::
     "runs": [
       {
         "method": "conventional" | "pnn-sequential" | "pnn-parallel"
-                  | "pnn-sequential+recovery" | "pnn-parallel+recovery",
+                  | "pnn-sequential+recovery" | "pnn-parallel+recovery" | "model-parallel",
         "test_accuracy": fraction in [0, 1],
         "wall_seconds": training time after compilation (evaluation excluded),
         "compile_seconds": total compile time of its loops,
@@ -35,10 +35,11 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
+from synthpart import checkpoint
 from synthpart.config import Config
 from synthpart.progress import Progress
 from synthpart.train.schedules import (MethodResult, Problem, SCHEDULES, train_conventional,
@@ -46,33 +47,60 @@ from synthpart.train.schedules import (MethodResult, Problem, SCHEDULES, train_c
 
 SCHEMA_VERSION = 1
 METHODS = ("conventional", "pnn-sequential", "pnn-parallel", "pnn-sequential+recovery",
-           "pnn-parallel+recovery")
+           "pnn-parallel+recovery", "model-parallel")
 
 
-def compare(problem: Problem, progress: Progress) -> list[MethodResult]:
+OnResult = Callable[[list[MethodResult]], None]
+
+
+def _noop(runs: list[MethodResult]) -> None:
+  del runs
+
+
+def compare(problem: Problem, progress: Progress, with_model_parallel: bool = False,
+            checkpoints: checkpoint.Policy | None = None,
+            on_result: OnResult = _noop) -> list[MethodResult]:
   """Conventional training, then both schedules, each with and without recovery epochs.
 
   Recovery continues from the very segments the plain method trained, so each pair shows
-  exactly what the recovery epochs add.
+  exactly what the recovery epochs add. `with_model_parallel` adds model-parallel backprop
+  (segments on their devices, activations and gradients crossing every step) after conventional.
+  `on_result` sees the finished runs after every method, so partial results can be kept.
   """
-  runs = [train_conventional(problem, progress)[1]]
+  runs = [train_conventional(problem, progress, checkpoints)[1]]
+  on_result(runs)
+  if with_model_parallel:
+    from synthpart.train.model_parallel import train_model_parallel
+    runs.append(train_model_parallel(problem, progress)[1])
+    on_result(runs)
   for schedule in ("sequential", "parallel"):
-    params, result = SCHEDULES[schedule](problem, progress)
-    runs.append(result)
-    if problem.config.recovery.epochs > 0:
-      runs.append(train_recovery(problem, params, result, progress)[1])
+    runs.extend(_partitioned(problem, schedule, progress, checkpoints, runs, on_result))
   return runs
 
 
-def train_one(problem: Problem, progress: Progress) -> list[MethodResult]:
+def _partitioned(problem: Problem, schedule: str, progress: Progress,
+                 checkpoints: checkpoint.Policy | None, done: list[MethodResult],
+                 on_result: OnResult) -> list[MethodResult]:
+  """One schedule, then its recovery epochs where configured."""
+  params, result = SCHEDULES[schedule](problem, progress, checkpoints=checkpoints)
+  runs = [result]
+  on_result(done + runs)
+  diverged = any(s.diverged for s in result.segments)
+  if problem.config.recovery.epochs > 0 and not diverged:
+    runs.append(train_recovery(problem, params, result, progress, checkpoints)[1])
+    on_result(done + runs)
+  return runs
+
+
+def train_one(problem: Problem, progress: Progress,
+              checkpoints: checkpoint.Policy | None = None,
+              on_result: OnResult = _noop) -> list[MethodResult]:
   """One configuration: no cuts is conventional training; else its schedule (+ recovery)."""
   if len(problem.specs) == 1:
-    return [train_conventional(problem, progress)[1]]
-  params, result = SCHEDULES[problem.config.schedule](problem, progress)
-  runs = [result]
-  if problem.config.recovery.epochs > 0:
-    runs.append(train_recovery(problem, params, result, progress)[1])
-  return runs
+    runs = [train_conventional(problem, progress, checkpoints)[1]]
+    on_result(runs)
+    return runs
+  return _partitioned(problem, problem.config.schedule, progress, checkpoints, [], on_result)
 
 
 def versions() -> dict[str, str]:

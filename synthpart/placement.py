@@ -22,23 +22,37 @@ class Transfer:
   bytes: int
 
 
-def device_name(device: jax.Device) -> str:
+def device_name(device: jax.Device | jax.sharding.Sharding) -> str:
+  """`platform:id`; for a sharding over a device group, its devices' names joined by commas."""
+  if isinstance(device, jax.sharding.Sharding):
+    return ",".join(device_name(d) for d in sorted(device.device_set, key=lambda d: d.id))
   return f"{device.platform}:{device.id}"
+
+
+def _devices(target: jax.Device | jax.sharding.Sharding) -> set[jax.Device]:
+  return set(target.device_set) if isinstance(target, jax.sharding.Sharding) else {target}
 
 
 def _array_bytes(tree: Any) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def hand_over(tree: Any, device: jax.Device, ledger: list[Transfer], what: str) -> Any:
-  """Moves `tree` to `device` (an explicit transfer) and records it in `ledger` if it crosses."""
+def hand_over(tree: Any, device: jax.Device | jax.sharding.Sharding, ledger: list[Transfer],
+              what: str) -> Any:
+  """Moves `tree` to `device` (an explicit transfer) and records it in `ledger` if it crosses.
+
+  `device` may be a sharding replicated over a device group: every device of the group that
+  lacks the data receives a full copy, and the ledger counts each copy.
+  """
   leaves = jax.tree.leaves(tree)
   sources = {d for x in leaves if isinstance(x, jax.Array) for d in x.devices()}
   moved = jax.device_put(tree, device)
-  crossing = [d for d in sources if d != device]
+  destinations = _devices(device)
+  crossing = [d for d in sources if d not in destinations]
   if crossing:
+    copies = max(1, len(destinations - sources))
     ledger.append(Transfer(what, ",".join(sorted(device_name(d) for d in crossing)),
-                           device_name(device), _array_bytes(tree)))
+                           device_name(device), _array_bytes(tree) * copies))
   return moved
 
 

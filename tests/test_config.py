@@ -1,4 +1,5 @@
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from synthpart import config as config_lib
 from synthpart.errors import ConfigError
@@ -61,3 +62,35 @@ def test_bad_toml_is_one_line(tmp_path):
     config_lib.load(path)
   with pytest.raises(ConfigError, match="does not exist"):
     config_lib.load(tmp_path / "missing.toml")
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=10)
+_keys = st.sampled_from(["seed", "schedule", "data", "model", "sil", "train", "segments",
+                         "recovery", "checkpoint", "model.cuts", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_keys, _values, max_size=5))
+def test_any_document_is_a_config_or_a_config_error(document):
+  try:
+    config = config_lib.from_dict(document)
+  except ConfigError as e:
+    assert "\n" not in str(e)
+  else:
+    config_lib.validate(config)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_file_is_a_config_or_a_config_error(tmp_path_factory, raw):
+  path = tmp_path_factory.mktemp("fuzz") / "c.toml"
+  path.write_bytes(raw)
+  try:
+    config_lib.load(path)
+  except ConfigError:
+    pass

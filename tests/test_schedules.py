@@ -1,6 +1,7 @@
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from synthpart.progress import Progress
 from synthpart.train import schedules as S
@@ -99,3 +100,16 @@ def test_divergence_stops_only_that_segment():
   assert first.diverged and not np.isfinite(first.loss_per_epoch[-1])
   assert len(first.loss_per_epoch) < 3 or not np.isfinite(first.loss_per_epoch[0])
   assert not last.diverged and len(last.loss_per_epoch) == 3
+
+
+@settings(max_examples=3, deadline=None)
+@given(st.lists(st.integers(2, 3), unique=True, max_size=2).map(sorted))
+def test_a_segment_trains_the_same_whatever_the_other_segments(extra_cuts):
+  """Segment 0 (layers 1-1) and its table at cut 1 are the same with any cuts after it."""
+  devices = jax.devices()[:2]
+  alone = _problem(devices, **{"model.cuts": [1]})
+  crowded = _problem(devices, **{"model.cuts": [1, *extra_cuts]})
+  (a0, *_), _ = S.train_parallel(alone, QUIET, track_accuracy=False)
+  (b0, *_), _ = S.train_parallel(crowded, QUIET, track_accuracy=False)
+  for x, y in zip(jax.tree.leaves(a0), jax.tree.leaves(b0)):
+    assert np.array_equal(x, y)

@@ -1,0 +1,97 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from synthpart import bench
+from synthpart.cli import main
+from synthpart.model import whole_network
+from synthpart.progress import Progress
+from synthpart.train import schedules as S
+from synthpart.train.loop import make_epoch
+from synthpart.train.objectives import make_loss
+from synthpart.train.optim import make_optimizer
+from tiny import tiny_config, tiny_dataset
+
+
+def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
+  out = tmp_path / "bench"
+  code = main(["bench", "paper", "--width", "16", "--batch-size", "32", "--steps", "4",
+               "--repeats", "1", "--loops", "conventional,model-parallel",
+               "--no-memory-report", "--out", str(out)])
+  assert code == 0
+  document = json.loads((out / "bench.json").read_text())
+  assert document["suite"]["hidden"] == [16] * 5 and document["suite"]["batch_size"] == 32
+  assert document["memory"] is None
+  loops = {l["loop"]: l for l in document["loops"]}
+  assert list(loops) == ["conventional", "model-parallel"]
+  for loop in loops.values():
+    assert loop["samples_per_s"] > 0 and loop["tflops"] > 0 and loop["compile_seconds"] > 0
+    assert loop["steps"] == 4
+  assert loops["conventional"]["speedup_vs_conventional"] == 1.0
+  conv_memory = loops["conventional"]["memory"]["compiled"]
+  assert conv_memory["data"] == 4 * 32 * (784 + 4)  # the random pixels and labels
+  assert loops["conventional"]["memory"]["device"] is None  # CPU: no device counters
+  mp = loops["model-parallel"]
+  assert mp["bytes_moved"] == mp["bytes_moved_expected"] == 4 * 2 * 32 * 16 * 4
+  assert mp["devices"] == ["cpu:0", "cpu:1"]
+  markdown = (out / "bench.md").read_text()
+  assert "| model-parallel | 0-6 |" in markdown
+  assert "model-parallel moved" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_loops(capsys):
+  assert main(["bench", "paper", "--loops", "conventional,pipeline"]) == 2
+  assert "--loops" in capsys.readouterr().err
+
+
+def test_memory_table():
+  methods = {"conventional": {"devices": [{"peak": 2e6, "peak_without_data": 1e6}],
+                              "peak": 2e6, "peak_without_data": 1e6},
+             "pnn-parallel": {"devices": [{"peak": 1.5e6, "peak_without_data": 0.5e6},
+                                          {"peak": 0.4e6, "peak_without_data": 0.4e6}],
+                              "peak": 1.5e6, "peak_without_data": 0.5e6}}
+  from synthpart.accounting import memory_ratios
+  lines = bench.format_memory({"methods": methods, "ratios": memory_ratios(methods)})
+  assert lines[-1] == "| pnn-parallel | 1.5 (0.5), 0.4 (0.4) | 1.5 | 0.5 | 0.75 | 0.50 | yes |"
+
+
+def test_suites_shrink_on_cpu_only():
+  wide = bench.SUITES["wide"]
+  assert wide.size("gpu", full=False).hidden == (4096,) * 5
+  assert wide.size("cpu", full=False).hidden[0] < 4096
+  assert wide.size("cpu", full=True) == wide.accelerator
+  assert bench.SUITES["paper"].size("cpu", False).hidden == (512,) * 5
+
+
+def test_mixed_precision_trains_with_f32_master_weights():
+  config = tiny_config(**{"model.dtype": "bfloat16", "model.param_dtype": "float32",
+                          "train.epochs": 4})
+  problem = S.make_problem(config, tiny_dataset(), jax.devices()[:2])
+  params, result = S.train_conventional(problem, Progress(quiet=True))
+  assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params))
+  losses = result.segments[0].loss_per_epoch
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+  assert result.test_accuracy > 0.5
+  # The matmuls really run in bf16: the compiled step multiplies bf16 operands.
+  whole = whole_network(problem.specs)
+  task = S.segment_task(problem, whole, "pixels")
+  optimizer = make_optimizer(config.train)
+  state = jax.jit(lambda p: S.TrainState(p, optimizer.init(p)))(params)
+  data = {"x": jnp.asarray(problem.train_x), "y": jnp.asarray(problem.train_y)}
+  epoch = make_epoch(make_loss(task), optimizer, 32, len(problem.train_y))
+  hlo = epoch.lower(state, data, S.Constants(), jax.random.key(0), jnp.uint32(0)).as_text()
+  assert "bf16" in hlo and "dot_general" in hlo
+
+
+def test_mixed_precision_bench_suite_runs():
+  suite = bench.SUITES["wide"]
+  size = bench.Size((16,) * 5, 32, 2)
+  problem = S.make_problem(bench.suite_config(suite, size), bench.synthetic_dataset(64),
+                           jax.devices()[:2])
+  assert problem.config.model.dtype == "bfloat16"
+  loops = bench.run_suite(suite, size, problem, repeats=1, kinds=("conventional",))
+  assert [l["loop"] for l in loops] == ["conventional"]
+  assert loops[0]["samples_per_s"] > 0

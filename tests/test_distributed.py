@@ -1,0 +1,311 @@
+"""Multi-process runs: `synthpart launch` on local CPU processes, through jax.distributed."""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+
+from synthpart import distributed as D
+from synthpart.cli import build_parser, load_config, main
+from synthpart.data.idx import write_idx
+from synthpart.errors import ConfigError
+from synthpart.progress import Progress
+from synthpart.train import schedules as S
+from synthpart.train.loop import tree_bytes
+
+QUIET = Progress(quiet=True)
+NUM_TRAIN = 384
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+  """A tiny dataset under MNIST's file names: learnable class patterns plus noise."""
+  directory = tmp_path_factory.mktemp("mnist")
+  rng = np.random.default_rng(0)
+  prototypes = rng.integers(0, 256, (10, 28, 28))
+  for split, n in (("train", NUM_TRAIN), ("t10k", 100)):
+    labels = rng.integers(0, 10, n)
+    images = np.clip(prototypes[labels] + rng.normal(0, 60, (n, 28, 28)), 0, 255)
+    write_idx(directory / f"{split}-images-idx3-ubyte", images.astype(np.uint8))
+    write_idx(directory / f"{split}-labels-idx1-ubyte", labels.astype(np.uint8))
+  return directory
+
+
+def _flags(data_dir, *extra):
+  return ["--dataset", "mnist", "--data-dir", str(data_dir), "--hidden", "16,16,16",
+          "--epochs", "2", "--batch-size", "64", "--lr", "0.01", "--recovery-epochs", "0",
+          "--seed", "3", *extra]
+
+
+def _launch(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "synthpart", "launch", *args],
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _reference(flags, devices=2):
+  """The same settings trained by the single-process schedule: (params, method result)."""
+  config = load_config(build_parser().parse_args(["train", *flags]))
+  problem = S.make_problem(config, D.load_data(config), jax.devices()[:devices])
+  train = S.SCHEDULES[config.schedule]
+  return train(problem, QUIET, track_accuracy=False)
+
+
+def _assert_same_params(run_dir, reference_params):
+  for k, expected in enumerate(reference_params):
+    got = D.load_params(run_dir.params(k))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+      assert np.array_equal(a, b), f"segment {k} differs"
+
+
+# --- whole launches ----------------------------------------------------------------------------
+
+@pytest.mark.slow  # several fresh processes each import jax and compile
+def test_two_processes_match_one_process_bit_for_bit(mnist_dir, tmp_path):
+  flags = _flags(mnist_dir, "--cuts", "2", "--schedule", "parallel")
+  out = tmp_path / "run"
+  done = _launch(*flags, "--local", "2", "--out", str(out))
+  assert done.returncode == 0, done.stderr + done.stdout
+  assert "pnn-parallel" in done.stdout and "process 1 (segments 1) sent 0 bytes" in done.stdout
+  doc = json.loads((out / "results.json").read_text())
+  params, reference = _reference(flags)
+  _assert_same_params(D.RunDir(out, 2), params)
+  (run,) = doc["runs"]
+  assert run["method"] == "pnn-parallel" and run["transfers"] == []
+  assert run["test_accuracy"] == reference.test_accuracy
+  assert [s["loss_per_epoch"] for s in run["segments"]] == [
+      s.loss_per_epoch for s in reference.segments]
+  # What each process sent: no activations in the parallel schedule, only its parameters.
+  assert [p["bytes_sent"] for p in doc["processes"]] == [
+      {"activations": 0, "parameters": tree_bytes(p), "total": tree_bytes(p)} for p in params]
+  assert doc["command"] == "launch" and doc["schema"] == 1 and len(doc["devices"]) == 2
+  assert {"dataset", "config", "versions", "backend"} <= set(doc)
+  for i in range(2):
+    assert json.loads((out / f"process-{i}" / "exit.json").read_text())["exit_code"] == 0
+
+
+@pytest.mark.slow  # several fresh processes each import jax and compile
+def test_three_processes_hand_over_activations_through_files(mnist_dir, tmp_path):
+  # Segment 1 trains data-parallel on two devices of its own process.
+  flags = _flags(mnist_dir, "--cuts", "1,2", "--schedule", "sequential", "--group-sizes", "1,2,1")
+  out = tmp_path / "run"
+  done = _launch(*flags, "--local", "3", "--out", str(out))
+  assert done.returncode == 0, done.stderr + done.stdout
+  doc = json.loads((out / "results.json").read_text())
+  params, reference = _reference(flags, devices=4)
+  _assert_same_params(D.RunDir(out, 3), params)
+  (run,) = doc["runs"]
+  assert run["test_accuracy"] == reference.test_accuracy
+  assert run["segments"][1]["device"].count(",") == 1  # a group of two
+  cut_bytes = [NUM_TRAIN * 16 * 4, NUM_TRAIN * 16 * 4, 0]
+  assert [p["bytes_sent"]["activations"] for p in doc["processes"]] == cut_bytes
+  assert [(t["what"], t["source"], t["bytes"]) for t in run["transfers"]] == [
+      ("cut 1 activations", "process 0", cut_bytes[0]),
+      ("cut 2 activations", "process 1", cut_bytes[1])]
+  assert (out / "handoff" / "cut-1.npy").exists() and (out / "handoff" / "cut-2.npy").exists()
+
+
+@pytest.mark.slow  # several fresh processes each import jax and compile
+def test_a_killed_process_is_reported_and_its_segment_rerun_alone(mnist_dir, tmp_path):
+  flags = _flags(mnist_dir, "--cuts", "2", "--schedule", "sequential")
+  out = tmp_path / "run"
+  launcher = subprocess.Popen(
+      [sys.executable, "-m", "synthpart", "launch", *flags, "--local", "2", "--out", str(out)],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  info = out / "process-1" / "process.json"
+  deadline = time.monotonic() + 240
+  while not info.exists() and launcher.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.02)
+  os.kill(json.loads(info.read_text())["pid"], signal.SIGKILL)
+  stdout, stderr = launcher.communicate(timeout=300)
+  assert launcher.returncode == D.EXIT_INCOMPLETE, stdout + stderr
+  assert "segment 1 (process 1) failed" in stderr and "SIGKILL" in stderr
+  # The other process finished its segment and kept it, and its hand-off for segment 1.
+  run = D.RunDir(out, 2)
+  assert json.loads(run.status(0).read_text())["status"] == "done"
+  assert run.params(0).exists() and run.handoff(2).exists() and not run.results.exists()
+  failures = json.loads(run.failures.read_text())
+  assert [(f["segment"], f["status"]) for f in failures["failed"]] == [(1, "failed")]
+  assert failures["kept"] == [0]
+  # The printed command reruns it alone (no coordinator) and assembles the network.
+  command = next(line.split("rerun it alone: ", 1)[1] for line in stderr.splitlines()
+                 if "rerun it alone: " in line)
+  argv = shlex.split(command)
+  assert argv[:2] == ["synthpart", "launch"] and argv[-2:] == ["--only-segment", "1"]
+  assert "--process-id" in argv and argv[argv.index("--process-id") + 1] == "1"
+  assert main(argv[1:] + ["-q"]) == 0
+  doc = json.loads(run.results.read_text())
+  params, reference = _reference(flags)
+  _assert_same_params(run, params)
+  assert doc["runs"][0]["test_accuracy"] == reference.test_accuracy
+
+
+def test_when_process_0_cannot_start_the_others_hear_why(tmp_path):
+  out = tmp_path / "run"
+  done = _launch(*_flags(tmp_path / "missing", "--cuts", "2"), "--local", "2", "--out", str(out))
+  assert done.returncode == D.EXIT_INCOMPLETE
+  assert "segment 0 (process 0) failed: process 0 died: exit code 2" in done.stderr
+  assert "its last error: " in done.stderr and "missing" in done.stderr
+  assert "process 0 stopped the launch" in (out / "process-1" / "log.txt").read_text()
+
+
+# --- in one process: failures, reruns, settings ------------------------------------------------
+
+def test_a_failing_segment_keeps_the_others_and_says_how_to_rerun(mnist_dir, tmp_path,
+                                                                  monkeypatch, capsys):
+  flags = _flags(mnist_dir, "--cuts", "2", "--schedule", "parallel", "-q")
+  out = tmp_path / "run"
+  real = S.start_segment
+
+  def broken(task, *args, **kwargs):
+    if task.spec.index == 1:
+      raise RuntimeError("injected failure")
+    return real(task, *args, **kwargs)
+
+  monkeypatch.setattr(S, "start_segment", broken)
+  assert main(["launch", *flags, "--num-processes", "1", "--out", str(out)]) == D.EXIT_INCOMPLETE
+  run = D.RunDir(out, 1)
+  status = json.loads(run.status(1).read_text())
+  assert status["status"] == "failed" and status["error"] == "RuntimeError: injected failure"
+  assert json.loads(run.status(0).read_text())["status"] == "done"
+  (failed,) = json.loads(run.failures.read_text())["failed"]
+  assert failed["segment"] == 1 and "--only-segment 1" in failed["rerun"]
+  assert "RuntimeError: injected failure" in capsys.readouterr().err
+  # A new launch into the same directory is refused; the rerun of segment 1 completes it.
+  assert main(["launch", *flags, "--num-processes", "1", "--out", str(out)]) == 2
+  assert "--overwrite" in capsys.readouterr().err
+  monkeypatch.setattr(S, "start_segment", real)
+  assert main(["launch", *flags, "--out", str(out), "--only-segment", "1"]) == 0
+  assert json.loads(run.results.read_text())["runs"][0]["method"] == "pnn-parallel"
+  assert not run.failures.exists()
+
+
+def test_a_rerun_must_use_the_launch_settings(mnist_dir, tmp_path, capsys):
+  flags = _flags(mnist_dir, "--cuts", "2", "--schedule", "sequential", "-q")
+  out = tmp_path / "run"
+  config = load_config(build_parser().parse_args(["launch", *flags]))
+  D.write_json(out / "launch.json", {"num_processes": 2, "config": config.to_dict()})
+  assert main(["launch", *flags, "--out", str(out), "--only-segment", "1", "--lr", "0.1"]) == 2
+  assert "differ from those of the launch" in capsys.readouterr().err
+  assert main(["launch", *flags, "--out", str(out), "--only-segment", "1",
+               "--num-processes", "3"]) == 2
+  assert "ran 2 processes, not 3" in capsys.readouterr().err
+
+
+def test_without_coordinates_or_a_cluster_launch_says_what_it_needs(mnist_dir, tmp_path):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("SYNTHPART_", "SLURM_", "OMPI_", "PMI_", "JAX_COORDINATOR"))}
+  done = subprocess.run([sys.executable, "-m", "synthpart", "launch",
+                         *_flags(mnist_dir, "--cuts", "2"), "--out", str(tmp_path)],
+                        capture_output=True, text=True, timeout=120, env=env)
+  assert done.returncode == 2
+  assert "--coordinator HOST:PORT --num-processes N --process-id I" in done.stderr
+  assert "--local N" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_in_a_process_that_already_uses_jax_a_launch_says_so(mnist_dir, tmp_path, capsys):
+  jax.devices()  # the backend is up, as it is in any program that has used jax
+  before = jax.config.jax_enable_recoverability
+  try:
+    assert main(["launch", *_flags(mnist_dir, "--cuts", "2"), "--out", str(tmp_path),
+                 "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "1"]) == 2
+  finally:
+    jax.config.update("jax_enable_recoverability", before)
+  assert "must start in a fresh process" in capsys.readouterr().err
+
+
+def test_a_segment_without_its_input_is_skipped(mnist_dir, tmp_path):
+  flags = _flags(mnist_dir, "--cuts", "2", "--schedule", "sequential", "-q")
+  out = tmp_path / "run"
+  assert main(["launch", *flags, "--num-processes", "2", "--out", str(out),
+               "--only-segment", "1"]) == D.EXIT_INCOMPLETE
+  status = json.loads(D.RunDir(out, 2).status(1).read_text())
+  assert status["status"] == "skipped" and "segment 0 is not trained" in status["error"]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--local", "3"], "give 1 to 2 processes"),
+    (["--local", "2", "--process-id", "1"], "leave out --coordinator"),
+    (["--num-processes", "2", "--process-id", "2"], "outside 0..2 - 1"),
+    (["--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"], "HOST:PORT"),
+    (["--num-processes", "1", "--only-segment", "5"], "outside segments 0..1"),
+    (["--local", "2", "--only-segment", "1"], "leave out --local"),
+    (["--num-processes", "2", "--process-id", "0", "--resume"], "does not --resume"),
+])
+def test_bad_launch_flags_are_one_line_errors(mnist_dir, tmp_path, capsys, args, words):
+  assert main(["launch", *_flags(mnist_dir, "--cuts", "2"), "--out", str(tmp_path / "r"),
+               *args]) == 2
+  err = capsys.readouterr().err
+  assert words in err and err.count("\n") == 1
+
+
+def test_identity_from_flags_then_environment():
+  args = build_parser().parse_args(["launch", "--process-id", "1"])
+  env = {D.ENV_COORDINATOR: "10.0.0.1:1234", D.ENV_NUM_PROCESSES: "4", D.ENV_PROCESS_ID: "3"}
+  assert D.resolve_identity(args, env) == D.Identity("10.0.0.1:1234", 4, 1)
+  assert D.resolve_identity(build_parser().parse_args(["launch"]), {}) == D.Identity(None, None,
+                                                                                   None)
+  with pytest.raises(ConfigError, match="SYNTHPART_NUM_PROCESSES must be an integer"):
+    D.resolve_identity(build_parser().parse_args(["launch"]), {D.ENV_NUM_PROCESSES: "two"})
+
+
+def test_segments_go_round_robin():
+  assert [D.segments_of(i, 2, 5) for i in range(2)] == [(0, 2, 4), (1, 3)]
+  run = D.RunDir(__import__("pathlib").Path("/r"), 2)
+  assert str(run.params(3)) == "/r/process-1/segment-3.npz"
+
+
+def test_params_round_trip_exactly(tmp_path):
+  params = [{"kernel": np.arange(6, dtype=np.float32).reshape(2, 3) / 7,
+             "bias": np.ones(3, ml_dtypes.bfloat16) / 3}]
+  nbytes = D.save_params(tmp_path / "p.npz", params)
+  (layer,) = D.load_params(tmp_path / "p.npz")
+  assert nbytes == 6 * 4 + 3 * 2
+  assert np.array_equal(layer["kernel"], params[0]["kernel"])
+  assert layer["bias"].dtype == ml_dtypes.bfloat16
+  assert np.array_equal(layer["bias"], params[0]["bias"])
+
+
+def test_liveness_by_heartbeat_and_exit(tmp_path):
+  run = D.RunDir(tmp_path, 3)
+  liveness = D.Liveness(run, timeout=0.2)
+  run.process(1).mkdir(parents=True)
+  run.heartbeat(1).write_text("7")
+  assert liveness.lost(1) is None
+  time.sleep(0.3)
+  assert "no heartbeat for 0.2 s" in liveness.lost(1)
+  with D.Heartbeat(run.heartbeat(2), interval=0.05):
+    time.sleep(0.1)
+    assert liveness.lost(2) is None
+    time.sleep(0.3)
+    assert liveness.lost(2) is None  # beating: its counter keeps changing
+  D.write_json(run.exit_marker(2), {"exit_code": 0})
+  assert liveness.lost(2) == "process 2 exited with code 0"
+
+
+def test_a_failed_upstream_stops_the_wait(tmp_path):
+  run = D.RunDir(tmp_path, 2)
+  D.write_json(run.status(0), {"segment": 0, "status": "failed"})
+  with pytest.raises(D.UpstreamMissing, match="segment 0 failed: no cut 2 activations"):
+    D.wait_for_activations(run, 2, 0, D.Liveness(run, 60))
+  D.write_json(run.status(0), {"segment": 0, "status": "done"})
+  with pytest.raises(D.UpstreamMissing, match="segment 0 diverged"):
+    D.wait_for_activations(run, 2, 0, D.Liveness(run, 60))
+
+
+def test_curves_follow_the_schedule():
+  seg = lambda seconds: S.SegmentResult("s", (0, 1), "", "cpu:0", "adam", 0.1, 10, len(seconds),
+                                        2, loss_per_epoch=[1.0] * len(seconds),
+                                        epoch_seconds=seconds)
+  a, b = seg([1.0, 1.0]), seg([3.0])
+  assert D.curve("parallel", [a, b], [0, 0]) == [
+      {"epoch": 1, "seconds": 3.0, "examples": [20, 20]},
+      {"epoch": 2, "seconds": 3.0, "examples": [40, 20]}]
+  assert [p["seconds"] for p in D.curve("sequential", [a, b], [0.0, 0.5])] == [1.0, 2.0, 5.5]

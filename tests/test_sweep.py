@@ -1,0 +1,196 @@
+"""Sweeps: grid expansion, point names, baselines, resumability and the mean ± std summary."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from synthpart import sweep as sweep_lib
+from synthpart.errors import ConfigError
+from tiny import tiny_dataset
+
+TINY_BASE = {"data": {"name": "tiny"}, "model": {"hidden": [8, 8, 8], "cuts": [2]},
+             "train": {"epochs": 1, "batch_size": 64, "learning_rate": 0.01},
+             "recovery": {"epochs": 0}}
+
+
+def tiny_sweep(**changes) -> sweep_lib.Sweep:
+  values = {"base": TINY_BASE, "seeds": [0, 1], "methods": ["conventional", "parallel"],
+            "axes": {"sil.scale": [0.5, 2.0]}}
+  values.update(changes)
+  return sweep_lib.parse_sweep(values)
+
+
+def run(sweep: sweep_lib.Sweep, out, **options) -> dict:
+  return sweep_lib.run_sweep(sweep, out, sweep_lib.RunOptions(show_progress=False, **options),
+                             load=lambda data: tiny_dataset(num_train=128, num_test=32))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """One tiny sweep, run once for every test that reads its outputs."""
+  out = tmp_path_factory.mktemp("sweep")
+  summary = run(tiny_sweep(), out, tensorboard=True)
+  return out, summary
+
+
+def test_grid_is_the_product_of_the_axes_first_axis_slowest():
+  sweep = tiny_sweep(axes={"sil.scale": [0.1, 1.0, 10.0], "model.cuts": [[1], [2], [1, 2]]})
+  points = sweep_lib.expand(sweep)
+  assert len(points) == 9
+  assert [p.values for p in points[:2]] == [
+      (("sil.scale", 0.1), ("model.cuts", (1,))), (("sil.scale", 0.1), ("model.cuts", (2,)))]
+  last = points[-1]
+  assert [c.seed for c in last.configs] == [0, 1]
+  assert last.configs[0].sil.scale == 10.0 and last.configs[0].model.cuts == (1, 2)
+  assert last.configs[0].model.num_segments == 3
+
+
+def test_point_names_are_deterministic_and_readable():
+  sweep = tiny_sweep(axes={"sil.scale": [0.1, 10.0], "model.cuts": [[1, 2]],
+                           "sil.kind": ["uniform"]})
+  names = [p.name for p in sweep_lib.expand(sweep)]
+  assert names == ["sil.scale=0.1,model.cuts=1+2,sil.kind=uniform",
+                   "sil.scale=10,model.cuts=1+2,sil.kind=uniform"]
+  assert names == [p.name for p in sweep_lib.expand(sweep)]
+  long = [("model.hidden", tuple([1024] * 40))]
+  name = sweep_lib.point_name(long)
+  assert len(name) <= 120 and name == sweep_lib.point_name(long)
+  assert sweep_lib.point_name([("segments.0.epochs", 5), ("sil.noise", 0.0)]) == \
+      "segments.0.epochs=5,sil.noise=0"
+
+
+def test_nested_tables_and_dotted_keys_mean_the_same_setting():
+  dotted = tiny_sweep(axes={"sil.scale": [1.0, 2.0], "segments.0.epochs": [1, 2]})
+  nested = tiny_sweep(axes={"sil": {"scale": [1.0, 2.0]}, "segments": {"0": {"epochs": [1, 2]}}})
+  assert [p.configs for p in sweep_lib.expand(dotted)] == \
+      [p.configs for p in sweep_lib.expand(nested)]
+  config = sweep_lib.expand(dotted)[-1].configs[0]
+  assert config.segment_train(0).epochs == 2 and config.segment_train(1).epochs == 1
+
+
+def test_set_overrides_the_base_and_base_may_be_a_file(tmp_path):
+  (tmp_path / "base.toml").write_text('[data]\nname = "tiny"\n[train]\nepochs = 4\n')
+  (tmp_path / "sweep.toml").write_text(
+      'base = "base.toml"\nseeds = [3, 4, 5]\n[set]\n"train.batch_size" = 16\n'
+      '[axes]\n"recovery.epochs" = [0, 1]\n')
+  sweep = sweep_lib.load_sweep(tmp_path / "sweep.toml")
+  config = sweep_lib.expand(sweep)[1].configs[2]
+  assert (config.train.epochs, config.train.batch_size, config.recovery.epochs, config.seed) == \
+      (4, 16, 1, 5)
+  assert sweep.methods == "compare"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"axes": {"seed": [0, 1]}}, "seed cannot be an axis"),
+    ({"axes": {"sil.scale": []}}, "non-empty list"),
+    ({"axes": {"sil.scale": [1.0, 1.0]}}, "repeats"),
+    ({"methods": ["sequential", "bogus"]}, "methods must be"),
+    ({"seeds": [0, 0]}, "seeds must be"),
+    ({"axes": {"model.cuts": [[1], [7]]}}, "sweep point model.cuts=7"),
+    ({"axes": {"sil.nope": [1]}}, "unknown setting sil.nope"),
+])
+def test_bad_sweeps_raise_one_line_config_errors(changes, message):
+  with pytest.raises(ConfigError, match=message) as error:
+    sweep_lib.expand(tiny_sweep(**changes))
+  assert "\n" not in str(error.value)
+
+
+def test_unknown_top_level_key_is_rejected():
+  with pytest.raises(ConfigError, match="unknown sweep key"):
+    sweep_lib.parse_sweep({"base": {}, "axis": {}})
+
+
+def test_conventional_runs_once_per_seed_for_points_that_cannot_change_it():
+  sweep = tiny_sweep(axes={"sil.scale": [0.5, 2.0], "model.cuts": [[1], [2]]},
+                     methods=["conventional", "sequential", "parallel"])
+  jobs = sweep_lib.jobs(sweep, sweep_lib.expand(sweep))
+  baselines = [j for j in jobs if j.kind == "baseline"]
+  assert len(baselines) == 2 and len(jobs) == 2 + 4 * 2
+  assert all(j.config.model.cuts == () for j in baselines)
+  assert jobs[-1].schedules == ("sequential", "parallel")
+  wider = tiny_sweep(axes={"model.hidden": [[8, 8, 8], [16, 16, 16]]})
+  assert len([j for j in sweep_lib.jobs(wider, sweep_lib.expand(wider))
+              if j.kind == "baseline"]) == 4  # a width changes the baseline
+
+
+def test_mean_std_is_the_sample_std():
+  mean, std = sweep_lib.mean_std([0.8, 0.9, 1.0])
+  assert math.isclose(mean, 0.9) and math.isclose(std, 0.1)
+  assert sweep_lib.mean_std([0.5]) == (0.5, 0.0)
+  assert all(math.isnan(v) for v in sweep_lib.mean_std([]))
+
+
+def test_sweep_writes_each_point_and_a_summary(finished):
+  out, summary = finished
+  assert (out / "sil.scale=0.5/seed-0/results.json").exists()
+  assert (out / "sil.scale=2/seed-1/results.json").exists()
+  document = json.loads((out / "sil.scale=2/seed-1/results.json").read_text())
+  assert document["config"]["sil"]["scale"] == 2.0 and document["config"]["seed"] == 1
+  assert [r["method"] for r in document["runs"]] == ["pnn-parallel"]
+  rows = {(r["point"], r["method"]): r for r in summary["rows"]}
+  assert set(rows) == {(p, m) for p in ("sil.scale=0.5", "sil.scale=2")
+                       for m in ("conventional", "pnn-parallel")}
+  row = rows["sil.scale=2", "pnn-parallel"]
+  accuracies = [json.loads((out / f"sil.scale=2/seed-{s}/results.json").read_text())
+                ["runs"][0]["test_accuracy"] for s in (0, 1)]
+  assert row["seeds"] == 2
+  assert math.isclose(row["accuracy_mean"], sum(accuracies) / 2)
+  assert math.isclose(row["accuracy_std"], sweep_lib.mean_std(accuracies)[1])
+  conventional = rows["sil.scale=2", "conventional"]
+  assert math.isclose(row["delta_points"],
+                      100 * (row["accuracy_mean"] - conventional["accuracy_mean"]))
+  assert json.loads((out / "summary.json").read_text())["rows"] == json.loads(
+      json.dumps(summary["rows"]))
+  table = (out / "summary.md").read_text()
+  assert "| 2 | pnn-parallel | 2 |" in table and " ± " in table
+
+
+def test_rerun_skips_finished_runs_and_redoes_missing_ones(finished, monkeypatch):
+  out, _ = finished
+  made = []
+  real = sweep_lib._experiment
+
+  def counting(job):
+    made.append(job.directory)
+    return real(job)
+
+  monkeypatch.setattr(sweep_lib, "_experiment", counting)
+  stamp = os.stat(out / "sil.scale=0.5/seed-0/results.json").st_mtime_ns
+  run(tiny_sweep(), out)
+  assert made == []
+  assert os.stat(out / "sil.scale=0.5/seed-0/results.json").st_mtime_ns == stamp
+  (out / "sil.scale=2/seed-1/results.json").unlink()
+  run(tiny_sweep(), out)
+  assert made == ["sil.scale=2/seed-1"]
+
+
+def test_changed_settings_in_the_same_directory_are_refused(finished):
+  out, _ = finished
+  changed = tiny_sweep(base={**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 2}})
+  with pytest.raises(ConfigError, match="other settings"):
+    run(changed, out)
+
+
+def test_cli_dry_run_lists_runs(finished, tmp_path, capsys):
+  from synthpart.cli import main
+  out, _ = finished
+  path = tmp_path / "sweep.toml"
+  path.write_text('seeds = [0, 1]\nmethods = ["conventional", "parallel"]\n'
+                  '[base.data]\nname = "tiny"\n[base.model]\nhidden = [8, 8, 8]\ncuts = [2]\n'
+                  '[base.train]\nepochs = 1\nbatch_size = 64\nlearning_rate = 0.01\n'
+                  '[base.recovery]\nepochs = 0\n[axes]\n"sil.scale" = [0.5, 2.0, 4.0]\n')
+  assert main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert "done   sil.scale=0.5/seed-1" in lines and "to do  sil.scale=4/seed-0" in lines
+  assert lines[-1] == "3 points x 2 seeds: 8 runs"
+
+
+def test_tensorboard_files_are_written_per_method(finished):
+  out, _ = finished
+  logs = out / "sil.scale=0.5/seed-0/tensorboard"
+  assert [p.name for p in logs.iterdir()] == ["pnn-parallel"]
+  assert any(f.name.startswith("events.out.tfevents") for f in (logs / "pnn-parallel").iterdir())
