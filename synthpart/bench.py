@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import platform
 import time
 from pathlib import Path
@@ -119,7 +118,6 @@ def _entry(name: str, kind: str, layers: tuple[int, int], device: Any, batch: in
 def bench_segment_loop(problem: Any, spec: Any, inputs: str, kind: str, repeats: int,
                        name: str) -> dict[str, Any]:
   """Compiles and times one loop of the shared epoch function on its device."""
-  import jax
   import numpy as np
   from synthpart import accounting
   from synthpart.train import schedules
@@ -147,7 +145,6 @@ def bench_segment_loop(problem: Any, spec: Any, inputs: str, kind: str, repeats:
 
 def bench_model_parallel(problem: Any, repeats: int) -> dict[str, Any]:
   """Compiles and times model-parallel backprop; bytes moved come from the ledger."""
-  import jax
   from synthpart import accounting
   from synthpart.train import model_parallel, schedules
   train = problem.config.train
@@ -263,8 +260,9 @@ def format_memory(memory: dict[str, Any]) -> list[str]:
     devices = ", ".join(f"{d['peak'] / 1e6:.1f} ({d['peak_without_data'] / 1e6:.1f})"
                         for d in entry["devices"])
     lines.append(f"| {method} | {devices} | {entry['peak'] / 1e6:.1f} | "
-                 f"{entry['peak_without_data'] / 1e6:.1f} | {ratio['ratio']:.2f} | "
-                 f"{ratio['ratio_without_data']:.2f} | {'yes' if ratio['met'] else 'no'} |")
+                 f"{entry['peak_without_data'] / 1e6:.1f} | {ratio['ratio']:.3f} | "
+                 f"{ratio['ratio_without_data']:.3f} | "
+                 f"{'-' if method == 'conventional' else 'yes' if ratio['met'] else 'no'} |")
   return lines
 
 

@@ -100,7 +100,7 @@ def latest(policy: Policy, method: str, loop: str) -> int | None:
 
 
 def restore(policy: Policy, method: str, loop: str, like: Any,
-            device: jax.Device) -> tuple[Any, dict[str, Any]] | None:
+            device: jax.Device | jax.sharding.Sharding) -> tuple[Any, dict[str, Any]] | None:
   """The loop's newest checkpoint, restored onto `device` in the structure of `like`.
 
   Returns None where the loop has none. A corrupt or truncated one raises `CheckpointError`.
@@ -110,7 +110,9 @@ def restore(policy: Policy, method: str, loop: str, like: Any,
   if step is None:
     return None
   path = policy.loop_dir(method, loop) / str(step)
-  sharding = jax.sharding.SingleDeviceSharding(device)
+  # A segment group's "device" is already a sharding (replicated over the group's devices).
+  sharding = (device if isinstance(device, jax.sharding.Sharding)
+              else jax.sharding.SingleDeviceSharding(device))
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                           like)
   try:

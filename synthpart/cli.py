@@ -130,7 +130,7 @@ def _run(args: argparse.Namespace, experiment: Callable[..., list]) -> int:
   checkpoint.prepare_run_dir(out, config.to_dict(), resume=args.resume,
                              overwrite=args.overwrite, dry_run=True)
   # One device per segment by default; segment groups need the sum of their sizes.
-  devices = select_devices(args.devices, sum(config.placement.sizes(config.model.num_segments)))
+  devices = select_devices(args.devices, config.num_devices)
   dataset = load_dataset(config.data.name, config.data.data_dir, download=config.data.download,
                          progress=not args.quiet)
   if config.data.validation_size:

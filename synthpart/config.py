@@ -143,6 +143,11 @@ class Config:
     overrides = self.segments[index] if index < len(self.segments) else {}
     return dataclasses.replace(self.train, **overrides)
 
+  @property
+  def num_devices(self) -> int:
+    """Devices the run spreads over: every segment's group, added up."""
+    return sum(self.placement.sizes(self.model.num_segments))
+
   def to_dict(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
     out["segments"] = [dict(s) for s in self.segments]

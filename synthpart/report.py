@@ -383,7 +383,7 @@ def write_report(directory: str | Path, out: str | Path | None = None,
 
 
 def _image(out: Path, path: Path, caption: str) -> str:
-  return f"![{caption}]({path.relative_to(out).as_posix()})\n\n*{caption}*\n"
+  return f"![{path.stem.replace('_', ' ')}]({path.relative_to(out).as_posix()})\n\n*{caption}*\n"
 
 
 def _common_figures(out: Path, documents: Sequence[Mapping[str, Any]], label: str,
@@ -604,15 +604,15 @@ def _matches_section(summary: Mapping[str, Any], methods: Sequence[str]) -> list
         lines.append(f"| {format_value(_freeze(rv))} | " + " | ".join(out) + " |")
       lines.append("")
   matched = [r for r in rows if r["delta_points"] >= -MATCH_POINTS]
-  failed = [r for r in rows if r["delta_points"] < -MATCH_POINTS]
-  lines.append(f"Matches (✓): {len(matched)} of {len(rows)} (setting, method) pairs.")
-  lines.append("")
-  for title, group in (("Match", matched), ("Fail", failed)):
-    if group:
-      lines.append(f"- {title}: " + "; ".join(
-          f"{r['method']} at " + ", ".join(f"{k}={format_value(_freeze(r['values'][k]))}"
-                                           for k in keys)
-          + f" ({100 * r['accuracy_mean']:.2f}%, {r['delta_points']:+.2f})" for r in group))
+  lines.append(f"Matches (✓): {len(matched)} of {len(rows)} (setting, method) pairs: " + ", ".join(
+      f"{m} {sum(r['method'] == m for r in matched)}/{sum(r['method'] == m for r in rows)}"
+      for m in methods) + ".")
+  if len(keys) != 2:
+    for r in rows:
+      where = ", ".join(f"{k}={format_value(_freeze(r['values'][k]))}" for k in keys)
+      mark = "match" if r["delta_points"] >= -MATCH_POINTS else "fail"
+      lines.append(f"- {r['method']} at {where}: {100 * r['accuracy_mean']:.2f}% "
+                   f"({r['delta_points']:+.2f}, {mark})")
   lines.append("")
   return lines
 

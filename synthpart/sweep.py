@@ -355,8 +355,7 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
   todo = jobs(sweep, points)
   exp.write_json_atomic(out / "sweep.json", sweep_document(sweep, points))
   pending = [j for j in todo if not is_done(out / j.directory / "results.json", j.config)]
-  max_segments = max(j.config.model.num_segments for j in todo)
-  devices = select_devices(options.devices, max_segments)
+  devices = select_devices(options.devices, max(j.config.num_devices for j in todo))
   datasets: dict[tuple[Any, ...], Any] = {}
   bar = tqdm(total=len(todo), initial=len(todo) - len(pending), unit="run", desc="sweep",
              dynamic_ncols=True, file=sys.stderr, disable=not options.show_progress)

@@ -3,7 +3,6 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from synthpart import bench
 from synthpart.cli import main
@@ -55,7 +54,7 @@ def test_memory_table():
                               "peak": 1.5e6, "peak_without_data": 0.5e6}}
   from synthpart.accounting import memory_ratios
   lines = bench.format_memory({"methods": methods, "ratios": memory_ratios(methods)})
-  assert lines[-1] == "| pnn-parallel | 1.5 (0.5), 0.4 (0.4) | 1.5 | 0.5 | 0.75 | 0.50 | yes |"
+  assert lines[-1] == "| pnn-parallel | 1.5 (0.5), 0.4 (0.4) | 1.5 | 0.5 | 0.750 | 0.500 | yes |"
 
 
 def test_suites_shrink_on_cpu_only():

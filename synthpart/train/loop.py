@@ -64,12 +64,23 @@ def make_predict(apply_fn: Callable[[Params, jax.Array], jax.Array],
   """Jitted predict(params, x [n, ...]) -> outputs [n, out], in chunks to bound memory."""
   def predict(params: Params, x: jax.Array) -> jax.Array:
     n = x.shape[0]
-    size = min(chunk, n)
+    size = _chunk_size(n, chunk)
     padded = -(-n // size) * size
-    x = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1))
+    if padded != n:
+      x = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1))
     out = jax.lax.map(lambda xb: apply_fn(params, xb), x.reshape(-1, size, *x.shape[1:]))
-    return out.reshape(padded, *out.shape[2:])[:n]
+    out = out.reshape(padded, *out.shape[2:])
+    return out if padded == n else out[:n]
   return jax.jit(predict)
+
+
+def _chunk_size(n: int, chunk: int) -> int:
+  """A divisor of n near `chunk` where there is one: padding the inputs and slicing the outputs
+  would each copy the whole array (the sequential hand-over's training-set outputs)."""
+  for size in range(min(chunk, n), max(min(chunk, n) // 4, 1) - 1, -1):
+    if n % size == 0:
+      return size
+  return min(chunk, n)
 
 
 def count_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
