@@ -10,7 +10,8 @@ A run directory::
 Each loop (the conventional network, a segment, the recovery epochs) checkpoints its own
 `TrainState` every `every` epochs and after its last one, keeping the last `keep`. The JSON meta
 holds the epoch, the loop's PRNG key data, its losses and timings so far, and the method's curve.
-The data order needs no storing: an epoch's order is a pure function of (key, epoch).
+The data order needs no storing: an epoch's order is a pure function of (key, epoch). A sha256
+of the arrays, kept in the meta, catches damage that orbax's own format would not notice.
 Orbax writes each step to a temporary directory and renames it when complete, so a crash mid-write
 leaves the previous checkpoint as the latest. Checkpoints are arrays and JSON: never pickles.
 """
@@ -18,6 +19,7 @@ leaves the previous checkpoint as the latest. Checkpoints are arrays and JSON: n
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -80,6 +82,7 @@ def save(policy: Policy, method: str, loop: str, epoch: int, state: Any,
   """Writes `state` (a pytree of arrays) and `meta` (JSON) as step `epoch` of the loop."""
   import orbax.checkpoint as ocp
   directory = policy.loop_dir(method, loop)
+  meta = {**meta, "digest": state_digest(state)}
   crash_point(f"checkpoint-write:{method}/{loop}:{epoch}", directory)
   with _manager(directory, policy.keep) as manager:
     manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -87,6 +90,17 @@ def save(policy: Policy, method: str, loop: str, epoch: int, state: Any,
     manager.wait_until_finished()
   crash_point(f"checkpoint-saved:{method}/{loop}:{epoch}")
   return directory / str(epoch)
+
+
+def state_digest(state: Any) -> str:
+  """sha256 over every array's dtype, shape and bytes: orbax stores raw chunks without checksums,
+  so a flipped bit would otherwise restore silently."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(state):
+    array = np.asarray(jax.device_get(leaf))
+    digest.update(f"{array.dtype}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()
 
 
 def latest(policy: Policy, method: str, loop: str) -> int | None:
@@ -124,6 +138,8 @@ def restore(policy: Policy, method: str, loop: str, like: Any,
       raise ValueError("its arrays do not match the loop's parameters")
     if not isinstance(meta.get("epoch"), int) or meta["epoch"] != step:
       raise ValueError("its meta has no matching epoch")
+    if meta.get("digest") != state_digest(state):
+      raise ValueError("its arrays do not match the digest written with them")
   except CheckpointError:
     raise
   except Exception as e:  # orbax and tensorstore raise many types for damaged files
