@@ -199,6 +199,11 @@ def _coerce(path: str, value: Any, default: Any) -> Any:
   raise ConfigError(f"{path}: unsupported value {value!r}")
 
 
+def _shown(key: Any) -> str:
+  """A key as typed where it prints on one line, else quoted (errors stay one line)."""
+  return key if isinstance(key, str) and key.isprintable() else repr(key)
+
+
 def _build(cls: type, path: str, values: Mapping[str, Any]) -> Any:
   if not isinstance(values, Mapping):
     raise ConfigError(f"[{path}] must be a table of settings, got {values!r}")
@@ -207,7 +212,7 @@ def _build(cls: type, path: str, values: Mapping[str, Any]) -> Any:
   kwargs = {}
   for key, value in values.items():
     if key not in fields:
-      raise ConfigError(f"unknown setting {path}.{key}; allowed: {', '.join(fields)}")
+      raise ConfigError(f"unknown setting {path}.{_shown(key)}; allowed: {', '.join(fields)}")
     kwargs[key] = _coerce(f"{path}.{key}", value, getattr(defaults, key))
   return cls(**kwargs)
 
@@ -234,7 +239,7 @@ def from_dict(values: Mapping[str, Any]) -> Config:
       kwargs[key] = _coerce(key, value, getattr(Config(), key))
     else:
       allowed = ", ".join(["seed", "schedule", "segments", *_SECTIONS])
-      raise ConfigError(f"unknown setting {key}; allowed: {allowed}")
+      raise ConfigError(f"unknown setting {_shown(key)}; allowed: {allowed}")
   config = Config(**kwargs)
   validate(config)
   return config

@@ -5,7 +5,9 @@
   synthpart launch CONFIG --out DIR --local N  # N processes on this machine, for testing
 
 Segment k trains in process k mod N, on that process's local devices (its segments' groups laid
-out over them, see `synthpart.groups`). The processes share nothing but the run directory, which
+out over them, see `synthpart.groups`), through the schedules' own loops: `train_parallel` over
+the process's segments, or `train_sequential_segment` for each, so that a launch trains exactly
+as `synthpart train` does. The processes share nothing but the run directory, which
 must be on storage that every process sees (NFS, Lustre, a bucket mounted with FUSE...)::
 
   DIR/launch.json                  the plan: settings, processes, segment -> process (process 0)
@@ -336,27 +338,15 @@ def own_groups(devices: Sequence[Any], sizes: Sequence[int],
   return tuple(groups)
 
 
-def _start(problem: Any, segment: int, inputs: str, data: dict[str, Any]) -> tuple[Any, Any]:
-  """Starts segment `segment` exactly as the single-process schedules do: (task, run)."""
-  spec = problem.specs[segment]
-  target = problem.device_of(segment)
-  task = S.segment_task(problem, spec, inputs)
-  run = S.start_segment(task, problem.config.segment_train(segment),
-                        S.init_params(problem, spec, target), data,
-                        S.segment_constants(problem, spec, inputs, target),
-                        problem.key(S.ORDER_STREAM, spec.start), target, f"segment {segment}")
-  return task, run
-
-
-def _finish(ctx: Context, problem: Any, segment: int, run: Any, **extra: Any) -> dict[str, Any]:
+def _finish(ctx: Context, problem: Any, segment: int, params: Any, result: S.SegmentResult,
+            **extra: Any) -> dict[str, Any]:
   """Saves a trained segment's parameters, then its status (the status comes last)."""
-  params = jax.device_get(run.state.params)
-  param_bytes = save_params(ctx.run.params(segment), params)
+  param_bytes = save_params(ctx.run.params(segment), jax.device_get(params))
   sent = extra.pop("activation_bytes", 0)
   status = _status(segment, ctx.process_id, "done", host=ctx.host, pid=os.getpid(),
                    devices=device_name(problem.device_of(segment)),
                    process_devices=[device_name(d) for d in problem.devices],
-                   result=dataclasses.asdict(run.result),
+                   result=dataclasses.asdict(result),
                    bytes_sent={"activations": sent, "parameters": param_bytes}, **extra)
   write_json(ctx.run.status(segment), status)
   return status
@@ -372,65 +362,24 @@ def _fail(ctx: Context, segment: int, e: BaseException, status: str = "failed") 
   return record
 
 
-def _epochs(ctx: Context, runs: dict[int, Any], outcomes: dict[int, dict]) -> None:
-  """Trains the given runs together, one epoch of each per round, as `train_parallel` does.
-
-  A segment that raises is marked failed and dropped; the others go on.
-  """
-  bars = {k: ctx.progress.bar(f"process {ctx.process_id} segment {k}", r.result.epochs,
-                              position=i) for i, (k, r) in enumerate(runs.items())}
-  active = list(runs)
-  epoch = 0
-  while active:
-    active = [k for k in active if epoch < runs[k].result.epochs]
-    start = time.perf_counter()
-    pending = []
-    for k in active:
-      try:
-        pending.append((k, runs[k].dispatch(epoch)))
-      except Exception as e:  # one segment's failure is its own, not the process's
-        outcomes[k] = _fail(ctx, k, e)
-    for k, losses in pending:
-      try:
-        jax.block_until_ready(losses)
-        runs[k].record(losses, time.perf_counter() - start)
-        bars[k].update(loss=runs[k].result.loss_per_epoch[-1])
-      except Exception as e:
-        outcomes[k] = _fail(ctx, k, e)
-    for k in active:
-      if k not in outcomes and runs[k].result.diverged:
-        ctx.progress.message(f"segment {k} diverged at epoch {epoch + 1}")
-    active = [k for k in active if k not in outcomes and not runs[k].result.diverged]
-    epoch += 1
-  for bar in bars.values():
-    bar.close()
-
-
 def train_parallel_segments(ctx: Context, problem: Any, own: Sequence[int]) -> dict[int, dict]:
-  """The parallel schedule for this process's segments: nothing to wait for, nothing to send."""
-  outcomes: dict[int, dict] = {}
-  runs = {}
-  for k in own:
-    spec = problem.specs[k]
-    inputs = "pixels" if spec.is_first else "sil"
-    data = ({"x": problem.train_x, "y": problem.train_y} if spec.is_first
-            else {"y": problem.train_y})
+  """The parallel schedule's own loop over this process's segments: nothing to wait for,
+  nothing to send. A segment that raises fails alone; the others go on and are kept."""
+  errors: dict[int, Exception] = {}
+  params, result = S.train_parallel(problem, ctx.progress, track_accuracy=False,
+                                    segments=own, errors=errors)
+  outcomes = {k: _fail(ctx, k, e) for k, e in errors.items()}
+  for k, p, r in zip([k for k in own if k not in errors], params, result.segments):
     try:
-      runs[k] = _start(problem, k, inputs, data)[1]
+      outcomes[k] = _finish(ctx, problem, k, p, r)
     except Exception as e:
       outcomes[k] = _fail(ctx, k, e)
-  _epochs(ctx, runs, outcomes)
-  for k, run in runs.items():
-    if k not in outcomes:
-      try:
-        outcomes[k] = _finish(ctx, problem, k, run)
-      except Exception as e:
-        outcomes[k] = _fail(ctx, k, e)
   return outcomes
 
 
 def train_sequential_segments(ctx: Context, problem: Any, own: Sequence[int]) -> dict[int, dict]:
-  """The sequential schedule for this process's segments, in order.
+  """The sequential schedule for this process's segments, in order, each through
+  `train_sequential_segment`.
 
   A segment's input is the previous segment's output: in memory when that segment trained here,
   else read from the hand-off file its process writes (waiting for it). Every segment but the
@@ -440,8 +389,8 @@ def train_sequential_segments(ctx: Context, problem: Any, own: Sequence[int]) ->
   features: dict[int, Any] = {}
   for k in own:
     spec = problem.specs[k]
-    target = problem.device_of(k)
-    transfers: list[Transfer] = []
+    # One result per segment: its loop, and the hand-over into it, go into its status.
+    result = S.MethodResult("pnn-sequential")
     try:
       # Hand-over time counts as training time, as in `train_sequential`; waiting for the
       # previous segment to finish does not.
@@ -450,33 +399,28 @@ def train_sequential_segments(ctx: Context, problem: Any, own: Sequence[int]) ->
         x: Any = problem.train_x
       elif k - 1 in features:
         start = time.perf_counter()
-        x = jax.block_until_ready(hand_over(features.pop(k - 1), target, transfers,
-                                            f"cut {spec.input_cut} activations"))
+        x = jax.block_until_ready(hand_over(features.pop(k - 1), problem.device_of(k),
+                                            result.transfers, f"cut {spec.input_cut} activations"))
         handoff_seconds = time.perf_counter() - start
       else:
         path = wait_for_activations(ctx.run, spec.input_cut, k - 1, ctx.liveness)
         start = time.perf_counter()
         x = np.load(path, allow_pickle=False)
         handoff_seconds = time.perf_counter() - start
-        transfers.append(Transfer(f"cut {spec.input_cut} activations",
-                                  f"process {owner(k - 1, ctx.run.num_processes)}",
-                                  device_name(target), int(x.nbytes)))
-      inputs = "pixels" if spec.is_first else "features"
-      task, run = _start(problem, k, inputs, {"x": x, "y": problem.train_y})
-      _epochs(ctx, {k: run}, outcomes)
-      if k in outcomes:
-        continue
+        result.transfers.append(Transfer(f"cut {spec.input_cut} activations",
+                                         f"process {owner(k - 1, ctx.run.num_processes)}",
+                                         device_name(problem.device_of(k)), int(x.nbytes)))
+      params, out = S.train_sequential_segment(problem, spec, x, ctx.progress, result)
       sent = 0
-      if not spec.is_last and not run.result.diverged:
-        out = jax.block_until_ready(S._forward(task, run)(run.state.params, run.data["x"]))
+      if out is not None:
         if k + 1 in own:
           features[k] = out
         host = np.asarray(jax.device_get(out))
         save_array(ctx.run.handoff(spec.output_cut), host)
         if owner(k + 1, ctx.run.num_processes) != ctx.process_id:
           sent = int(host.nbytes)
-      outcomes[k] = _finish(ctx, problem, k, run, activation_bytes=sent,
-                            transfers=[dataclasses.asdict(t) for t in transfers],
+      outcomes[k] = _finish(ctx, problem, k, params, result.segments[-1], activation_bytes=sent,
+                            transfers=[dataclasses.asdict(t) for t in result.transfers],
                             handoff_seconds=handoff_seconds)
     except UpstreamMissing as e:
       outcomes[k] = _fail(ctx, k, e, status="skipped")

@@ -52,7 +52,8 @@ def test_a_different_run_dir_is_refused_and_nothing_written(tmp_path):
   assert not (tmp_path / "empty").exists()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_damaged_checkpoint_restores_exactly_or_fails_in_one_line(tmp_path, data):
   root = Path(tempfile.mkdtemp(dir=tmp_path))

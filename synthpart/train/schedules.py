@@ -4,6 +4,9 @@ Each segment trains through the same epoch loop on its own device (segment i on 
 `sequential` trains segment k on the outputs of the trained segment k-1, handed over once;
 `parallel` trains every segment at once from the SIL tables alone, dispatching every segment's
 epoch before waiting on any, so the devices run concurrently and nothing crosses between them.
+A multi-process run (`synthpart.distributed`) trains each process's segments through these same
+loops: `train_parallel(segments=...)`, and `train_sequential_segment` per segment, the caller
+carrying the activations between segments.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -286,9 +289,8 @@ def _restore_progress(result: MethodResult, meta: dict[str, Any]) -> None:
     result.wall_seconds = meta["wall_seconds"]
 
 
-def _examples(runs: list[SegmentRun]) -> list[int]:
-  return [len(r.result.loss_per_epoch) * r.result.steps_per_epoch * r.result.batch_size
-          for r in runs]
+def _examples(segments: Sequence[SegmentResult]) -> list[int]:
+  return [len(s.loss_per_epoch) * s.steps_per_epoch * s.batch_size for s in segments]
 
 
 def train_whole(problem: Problem, method: str, train: TrainConfig, params: Params,
@@ -323,7 +325,8 @@ def train_whole(problem: Problem, method: str, train: TrainConfig, params: Param
       break
     accuracy = evaluate([run.state.params])
     result.curve.append({"epoch": epoch + 1, "seconds": result.wall_seconds,
-                         "examples": offset_examples + _examples([run]), "accuracy": accuracy})
+                         "examples": offset_examples + _examples([run.result]),
+                         "accuracy": accuracy})
     run.save(checkpoints, method, result)
     bar.update(loss=run.result.loss_per_epoch[-1], acc=accuracy)
   bar.close()
@@ -351,60 +354,81 @@ def train_sequential(problem: Problem, progress: Progress, track_accuracy: bool 
   once to segment k's: the only transfer between devices.
   """
   result = MethodResult("pnn-sequential")
-  evaluate = make_evaluator(problem, problem.device_of(0)) if track_accuracy else None
+  evaluator = make_evaluator(problem, problem.device_of(0)) if track_accuracy else None
   trained: list[Params] = []
   features: jax.Array | None = None
-  runs: list[SegmentRun] = []
   for spec in problem.specs:
-    device = problem.device_of(spec.index)
-    inputs = "pixels" if spec.is_first else "features"
     if spec.is_first:
       x: Any = problem.train_x
     else:
       checkpoint.crash_point(f"handover:{result.method}:cut {spec.input_cut}")
       start = time.perf_counter()
-      x = jax.block_until_ready(
-          hand_over(features, device, result.transfers, f"cut {spec.input_cut} activations"))
+      x = jax.block_until_ready(hand_over(features, problem.device_of(spec.index),
+                                          result.transfers, f"cut {spec.input_cut} activations"))
       result.wall_seconds += time.perf_counter() - start
-    task = segment_task(problem, spec, inputs)
-    train = problem.config.segment_train(spec.index)
-    run = start_segment(task, train, init_params(problem, spec, device),
-                        {"x": x, "y": problem.train_y},
-                        segment_constants(problem, spec, inputs, device),
-                        problem.key(ORDER_STREAM, spec.start), device, f"segment {spec.index}")
-    runs.append(run)
-    result.segments.append(run.result)
-    result.compile_seconds += run.result.compile_seconds
-    done, meta = run.resume(checkpoints, result.method)
-    _restore_progress(result, meta)
-    bar = progress.bar(f"sequential segment {spec.index}", train.epochs, done=done)
-    for epoch in range(done, train.epochs):
-      start = time.perf_counter()
-      losses = jax.block_until_ready(run.dispatch(epoch, result.method))
-      run.record(losses, time.perf_counter() - start)
-      result.wall_seconds += run.result.epoch_seconds[-1]
-      if _stop_if_diverged(run, result.method, epoch, progress):
-        break
-      point: dict[str, Any] = {"epoch": epoch + 1, "seconds": result.wall_seconds,
-                               "examples": _examples(runs)}
-      if spec.is_last and evaluate is not None:
-        point["accuracy"] = evaluate(trained + [run.state.params])
-      result.curve.append(point)
-      run.save(checkpoints, result.method, result)
-      bar.update(loss=run.result.loss_per_epoch[-1], **_acc(point))
-    bar.close()
-    if run.result.diverged:
+    # Only the last segment completes a network to evaluate.
+    evaluate = (None if evaluator is None or not spec.is_last
+                else lambda params: evaluator(trained + [params]))
+    params, features = train_sequential_segment(problem, spec, x, progress, result, checkpoints,
+                                                evaluate)
+    trained.append(params)
+    if result.segments[-1].diverged:
       progress.message(f"{result.method}: later segments not trained, segment {spec.index} "
                        "diverged")
-      return jax.device_get(trained + [run.state.params]), result
-    trained.append(run.state.params)
-    if not spec.is_last:
-      start = time.perf_counter()
-      features = jax.block_until_ready(_forward(task, run)(run.state.params, run.data["x"]))
-      result.wall_seconds += time.perf_counter() - start
+      return jax.device_get(trained), result
   params = jax.device_get(trained)
-  result.test_accuracy = (evaluate or make_evaluator(problem, problem.device_of(0)))(params)
+  result.test_accuracy = (evaluator or make_evaluator(problem, problem.device_of(0)))(params)
   return params, result
+
+
+def train_sequential_segment(problem: Problem, spec: SegmentSpec, inputs_x: Any,
+                             progress: Progress, result: MethodResult,
+                             checkpoints: checkpoint.Policy | None = None,
+                             evaluate: Callable[[Params], float] | None = None
+                             ) -> tuple[Params, jax.Array | None]:
+  """One segment of the sequential schedule, on its device: (params, its outputs or None).
+
+  `inputs_x` is the training set for the first segment, else the previous segment's outputs,
+  already handed over by the caller (in one process, `hand_over`; across processes, a file).
+  The loop, its curve points and timings are added to `result`. The outputs over the training
+  set are computed on this segment's device for the next segment, unless this is the last
+  segment or it diverged (then None). `evaluate(params)`, if given, is the accuracy after each
+  epoch.
+  """
+  device = problem.device_of(spec.index)
+  inputs = "pixels" if spec.is_first else "features"
+  task = segment_task(problem, spec, inputs)
+  train = problem.config.segment_train(spec.index)
+  run = start_segment(task, train, init_params(problem, spec, device),
+                      {"x": inputs_x, "y": problem.train_y},
+                      segment_constants(problem, spec, inputs, device),
+                      problem.key(ORDER_STREAM, spec.start), device, f"segment {spec.index}")
+  result.segments.append(run.result)
+  result.compile_seconds += run.result.compile_seconds
+  done, meta = run.resume(checkpoints, result.method)
+  _restore_progress(result, meta)
+  bar = progress.bar(f"sequential segment {spec.index}", train.epochs, done=done)
+  for epoch in range(done, train.epochs):
+    start = time.perf_counter()
+    losses = jax.block_until_ready(run.dispatch(epoch, result.method))
+    run.record(losses, time.perf_counter() - start)
+    result.wall_seconds += run.result.epoch_seconds[-1]
+    if _stop_if_diverged(run, result.method, epoch, progress):
+      break
+    point: dict[str, Any] = {"epoch": epoch + 1, "seconds": result.wall_seconds,
+                             "examples": _examples(result.segments)}
+    if evaluate is not None:
+      point["accuracy"] = evaluate(run.state.params)
+    result.curve.append(point)
+    run.save(checkpoints, result.method, result)
+    bar.update(loss=run.result.loss_per_epoch[-1], **_acc(point))
+  bar.close()
+  if spec.is_last or run.result.diverged:
+    return run.state.params, None
+  start = time.perf_counter()
+  features = jax.block_until_ready(_forward(task, run)(run.state.params, run.data["x"]))
+  result.wall_seconds += time.perf_counter() - start
+  return run.state.params, features
 
 
 def _acc(point: dict[str, Any]) -> dict[str, float]:
@@ -423,60 +447,96 @@ def _forward(task: Task, run: SegmentRun) -> Callable[[Params, jax.Array], jax.A
 
 
 def train_parallel(problem: Problem, progress: Progress, track_accuracy: bool = True,
-                   checkpoints: checkpoint.Policy | None = None
+                   checkpoints: checkpoint.Policy | None = None,
+                   segments: Sequence[int] | None = None,
+                   errors: dict[int, Exception] | None = None
                    ) -> tuple[list[Params], MethodResult]:
   """Every segment at once, from the SIL tables alone: nothing crosses devices while training.
 
   Each round dispatches one epoch of every unfinished segment before waiting on any of them.
   With `track_accuracy`, the composed network is evaluated between rounds (outside the timing).
+  `segments` trains only those (default all; a process of a multi-process run trains its own);
+  the network is evaluated only when all are trained here. With `errors`, a segment that raises
+  is recorded there and dropped while the others go on (a multi-process run keeps the segments
+  that trained); the params and `result.segments` returned are those of the others, in order.
+  Without it, the error propagates.
   """
   result = MethodResult("pnn-parallel")
+  failed = {} if errors is None else errors  # without `errors`, nothing gets here: it raises
   runs: list[SegmentRun] = []
-  for spec in problem.specs:
-    device = problem.device_of(spec.index)
+  indices: list[int] = []  # the segment of each run
+  for k in range(len(problem.specs)) if segments is None else segments:
+    spec = problem.specs[k]
+    device = problem.device_of(k)
     inputs = "pixels" if spec.is_first else "sil"
     data = {"x": problem.train_x, "y": problem.train_y} if spec.is_first else {"y": problem.train_y}
-    runs.append(start_segment(
-        segment_task(problem, spec, inputs), problem.config.segment_train(spec.index),
-        init_params(problem, spec, device), data,
-        segment_constants(problem, spec, inputs, device),
-        problem.key(ORDER_STREAM, spec.start), device, f"segment {spec.index}"))
-  result.segments = [r.result for r in runs]
-  result.compile_seconds = sum(r.result.compile_seconds for r in runs)
-  evaluate = make_evaluator(problem, problem.device_of(0)) if track_accuracy else None
+    try:
+      runs.append(start_segment(
+          segment_task(problem, spec, inputs), problem.config.segment_train(k),
+          init_params(problem, spec, device), data,
+          segment_constants(problem, spec, inputs, device),
+          problem.key(ORDER_STREAM, spec.start), device, f"segment {k}"))
+      indices.append(k)
+    except Exception as e:
+      _keep_going(errors, k, e)
+  whole = segments is None
+  evaluate = make_evaluator(problem, problem.device_of(0)) if track_accuracy and whole else None
   # Loops may have been checkpointed at different epochs: each resumes from its own, and the
   # method's curve from the one that got least far.
   resumed = [r.resume(checkpoints, result.method) for r in runs]
   done = [d for d, _ in resumed]
-  _restore_progress(result, min(resumed, key=lambda dm: dm[0])[1])
-  result.curve = result.curve[:min(done)]
+  _restore_progress(result, min(resumed, key=lambda dm: dm[0], default=(0, {}))[1])
+  result.curve = result.curve[:min(done, default=0)]
   bars = [progress.bar(f"parallel {r.result.name}", r.result.epochs, position=i, done=done[i])
           for i, r in enumerate(runs)]
   active = list(range(len(runs)))
-  for epoch in range(min(done), max(r.result.epochs for r in runs)):
+  for epoch in range(min(done, default=0), max((r.result.epochs for r in runs), default=0)):
     active = [i for i in active if epoch < runs[i].result.epochs]
     if not active:
       break
     start = time.perf_counter()
-    pending = [(i, runs[i].dispatch(epoch, result.method)) for i in active if epoch >= done[i]]
+    pending = []
+    for i in active:
+      if epoch >= done[i]:
+        try:
+          pending.append((i, runs[i].dispatch(epoch, result.method)))
+        except Exception as e:
+          _keep_going(errors, indices[i], e)
     for i, losses in pending:
-      jax.block_until_ready(losses)
+      try:
+        jax.block_until_ready(losses)
+      except Exception as e:
+        _keep_going(errors, indices[i], e)
+        continue
       runs[i].record(losses, time.perf_counter() - start)
       bars[i].update(loss=runs[i].result.loss_per_epoch[-1])
     result.wall_seconds += time.perf_counter() - start
-    active = [i for i in active if not _stop_if_diverged(runs[i], result.method, epoch, progress)]
+    active = [i for i in active if indices[i] not in failed
+              and not _stop_if_diverged(runs[i], result.method, epoch, progress)]
     point: dict[str, Any] = {"epoch": epoch + 1, "seconds": result.wall_seconds,
-                             "examples": _examples(runs)}
-    if evaluate is not None and not any(r.result.diverged for r in runs):
+                             "examples": _examples([r.result for r in runs])}
+    if evaluate is not None and not failed and not any(r.result.diverged for r in runs):
       point["accuracy"] = evaluate([r.state.params for r in runs])
     result.curve.append(point)
     for i, _ in pending:
-      runs[i].save(checkpoints, result.method, result)
+      if indices[i] not in failed:
+        runs[i].save(checkpoints, result.method, result)
   for bar in bars:
     bar.close()
-  params = jax.device_get([r.state.params for r in runs])
-  result.test_accuracy = (evaluate or make_evaluator(problem, problem.device_of(0)))(params)
+  kept = [r for k, r in zip(indices, runs) if k not in failed]
+  result.segments = [r.result for r in kept]
+  result.compile_seconds = sum(r.result.compile_seconds for r in kept)
+  params = jax.device_get([r.state.params for r in kept])
+  if whole and not failed:
+    result.test_accuracy = (evaluate or make_evaluator(problem, problem.device_of(0)))(params)
   return params, result
+
+
+def _keep_going(errors: dict[int, Exception] | None, segment: int, e: Exception) -> None:
+  """Records a segment's error where the caller keeps the other segments going, else raises."""
+  if errors is None:
+    raise e
+  errors[segment] = e
 
 
 def train_recovery(problem: Problem, segment_params: list[Params], base: MethodResult,
