@@ -54,12 +54,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +70,7 @@ from jax._src import distributed as jax_distributed
 from synthpart import experiment as exp
 from synthpart.data import load_dataset, split_validation
 from synthpart.errors import ConfigError, SynthpartError
+from synthpart.files import write_atomic, write_json_atomic
 from synthpart.groups import layout_groups
 from synthpart.placement import Transfer, device_name, hand_over
 from synthpart.progress import Progress
@@ -138,23 +138,7 @@ class RunDir:
     return self.root / "failures.json"
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-  """Writes through a temporary file, fsync and rename: a reader sees all of it or nothing."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-
-
-def write_json(path: Path, document: Any) -> None:
-  _write_atomic(path, lambda f: f.write(json.dumps(document, indent=1).encode()))
+write_json = write_json_atomic
 
 
 def read_json(path: Path) -> Any | None:
@@ -166,7 +150,7 @@ def read_json(path: Path) -> Any | None:
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-  _write_atomic(path, lambda f: np.save(f, array, allow_pickle=False))
+  write_atomic(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
 def save_params(path: Path, params: Sequence[dict[str, Any]]) -> int:
@@ -183,7 +167,7 @@ def save_params(path: Path, params: Sequence[dict[str, Any]]) -> int:
       arrays[f"{i}/{name}"] = a if a.dtype.kind == "f" and a.dtype.isnative and a.dtype.name in (
           "float16", "float32", "float64") else a.astype(np.float32)
   arrays["dtypes"] = np.array(json.dumps(dtypes))
-  _write_atomic(path, lambda f: np.savez(f, **arrays))
+  write_atomic(path, lambda f: np.savez(f, **arrays))
   return sum(np.asarray(v).nbytes for layer in params for v in layer.values())
 
 
@@ -212,7 +196,7 @@ class Heartbeat:
     while not self._stop.is_set():
       count += 1
       try:
-        _write_atomic(self._path, lambda f: f.write(str(count).encode()))
+        write_atomic(self._path, lambda f: f.write(str(count).encode()))
       except OSError:
         pass  # a full or flaky disk must not kill training; readers see a stale beat
       self._stop.wait(self._interval)

@@ -30,17 +30,13 @@ results.json (schema version 1)::
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import os
 import platform
-import tempfile
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
 
 from synthpart import checkpoint
-from synthpart.config import Config
+from synthpart.files import write_json_atomic  # noqa: F401  (part of this module's API)
 from synthpart.progress import Progress
 from synthpart.train.schedules import (MethodResult, Problem, SCHEDULES, train_conventional,
                                        train_recovery)
@@ -127,22 +123,6 @@ def results_document(command: str, problem: Problem, dataset_source: str,
       "versions": versions(),
       "runs": [r.to_dict() for r in runs],
   }
-
-
-def write_json_atomic(path: str | os.PathLike, document: Any) -> None:
-  """Writes JSON through a temporary file and a rename: a reader never sees half a file."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(document, f, indent=1, allow_nan=True)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
 
 
 def format_table(runs: list[MethodResult]) -> str:
