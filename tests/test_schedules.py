@@ -113,3 +113,15 @@ def test_a_segment_trains_the_same_whatever_the_other_segments(extra_cuts):
   (b0, *_), _ = S.train_parallel(crowded, QUIET, track_accuracy=False)
   for x, y in zip(jax.tree.leaves(a0), jax.tree.leaves(b0)):
     assert np.array_equal(x, y)
+
+
+def test_standardisation_uses_training_statistics_only():
+  problem = _problem(jax.devices()[:2], **{"data.standardize": True})
+  x = problem.train_x.astype(np.float32) / 255.0
+  np.testing.assert_allclose(problem.pixel_mean, x.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(problem.pixel_std, x.std(0) + 1e-6, rtol=1e-6)
+  consts = S.input_constants(problem, jax.devices()[1])
+  assert consts.mean.devices() == {jax.devices()[1]}
+  assert _problem(jax.devices()[:2]).pixel_mean is None
+  _, result = S.train_sequential(problem, QUIET)
+  assert result.test_accuracy > 0.9

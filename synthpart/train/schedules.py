@@ -23,7 +23,6 @@ import numpy as np
 from synthpart import checkpoint
 from synthpart import groups as groups_lib
 from synthpart.config import Config, TrainConfig, validate_for_data
-from synthpart.errors import ConfigError
 from synthpart.labels import sil_tables
 from synthpart.model import Params, apply_segment, compose, init_segment, whole_network
 from synthpart.partition import SegmentSpec, network_widths, plan_segments
@@ -50,6 +49,9 @@ class Problem:
   specs: tuple[SegmentSpec, ...]
   devices: tuple[jax.Device, ...]
   sil: dict[int, np.ndarray]  # cut layer -> [classes, width] table, on the host
+  # Training-set statistics of the scaled pixels, [features] each; None unless standardising.
+  pixel_mean: np.ndarray | None = None
+  pixel_std: np.ndarray | None = None
   # Each segment's device group, where a caller chose them (a multi-process run places only its
   # own segments); empty: laid out from config.placement over `devices`.
   groups: tuple[tuple[jax.Device, ...], ...] = ()
@@ -97,16 +99,20 @@ def make_problem(config: Config, dataset: Any, devices: list[jax.Device] | None 
                     devices=tuple(devices or jax.devices()), sil={})
   tables = sil_tables(problem.key(SIL_STREAM), widths, config.model.cuts, dataset.num_classes,
                       config.sil.kind, config.sil.scale)
-  return dataclasses.replace(problem, sil=jax.device_get(tables))
+  mean = std = None
+  if config.data.standardize:  # computed once here, not by every loop that needs them
+    x = train_x.astype(np.float32) / 255.0
+    mean, std = x.mean(0), x.std(0) + 1e-6
+  return dataclasses.replace(problem, sil=jax.device_get(tables), pixel_mean=mean,
+                             pixel_std=std)
 
 
 def input_constants(problem: Problem, device: jax.Device) -> Constants:
   """Pixel statistics for standardisation (training set only), on `device`; else empty."""
-  if not problem.config.data.standardize:
+  if problem.pixel_mean is None:
     return Constants()
-  x = problem.train_x.astype(np.float32) / 255.0
-  mean, std = x.mean(0), x.std(0) + 1e-6
-  return Constants(mean=jax.device_put(mean, device), std=jax.device_put(std, device))
+  return Constants(mean=jax.device_put(problem.pixel_mean, device),
+                   std=jax.device_put(problem.pixel_std, device))
 
 
 @dataclasses.dataclass
@@ -550,11 +556,3 @@ def train_recovery(problem: Problem, segment_params: list[Params], base: MethodR
 
 
 SCHEDULES = {"sequential": train_sequential, "parallel": train_parallel}
-
-
-def train_partitioned(problem: Problem, progress: Progress,
-                      checkpoints: checkpoint.Policy | None = None
-                      ) -> tuple[list[Params], MethodResult]:
-  if len(problem.specs) < 2:
-    raise ConfigError("a partitioned run needs at least one cut (model.cuts)")
-  return SCHEDULES[problem.config.schedule](problem, progress, checkpoints=checkpoints)
