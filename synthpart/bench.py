@@ -17,12 +17,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
+import jax
+import numpy as np
+
+from synthpart import accounting
+from synthpart import config as config_lib
+from synthpart.data import Dataset, load_dataset
 from synthpart.errors import ConfigError
+from synthpart.files import write_json_atomic
+from synthpart.model import whole_network
+from synthpart.placement import device_name
+from synthpart.results import versions
+from synthpart.setup import select_devices
+from synthpart.train import model_parallel, schedules
+from synthpart.train.driver import start_loop
+from synthpart.train.problem import ORDER_STREAM, Problem, make_problem
 
 
 class Size(NamedTuple):
@@ -64,8 +79,6 @@ LOOP_KINDS = ("conventional", "sequential", "parallel", "model-parallel")
 def synthetic_dataset(num_examples: int, image_shape: tuple[int, int, int] = (28, 28, 1),
                       num_classes: int = 10, seed: int = 0) -> Any:
   """Random uint8 images [n, H, W, C] and labels: Fashion-MNIST's shapes, nothing to learn."""
-  import numpy as np
-  from synthpart.data import Dataset
   rng = np.random.default_rng(seed)
   num_test = min(num_examples, 1024)
   return Dataset(
@@ -79,7 +92,6 @@ def synthetic_dataset(num_examples: int, image_shape: tuple[int, int, int] = (28
 
 def suite_config(suite: Suite, size: Size, overrides: dict[str, Any] | None = None) -> Any:
   """The `Config` a suite runs: its network, dtypes and batch; one epoch, no recovery."""
-  from synthpart import config as config_lib
   values = {"model.hidden": list(size.hidden), "model.cuts": list(suite.cuts),
             "model.dtype": suite.dtype, "model.param_dtype": suite.param_dtype,
             "train.batch_size": size.batch_size, "train.epochs": 1, "recovery.epochs": 0,
@@ -88,14 +100,12 @@ def suite_config(suite: Suite, size: Size, overrides: dict[str, Any] | None = No
 
 
 def _memory(compiled: Any, data: Any, device: Any) -> dict[str, Any]:
-  from synthpart import accounting
   return {"compiled": accounting.compiled_memory(compiled, data=accounting.tree_bytes(data))
           .to_dict(), "device": accounting.device_memory(device)}
 
 
 def _time_epochs(dispatch: Callable[[int], Any], repeats: int) -> float:
   """Seconds for `repeats` epochs dispatched back to back, after one warm-up epoch."""
-  import jax
   jax.block_until_ready(dispatch(0))
   start = time.perf_counter()
   out = [dispatch(1 + r) for r in range(repeats)]
@@ -106,7 +116,6 @@ def _time_epochs(dispatch: Callable[[int], Any], repeats: int) -> float:
 def _entry(name: str, kind: str, layers: tuple[int, int], device: Any, batch: int, steps: int,
            repeats: int, seconds: float, compile_seconds: float, flops_per_step: int,
            memory: dict[str, Any], **extra: Any) -> dict[str, Any]:
-  from synthpart.placement import device_name
   samples = batch * steps * repeats
   return {"loop": name, "kind": kind, "layers": list(layers), "device": device_name(device),
           "batch_size": batch, "steps": steps, "repeats": repeats, "seconds": seconds,
@@ -118,9 +127,6 @@ def _entry(name: str, kind: str, layers: tuple[int, int], device: Any, batch: in
 def bench_segment_loop(problem: Any, spec: Any, inputs: str, kind: str, repeats: int,
                        name: str) -> dict[str, Any]:
   """Compiles and times one loop of the shared epoch function on its device."""
-  import numpy as np
-  from synthpart import accounting
-  from synthpart.train import schedules
   device = problem.device_of(spec.index)
   train = problem.config.segment_train(spec.index)
   n = len(problem.train_y)
@@ -130,11 +136,11 @@ def bench_segment_loop(problem: Any, spec: Any, inputs: str, kind: str, repeats:
   elif inputs == "features":
     rng = np.random.default_rng(spec.index)
     data["x"] = rng.random((n, spec.widths[0]), dtype=np.float32)
-  run = schedules.start_segment(
+  run = start_loop(
       schedules.segment_task(problem, spec, inputs), train,
       schedules.init_params(problem, spec, device), data,
       schedules.segment_constants(problem, spec, inputs, device),
-      problem.key(schedules.ORDER_STREAM, spec.start), device, name)
+      problem.key(ORDER_STREAM, spec.start), device, name)
   seconds = _time_epochs(run.dispatch, repeats)
   widths = problem.widths
   flops = accounting.step_flops(widths, spec.start, spec.stop, train.batch_size, train.optimizer)
@@ -145,11 +151,9 @@ def bench_segment_loop(problem: Any, spec: Any, inputs: str, kind: str, repeats:
 
 def bench_model_parallel(problem: Any, repeats: int) -> dict[str, Any]:
   """Compiles and times model-parallel backprop; bytes moved come from the ledger."""
-  from synthpart import accounting
-  from synthpart.train import model_parallel, schedules
   train = problem.config.train
   run = model_parallel.start_model_parallel(problem, train,
-                                            problem.key(schedules.ORDER_STREAM, 0))
+                                            problem.key(ORDER_STREAM, 0))
   ledger: list[Any] = []
   warm: list[Any] = []
   seconds = _time_epochs(lambda e: model_parallel.run_epoch(run, e, warm if e == 0 else ledger),
@@ -182,7 +186,6 @@ def bench_model_parallel(problem: Any, repeats: int) -> dict[str, Any]:
 def run_suite(suite: Suite, size: Size, problem: Any, repeats: int,
               kinds: Sequence[str] = LOOP_KINDS) -> list[dict[str, Any]]:
   """Every loop of every kind in `kinds`, in order; conventional first (the baseline)."""
-  from synthpart.model import whole_network
   loops = []
   if "conventional" in kinds:
     loops.append(bench_segment_loop(problem, whole_network(problem.specs), "pixels",
@@ -202,9 +205,6 @@ def run_suite(suite: Suite, size: Size, problem: Any, repeats: int,
 
 
 def machine() -> dict[str, Any]:
-  import os
-  import jax
-  from synthpart.experiment import versions
   return {"backend": jax.default_backend(),
           "devices": [f"{d.platform}:{d.id} {d.device_kind}" for d in jax.devices()],
           "cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -306,10 +306,6 @@ def _check_positive(name: str, value: int | None) -> None:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-  import jax
-  from synthpart.cli import select_devices
-  from synthpart.experiment import write_json_atomic
-  from synthpart.train.schedules import make_problem
   for name in ("steps", "repeats", "batch_size", "width"):
     _check_positive(name.replace("_", "-"), getattr(args, name))
   kinds = [k.strip() for k in args.loops.split(",") if k.strip()]
@@ -337,7 +333,6 @@ def run_bench_command(args: argparse.Namespace) -> int:
   loops = run_suite(suite, size, problem, args.repeats, kinds)
   memory = None
   if args.memory_report:
-    from synthpart import accounting
     report = accounting.memory_report(problem)
     memory = {"methods": report, "ratios": accounting.memory_ratios(report)}
   document = {
@@ -360,7 +355,6 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
 def _real_subset(name: str, data_dir: str | None, num_examples: int) -> Any:
   """The first `num_examples` training examples of a real dataset (its test set unchanged)."""
-  from synthpart.data import load_dataset
   dataset = load_dataset(name, data_dir)
   if len(dataset.train_labels) < num_examples:
     raise ConfigError(f"--dataset {name} has {len(dataset.train_labels)} training examples; "

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -31,8 +32,10 @@ from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from synthpart.errors import CheckpointError
+from synthpart.files import write_json_atomic
 
 CRASH_ENV = "SYNTHPART_CRASH_AT"
 
@@ -71,7 +74,6 @@ def _slug(name: str) -> str:
 
 
 def _manager(directory: Path, keep: int):
-  import orbax.checkpoint as ocp
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
                                          create=True)
   return ocp.CheckpointManager(directory.absolute(), options=options)
@@ -80,7 +82,6 @@ def _manager(directory: Path, keep: int):
 def save(policy: Policy, method: str, loop: str, epoch: int, state: Any,
          meta: dict[str, Any]) -> Path:
   """Writes `state` (a pytree of arrays) and `meta` (JSON) as step `epoch` of the loop."""
-  import orbax.checkpoint as ocp
   directory = policy.loop_dir(method, loop)
   meta = {**meta, "digest": state_digest(state)}
   crash_point(f"checkpoint-write:{method}/{loop}:{epoch}", directory)
@@ -119,7 +120,6 @@ def restore(policy: Policy, method: str, loop: str, like: Any,
 
   Returns None where the loop has none. A corrupt or truncated one raises `CheckpointError`.
   """
-  import orbax.checkpoint as ocp
   step = latest(policy, method, loop)
   if step is None:
     return None
@@ -150,7 +150,6 @@ def restore(policy: Policy, method: str, loop: str, like: Any,
 
 def write_run_config(root: Path, config: dict[str, Any]) -> None:
   """Stores the run's settings, atomically."""
-  from synthpart.experiment import write_json_atomic
   write_json_atomic(root / "config.json", config)
 
 
@@ -203,7 +202,6 @@ def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwri
   if dry_run:
     return
   if overwrite and (root / "checkpoints").exists():
-    import shutil
     shutil.rmtree(root / "checkpoints")
   root.mkdir(parents=True, exist_ok=True)
   write_run_config(root, config)
@@ -211,7 +209,6 @@ def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwri
 
 def load_params(policy: Policy, method: str, loop: str) -> Any:
   """The parameters of a loop's newest checkpoint, as host arrays (for inspection and tests)."""
-  import orbax.checkpoint as ocp
   step = latest(policy, method, loop)
   if step is None:
     raise CheckpointError(f"no checkpoint of {method}/{loop} under {policy.root}")

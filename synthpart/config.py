@@ -44,13 +44,20 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from synthpart.errors import ConfigError
+from synthpart.labels import SIL_KINDS
+from synthpart.model import ACTIVATIONS
+from synthpart.registry import Registry
+from synthpart.train.objectives import SIL_LOSSES
+from synthpart.train.optim import OPTIMIZERS
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop", "lamb")
-ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "silu")
-SIL_KINDS = ("uniform", "gaussian", "orthogonal")
-SIL_LOSSES = ("mse", "l1", "cosine")
-SCHEDULES = ("sequential", "parallel")
-DTYPES = ("float32", "bfloat16", "float16")
+# The names a run's `schedule` may take; `synthpart.train.schedules` implements each one.
+SCHEDULES: Registry[str] = Registry("schedule")
+SCHEDULES.add("sequential", "sequential", "the paper's: segment k trains on the trained "
+              "segment k-1's outputs, handed over once")
+SCHEDULES.add("parallel", "parallel", "every segment at once from the SIL tables alone")
+DTYPES: Registry[str] = Registry("model.dtype")
+for _name in ("float32", "bfloat16", "float16"):
+  DTYPES.add(_name, _name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +93,8 @@ class SILConfig:
   """How synthetic intermediate labels are drawn and learned."""
   kind: str = "uniform"
   scale: float = 1.0  # kappa: uniform entries are kappa * U(0, 1)
-  # Std of the Gaussian noise on SIL inputs in the parallel schedule. The right segment must
-  # tolerate the left one's regression error; 0.3-1.0 all gave 88.4-88.6% on Fashion-MNIST
-  # against 84.8% at 0.1 (benchmarks/RESULTS.md).
+  # Std of the Gaussian noise on SIL inputs in the parallel schedule (measured in
+  # benchmarks/RESULTS.md).
   noise: float = 0.5
   loss: str = "mse"
 
@@ -289,13 +295,8 @@ def load(path: str | Path | None = None, overrides: Mapping[str, Any] | None = N
   return from_dict(values)
 
 
-def _choice(path: str, value: str, allowed: tuple[str, ...]) -> None:
-  if value not in allowed:
-    raise ConfigError(f"{path} = {value!r} is not one of {', '.join(allowed)}")
-
-
 def _check_train(path: str, t: TrainConfig, allow_zero_epochs: bool = False) -> None:
-  _choice(f"{path}.optimizer", t.optimizer, OPTIMIZERS)
+  OPTIMIZERS.check(t.optimizer, f"{path}.optimizer")
   if not (t.learning_rate > 0 and math.isfinite(t.learning_rate)):
     raise ConfigError(f"{path}.learning_rate must be a positive number, got {t.learning_rate}")
   if t.batch_size < 1:
@@ -309,23 +310,23 @@ def _check_train(path: str, t: TrainConfig, allow_zero_epochs: bool = False) -> 
 
 def validate(config: Config) -> None:
   """Checks everything that does not depend on the data; raises `ConfigError`."""
-  _choice("schedule", config.schedule, SCHEDULES)
+  SCHEDULES.check(config.schedule)
   m = config.model
   if not m.hidden:
     raise ConfigError("model.hidden must list at least one hidden width")
   if any(w < 1 for w in m.hidden):
     raise ConfigError(f"model.hidden widths must be positive, got {list(m.hidden)}")
-  _choice("model.activation", m.activation, ACTIVATIONS)
-  _choice("model.dtype", m.dtype, DTYPES)
-  _choice("model.param_dtype", m.param_dtype, DTYPES)
+  ACTIVATIONS.check(m.activation)
+  DTYPES.check(m.dtype)
+  DTYPES.check(m.param_dtype, "model.param_dtype")
   cuts = list(m.cuts)
   if any(c < 1 or c > len(m.hidden) for c in cuts):
     raise ConfigError(f"model.cuts {cuts} out of range: a cut falls after a hidden layer, "
                       f"1..{len(m.hidden)}")
   if cuts != sorted(set(cuts)):
     raise ConfigError(f"model.cuts {cuts} must be strictly increasing, without repeats")
-  _choice("sil.kind", config.sil.kind, SIL_KINDS)
-  _choice("sil.loss", config.sil.loss, SIL_LOSSES)
+  SIL_KINDS.check(config.sil.kind)
+  SIL_LOSSES.check(config.sil.loss)
   if not (config.sil.scale > 0 and math.isfinite(config.sil.scale)):
     raise ConfigError(f"sil.scale (kappa) must be > 0, got {config.sil.scale}")
   if not (config.sil.noise >= 0 and math.isfinite(config.sil.noise)):

@@ -67,14 +67,18 @@ import numpy as np
 # (no public accessor in jax 0.10-0.12; jax's own array serialization uses it the same way).
 from jax._src import distributed as jax_distributed
 
-from synthpart import experiment as exp
-from synthpart.data import load_dataset, split_validation
 from synthpart.errors import ConfigError, SynthpartError
 from synthpart.files import write_atomic, write_json_atomic
 from synthpart.groups import layout_groups
 from synthpart.placement import Transfer, device_name, hand_over
 from synthpart.progress import Progress
+from synthpart.results import MethodResult, SegmentResult, format_table, method_from_dict
+from synthpart.results import results_document
+from synthpart.setup import add_run_arguments, load_config, prepare_dataset, setting_arguments
+from synthpart.tblog import write_tensorboard
 from synthpart.train import schedules as S
+from synthpart.train.driver import Loop, drive
+from synthpart.train.problem import Problem, make_problem
 
 ENV_COORDINATOR = "SYNTHPART_COORDINATOR"
 ENV_NUM_PROCESSES = "SYNTHPART_NUM_PROCESSES"
@@ -322,7 +326,7 @@ def own_groups(devices: Sequence[Any], sizes: Sequence[int],
   return tuple(groups)
 
 
-def _finish(ctx: Context, problem: Any, segment: int, params: Any, result: S.SegmentResult,
+def _finish(ctx: Context, problem: Any, segment: int, params: Any, result: SegmentResult,
             **extra: Any) -> dict[str, Any]:
   """Saves a trained segment's parameters, then its status (the status comes last)."""
   param_bytes = save_params(ctx.run.params(segment), jax.device_get(params))
@@ -346,16 +350,29 @@ def _fail(ctx: Context, segment: int, e: BaseException, status: str = "failed") 
   return record
 
 
-def train_parallel_segments(ctx: Context, problem: Any, own: Sequence[int]) -> dict[int, dict]:
-  """The parallel schedule's own loop over this process's segments: nothing to wait for,
-  nothing to send. A segment that raises fails alone; the others go on and are kept."""
-  errors: dict[int, Exception] = {}
-  params, result = S.train_parallel(problem, ctx.progress, track_accuracy=False,
-                                    segments=own, errors=errors)
-  outcomes = {k: _fail(ctx, k, e) for k, e in errors.items()}
-  for k, p, r in zip([k for k in own if k not in errors], params, result.segments):
+def train_parallel_segments(ctx: Context, problem: Problem, own: Sequence[int]) -> dict[int, dict]:
+  """The parallel schedule's loops of this process's segments, driven together as
+  `train_parallel` drives them: nothing to wait for, nothing to send. A segment that raises
+  (compiling or training) fails alone; the others go on and are kept."""
+  outcomes: dict[int, dict] = {}
+  loops: dict[int, Loop] = {}
+  for k in own:
     try:
-      outcomes[k] = _finish(ctx, problem, k, p, r)
+      loops[k] = S.parallel_loop(problem, k)
+    except Exception as e:
+      outcomes[k] = _fail(ctx, k, e)
+  segment_of = {id(loop): k for k, loop in loops.items()}
+
+  def on_error(loop: Loop, e: Exception) -> None:
+    outcomes[segment_of[id(loop)]] = _fail(ctx, segment_of[id(loop)], e)
+
+  result = MethodResult("pnn-parallel", segments=[loop.result for loop in loops.values()])
+  drive(list(loops.values()), result, ctx.progress, label=result.method, on_error=on_error)
+  for k, loop in loops.items():
+    if k in outcomes:
+      continue
+    try:
+      outcomes[k] = _finish(ctx, problem, k, jax.device_get(loop.state.params), loop.result)
     except Exception as e:
       outcomes[k] = _fail(ctx, k, e)
   return outcomes
@@ -374,7 +391,7 @@ def train_sequential_segments(ctx: Context, problem: Any, own: Sequence[int]) ->
   for k in own:
     spec = problem.specs[k]
     # One result per segment: its loop, and the hand-over into it, go into its status.
-    result = S.MethodResult("pnn-sequential")
+    result = MethodResult("pnn-sequential")
     try:
       # Hand-over time counts as training time, as in `train_sequential`; waiting for the
       # previous segment to finish does not.
@@ -394,7 +411,7 @@ def train_sequential_segments(ctx: Context, problem: Any, own: Sequence[int]) ->
         result.transfers.append(Transfer(f"cut {spec.input_cut} activations",
                                          f"process {owner(k - 1, ctx.run.num_processes)}",
                                          device_name(problem.device_of(k)), int(x.nbytes)))
-      params, out = S.train_sequential_segment(problem, spec, x, ctx.progress, result)
+      params, out = S.sequential_segment(problem, spec, x, ctx.progress, result)
       sent = 0
       if out is not None:
         if k + 1 in own:
@@ -415,8 +432,8 @@ def train_sequential_segments(ctx: Context, problem: Any, own: Sequence[int]) ->
 
 # --- assembling the network ------------------------------------------------------------------
 
-def _segment_result(document: dict[str, Any]) -> S.SegmentResult:
-  return S.SegmentResult(**{**document, "layers": tuple(document["layers"])})
+def _segment_result(document: dict[str, Any]) -> SegmentResult:
+  return SegmentResult(**{**document, "layers": tuple(document["layers"])})
 
 
 def curve(schedule: str, segments: Sequence[Any],
@@ -471,7 +488,7 @@ def assemble(problem: Any, run: RunDir, statuses: dict[int, dict], source: str,
   order = range(len(problem.specs))
   params = [load_params(run.params(k)) for k in order]
   segments = [_segment_result(statuses[k]["result"]) for k in order]
-  method = S.MethodResult(
+  method = MethodResult(
       f"pnn-{problem.config.schedule}", segments=segments,
       transfers=[Transfer(**t) for k in order for t in statuses[k].get("transfers", [])],
       compile_seconds=sum(s.compile_seconds for s in segments),
@@ -482,7 +499,7 @@ def assemble(problem: Any, run: RunDir, statuses: dict[int, dict], source: str,
   runs = [method]
   if problem.config.recovery.epochs > 0:
     runs.append(S.train_recovery(problem, params, method, progress)[1])
-  document = exp.results_document("launch", problem, source, runs)
+  document = results_document("launch", problem, source, runs)
   summaries = process_summaries(statuses, run.num_processes)
   document["devices"] = sorted({d for p in summaries for d in p["devices"]},
                                key=lambda d: (d.split(":")[0], int(d.split(":")[-1])))
@@ -552,13 +569,8 @@ def _last_error(log: Path) -> str | None:
   return errors[-1].removeprefix("synthpart: error: ")[:300] if errors else None
 
 
-def _method_from_dict(d: dict[str, Any]) -> S.MethodResult:
-  return S.MethodResult(**{**d, "segments": [_segment_result(s) for s in d["segments"]],
-                         "transfers": [Transfer(**t) for t in d["transfers"]]})
-
-
 def summary_lines(document: dict[str, Any]) -> list[str]:
-  lines = exp.format_table([_method_from_dict(r) for r in document["runs"]]).splitlines()
+  lines = format_table([method_from_dict(r) for r in document["runs"]]).splitlines()
   for p in document.get("processes", []):
     sent = p["bytes_sent"]
     lines.append(f"process {p['process']} (segments {', '.join(map(str, p['segments']))}) sent "
@@ -643,17 +655,6 @@ def local_devices(wanted: int) -> list[Any]:
   return devices[:wanted] if 0 < wanted <= len(devices) else devices
 
 
-def load_data(config: Any) -> Any:
-  """The dataset as `synthpart train` prepares it (validation split included)."""
-  dataset = load_dataset(config.data.name, config.data.data_dir, download=config.data.download,
-                         progress=False)
-  if config.data.validation_size:
-    dataset, held_out = split_validation(dataset, config.data.validation_size, config.seed)
-    dataset = dataclasses.replace(dataset, test_images=held_out.test_images,
-                                  test_labels=held_out.test_labels)
-  return dataset
-
-
 def check_fresh(run: RunDir, overwrite: bool) -> None:
   """A launch never mixes with an earlier one in the same directory, unless told to replace it."""
   if run.root.exists() and not run.root.is_dir():
@@ -682,17 +683,7 @@ def _same_settings(config: Any, plan: dict[str, Any]) -> bool:
 
 def child_arguments(args: argparse.Namespace, out: Path) -> list[str]:
   """The settings of this command line, as flags, for the processes it starts or reruns."""
-  from synthpart.cli import SETTING_FLAGS
-  argv = [args.config] if args.config else []
-  for flag in SETTING_FLAGS:
-    value = getattr(args, flag[2:].replace("-", "_"))
-    if value is not None:
-      argv += [flag, str(value)]
-  if args.download:
-    argv.append("--download")
-  for item in args.set:
-    argv += ["--set", item]
-  argv += ["--out", str(out)]
+  argv = setting_arguments(args) + ["--out", str(out)]
   if args.devices:
     argv += ["--devices", str(args.devices)]
   if args.heartbeat_timeout != HEARTBEAT_TIMEOUT:
@@ -737,10 +728,9 @@ def _finish_run(ctx: Context, problem: Any, statuses: dict[int, dict], source: s
   run = ctx.run
   if all(s["status"] == "done" for s in statuses.values()):
     runs, document = assemble(problem, run, statuses, source, ctx.progress)
-    exp.write_json_atomic(run.results, document)
+    write_json_atomic(run.results, document)
     run.failures.unlink(missing_ok=True)
     if args.tensorboard:
-      from synthpart.tblog import write_tensorboard
       write_tensorboard(document, run.root / "tensorboard")
     print("\n".join(summary_lines(document)))
     print(f"results: {run.results}")
@@ -791,7 +781,7 @@ def run_process(args: argparse.Namespace, config: Any, out: Path, identity: Iden
           write_json(run.plan, {"num_processes": n, "schedule": config.schedule,
                                 "segments": {str(k): owner(k, n) for k in range(num_segments)},
                                 "config": config.to_dict()})
-          dataset = load_data(config)
+          dataset = prepare_dataset(config, progress=False)
         except Exception as e:
           if coordinated:
             _publish(_error_text(e))
@@ -802,8 +792,8 @@ def run_process(args: argparse.Namespace, config: Any, out: Path, identity: Iden
         _await_go()
       outcomes: dict[int, dict] = {}
       try:
-        dataset = dataset or load_data(config)
-        problem = S.make_problem(config, dataset, devices)
+        dataset = dataset or prepare_dataset(config, progress=False)
+        problem = make_problem(config, dataset, devices)
         problem = dataclasses.replace(problem, groups=own_groups(devices, sizes, own))
         outcomes = run_segments(ctx, problem, own)
       except Exception as e:  # before any segment could start: all of them fail alike
@@ -853,8 +843,8 @@ def run_only(args: argparse.Namespace, config: Any, out: Path, identity: Identit
                                          log_path=run.process(pid) / "progress.txt"))
   for k in only:
     run.status(k).unlink(missing_ok=True)
-  dataset = load_data(config)
-  problem = S.make_problem(config, dataset, devices)
+  dataset = prepare_dataset(config, progress=False)
+  problem = make_problem(config, dataset, devices)
   problem = dataclasses.replace(problem, groups=own_groups(devices, sizes, only))
   outcomes = run_segments(ctx, problem, only)
   statuses = {k: outcomes.get(k) or read_json(run.status(k)) for k in range(len(problem.specs))}
@@ -956,10 +946,9 @@ def report_launch(run: RunDir, num_segments: int, codes: dict[int, int],
 
 def add_launch_command(sub: Any) -> None:
   """Registers `synthpart launch` on the CLI's subparsers."""
-  from synthpart.cli import _add_run_arguments
   p = sub.add_parser("launch", help="train one configuration in several processes (one per "
                      "segment group, through jax.distributed), e.g. under Slurm or on a TPU slice")
-  _add_run_arguments(p)
+  add_run_arguments(p)
   g = p.add_argument_group("processes")
   g.add_argument("--coordinator", metavar="HOST:PORT",
                  help=f"process 0's address and a free port (or ${ENV_COORDINATOR})")
@@ -981,7 +970,6 @@ def add_launch_command(sub: Any) -> None:
 
 
 def run_launch(args: argparse.Namespace) -> int:
-  from synthpart.cli import load_config
   config = load_config(args)
   if getattr(args, "resume", False):
     raise ConfigError("launch does not --resume: rerun its failed segments with --only-segment K")

@@ -11,21 +11,26 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from synthpart.errors import ConfigError
+from synthpart.registry import Registry
 
+# generator(key, num_classes, width, scale) -> [num_classes, width] float32
 Generator = Callable[[jax.Array, int, int, float], jax.Array]
+SIL_KINDS: Registry[Generator] = Registry("sil.kind")
 
 
+@SIL_KINDS.register("uniform", "the paper's kappa * U(0, 1)")
 def uniform(key: jax.Array, num_classes: int, width: int, scale: float) -> jax.Array:
   """The paper's table: entries scale * U(0, 1). Returns [num_classes, width] float32."""
   return scale * jax.random.uniform(key, (num_classes, width), jnp.float32)
 
 
+@SIL_KINDS.register("gaussian", "kappa * N(0, 1)")
 def gaussian(key: jax.Array, num_classes: int, width: int, scale: float) -> jax.Array:
   """Entries scale * N(0, 1). Returns [num_classes, width] float32."""
   return scale * jax.random.normal(key, (num_classes, width), jnp.float32)
 
 
+@SIL_KINDS.register("orthogonal", "orthonormal class vectors times kappa")
 def orthogonal(key: jax.Array, num_classes: int, width: int, scale: float) -> jax.Array:
   """Orthonormal rows times scale where width >= num_classes (else orthonormal columns).
 
@@ -34,16 +39,10 @@ def orthogonal(key: jax.Array, num_classes: int, width: int, scale: float) -> ja
   return jax.nn.initializers.orthogonal(scale)(key, (num_classes, width), jnp.float32)
 
 
-GENERATORS: dict[str, Generator] = {"uniform": uniform, "gaussian": gaussian,
-                                     "orthogonal": orthogonal}
-
-
 def sil_table(key: jax.Array, num_classes: int, width: int, kind: str = "uniform",
               scale: float = 1.0) -> jax.Array:
   """Draws one SIL table, [num_classes, width] float32. Same key, same table, bit for bit."""
-  if kind not in GENERATORS:
-    raise ConfigError(f"sil.kind = {kind!r} is not one of {', '.join(GENERATORS)}")
-  return GENERATORS[kind](key, num_classes, width, scale)
+  return SIL_KINDS[kind](key, num_classes, width, scale)
 
 
 def sil_tables(key: jax.Array, widths: tuple[int, ...], cuts: tuple[int, ...], num_classes: int,

@@ -15,12 +15,17 @@ import jax
 import jax.numpy as jnp
 
 from synthpart.partition import SegmentSpec
+from synthpart.registry import Registry
 
 Params = list[Any]  # one {"kernel": [in, out], "bias": [out]} dict per dense layer
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid,
-    "silu": jax.nn.silu}
+# Hidden layers' activation (`model.activation`), the cut layers' included.
+ACTIVATIONS: Registry[Callable[[jax.Array], jax.Array]] = Registry("model.activation")
+ACTIVATIONS.add("relu", jax.nn.relu, "max(x, 0)")
+ACTIVATIONS.add("gelu", jax.nn.gelu, "Gaussian error linear unit (tanh approximation)")
+ACTIVATIONS.add("tanh", jnp.tanh, "hyperbolic tangent")
+ACTIVATIONS.add("sigmoid", jax.nn.sigmoid, "logistic function")
+ACTIVATIONS.add("silu", jax.nn.silu, "x * sigmoid(x)")
 
 
 def _dense(width: int, dtype: str, param_dtype: str) -> nn.Dense:

@@ -37,6 +37,7 @@ same command continues an interrupted sweep.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -49,10 +50,20 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from synthpart import config as config_lib
+from synthpart import experiment as exp
+from synthpart.data import Dataset
 from synthpart.errors import ConfigError
+from synthpart.files import write_json_atomic
+from synthpart.progress import Progress
+from synthpart.results import METHODS, MethodResult, results_document
+from synthpart.setup import Loader, read_dataset, select_devices, with_validation
+from synthpart.tblog import write_tensorboard
+from synthpart.train.problem import Problem, make_problem
 
 SCHEDULE_METHODS = ("conventional", "sequential", "parallel")
 WHOLE_METHODS = ("compare", "train")
@@ -306,24 +317,11 @@ def stored_config(settings: Any) -> config_lib.Config | None:
     return None
 
 
-def run_schedules(problem: Any, progress: Any, schedules: Sequence[str]) -> list[Any]:
-  """Each schedule, each followed by recovery epochs from its segments when configured."""
-  from synthpart.train.schedules import SCHEDULES, train_recovery
-  runs = []
-  for schedule in schedules:
-    params, result = SCHEDULES[schedule](problem, progress)
-    runs.append(result)
-    if problem.config.recovery.epochs > 0:
-      runs.append(train_recovery(problem, params, result, progress)[1])
-  return runs
-
-
-def _experiment(job: Job) -> tuple[str, Callable[[Any, Any], list[Any]]]:
-  from synthpart import experiment as exp
+def _experiment(job: Job) -> tuple[str, Callable[[Problem, Progress], list[MethodResult]]]:
   if job.kind == "compare":
     return "compare", exp.compare
   if job.kind == "schedules":
-    return "sweep", lambda problem, progress: run_schedules(problem, progress, job.schedules)
+    return "sweep", lambda problem, progress: exp.run_schedules(problem, progress, job.schedules)
   return "train", exp.train_one  # "train", and "baseline" (no cuts: conventional)
 
 
@@ -337,23 +335,16 @@ class RunOptions:
 
 
 def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
-              load: Callable[..., Any] | None = None) -> dict[str, Any]:
+              load: Loader | None = None) -> dict[str, Any]:
   """Runs every job not yet done, then writes the summary; returns the summary document.
 
   `load(data_config)` returns a dataset (default: `synthpart.data.load_dataset`); each distinct
   dataset is loaded once per sweep.
   """
-  from tqdm.auto import tqdm
-
-  from synthpart import experiment as exp
-  from synthpart.cli import select_devices
-  from synthpart.progress import Progress
-  from synthpart.train.schedules import make_problem
-
   out = Path(out)
   points = expand(sweep)
   todo = jobs(sweep, points)
-  exp.write_json_atomic(out / "sweep.json", sweep_document(sweep, points))
+  write_json_atomic(out / "sweep.json", sweep_document(sweep, points))
   pending = [j for j in todo if not is_done(out / j.directory / "results.json", j.config)]
   devices = select_devices(options.devices, max(j.config.num_devices for j in todo))
   datasets: dict[tuple[Any, ...], Any] = {}
@@ -366,11 +357,10 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
     problem = make_problem(job.config, dataset, devices[:wanted])
     command, experiment = _experiment(job)
     runs = experiment(problem, Progress(quiet=not options.verbose))
-    document = exp.results_document(command, problem, dataset.source, runs)
+    document = results_document(command, problem, dataset.source, runs)
     run_dir = out / job.directory
-    exp.write_json_atomic(run_dir / "results.json", document)
+    write_json_atomic(run_dir / "results.json", document)
     if options.tensorboard:
-      from synthpart.tblog import write_tensorboard
       write_tensorboard(document, run_dir / "tensorboard")
     bar.update(1)
   bar.close()
@@ -379,24 +369,14 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
   return summary
 
 
-def _dataset(config: config_lib.Config, cache: dict[tuple[Any, ...], Any],
-             load: Callable[..., Any] | None) -> Any:
+def _dataset(config: config_lib.Config, cache: dict[tuple[Any, ...], Dataset],
+             load: Loader | None) -> Dataset:
   """The config's dataset, read once per distinct source; the validation split is per seed."""
   d = config.data
   key = (d.name, d.data_dir, d.download)
   if key not in cache:
-    if load is None:
-      from synthpart.data import load_dataset
-      cache[key] = load_dataset(d.name, d.data_dir, download=d.download, progress=False)
-    else:
-      cache[key] = load(d)
-  dataset = cache[key]
-  if d.validation_size:
-    from synthpart.data import split_validation
-    fit, held_out = split_validation(dataset, d.validation_size, config.seed)
-    dataset = dataclasses.replace(fit, test_images=held_out.test_images,
-                                  test_labels=held_out.test_labels)
-  return dataset
+    cache[key] = (load or functools.partial(read_dataset, progress=False))(d)
+  return with_validation(cache[key], config)
 
 
 def sweep_document(sweep: Sweep, points: Sequence[Point]) -> dict[str, Any]:
@@ -457,7 +437,6 @@ def summarize(out: str | Path) -> dict[str, Any]:
 
 
 def _method_order(method: str) -> tuple[int, str]:
-  from synthpart.experiment import METHODS
   return (METHODS.index(method) if method in METHODS else len(METHODS), method)
 
 
@@ -472,7 +451,6 @@ def _add_deltas(rows: list[dict[str, Any]]) -> None:
 
 def write_summary(out: str | Path, summary: Mapping[str, Any]) -> None:
   """summary.json and summary.md beside the runs."""
-  from synthpart.experiment import write_json_atomic
   out = Path(out)
   write_json_atomic(out / "summary.json", summary)
   text = summary_markdown(summary)
@@ -532,7 +510,6 @@ def enable_compile_cache(directory: str) -> None:
   """
   if directory.lower() == "none":
     return
-  import jax
   Path(directory).mkdir(parents=True, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

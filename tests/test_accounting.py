@@ -4,13 +4,14 @@ import optax
 import pytest
 
 from synthpart import accounting as A
-from synthpart.experiment import results_document
+from synthpart.results import results_document
 from synthpart.model import apply_segment, init_segment, whole_network
 from synthpart.partition import plan_segments
 from synthpart.progress import Progress
 from synthpart.train import schedules as S
 from synthpart.train.loop import TrainState, make_epoch
 from synthpart.train.objectives import Constants, Task, make_loss
+from synthpart.train import problem as P
 from tiny import tiny_config, tiny_dataset
 
 QUIET = Progress(quiet=True)
@@ -105,7 +106,7 @@ def test_method_flops_relations():
 @pytest.fixture(scope="module")
 def compared():
   """A results document of conventional, sequential (+recovery) and parallel runs."""
-  problem = S.make_problem(tiny_config(**{"train.epochs": 2}), tiny_dataset(),
+  problem = P.make_problem(tiny_config(**{"train.epochs": 2}), tiny_dataset(),
                            jax.devices()[:2])
   conv = S.train_conventional(problem, QUIET)[1]
   seq_params, seq = S.train_sequential(problem, QUIET)
@@ -204,7 +205,7 @@ def test_time_to_accuracy_headline_arithmetic():
 
 
 def test_memory_report_per_method_and_device():
-  problem = S.make_problem(tiny_config(**{"model.hidden": [64, 64, 64], "recovery.epochs": 0}),
+  problem = P.make_problem(tiny_config(**{"model.hidden": [64, 64, 64], "recovery.epochs": 0}),
                            tiny_dataset(num_train=512), jax.devices()[:2])
   report = A.memory_report(problem)
   assert set(report) == {"conventional", "pnn-sequential", "pnn-sequential hand-over",

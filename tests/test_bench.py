@@ -12,6 +12,9 @@ from synthpart.train import schedules as S
 from synthpart.train.loop import make_epoch
 from synthpart.train.objectives import make_loss
 from synthpart.train.optim import make_optimizer
+from synthpart.train.objectives import Constants
+from synthpart.train.loop import TrainState
+from synthpart.train import problem as P
 from tiny import tiny_config, tiny_dataset
 
 
@@ -68,7 +71,7 @@ def test_suites_shrink_on_cpu_only():
 def test_mixed_precision_trains_with_f32_master_weights():
   config = tiny_config(**{"model.dtype": "bfloat16", "model.param_dtype": "float32",
                           "train.epochs": 4})
-  problem = S.make_problem(config, tiny_dataset(), jax.devices()[:2])
+  problem = P.make_problem(config, tiny_dataset(), jax.devices()[:2])
   params, result = S.train_conventional(problem, Progress(quiet=True))
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params))
   losses = result.segments[0].loss_per_epoch
@@ -78,17 +81,17 @@ def test_mixed_precision_trains_with_f32_master_weights():
   whole = whole_network(problem.specs)
   task = S.segment_task(problem, whole, "pixels")
   optimizer = make_optimizer(config.train)
-  state = jax.jit(lambda p: S.TrainState(p, optimizer.init(p)))(params)
+  state = jax.jit(lambda p: TrainState(p, optimizer.init(p)))(params)
   data = {"x": jnp.asarray(problem.train_x), "y": jnp.asarray(problem.train_y)}
   epoch = make_epoch(make_loss(task), optimizer, 32, len(problem.train_y))
-  hlo = epoch.lower(state, data, S.Constants(), jax.random.key(0), jnp.uint32(0)).as_text()
+  hlo = epoch.lower(state, data, Constants(), jax.random.key(0), jnp.uint32(0)).as_text()
   assert "bf16" in hlo and "dot_general" in hlo
 
 
 def test_mixed_precision_bench_suite_runs():
   suite = bench.SUITES["wide"]
   size = bench.Size((16,) * 5, 32, 2)
-  problem = S.make_problem(bench.suite_config(suite, size), bench.synthetic_dataset(64),
+  problem = P.make_problem(bench.suite_config(suite, size), bench.synthetic_dataset(64),
                            jax.devices()[:2])
   assert problem.config.model.dtype == "bfloat16"
   loops = bench.run_suite(suite, size, problem, repeats=1, kinds=("conventional",))

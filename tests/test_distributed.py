@@ -14,12 +14,16 @@ import numpy as np
 import pytest
 
 from synthpart import distributed as D
-from synthpart.cli import build_parser, load_config, main
+from synthpart.cli import build_parser, main
+from synthpart.setup import load_config
 from synthpart.data.idx import write_idx
 from synthpart.errors import ConfigError
 from synthpart.progress import Progress
 from synthpart.train import schedules as S
 from synthpart.train.loop import tree_bytes
+from synthpart.train.driver import start_loop
+from synthpart.train import problem as P
+from synthpart.results import SegmentResult
 
 QUIET = Progress(quiet=True)
 NUM_TRAIN = 384
@@ -53,8 +57,8 @@ def _launch(*args, timeout=300):
 def _reference(flags, devices=2):
   """The same settings trained by the single-process schedule: (params, method result)."""
   config = load_config(build_parser().parse_args(["train", *flags]))
-  problem = S.make_problem(config, D.load_data(config), jax.devices()[:devices])
-  train = S.SCHEDULES[config.schedule]
+  problem = P.make_problem(config, D.load_data(config), jax.devices()[:devices])
+  train = S.RUNNERS[config.schedule]
   return train(problem, QUIET, track_accuracy=False)
 
 
@@ -162,14 +166,14 @@ def test_a_failing_segment_keeps_the_others_and_says_how_to_rerun(mnist_dir, tmp
                                                                   monkeypatch, capsys):
   flags = _flags(mnist_dir, "--cuts", "2", "--schedule", "parallel", "-q")
   out = tmp_path / "run"
-  real = S.start_segment
+  real = start_loop
 
   def broken(task, *args, **kwargs):
     if task.spec.index == 1:
       raise RuntimeError("injected failure")
     return real(task, *args, **kwargs)
 
-  monkeypatch.setattr(S, "start_segment", broken)
+  monkeypatch.setattr(S, "start_loop", broken)
   assert main(["launch", *flags, "--num-processes", "1", "--out", str(out)]) == D.EXIT_INCOMPLETE
   run = D.RunDir(out, 1)
   status = json.loads(run.status(1).read_text())
@@ -301,7 +305,7 @@ def test_a_failed_upstream_stops_the_wait(tmp_path):
 
 
 def test_curves_follow_the_schedule():
-  seg = lambda seconds: S.SegmentResult("s", (0, 1), "", "cpu:0", "adam", 0.1, 10, len(seconds),
+  seg = lambda seconds: SegmentResult("s", (0, 1), "", "cpu:0", "adam", 0.1, 10, len(seconds),
                                         2, loss_per_epoch=[1.0] * len(seconds),
                                         epoch_seconds=seconds)
   a, b = seg([1.0, 1.0]), seg([3.0])

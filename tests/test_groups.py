@@ -8,10 +8,13 @@ import pytest
 
 from synthpart import config as config_lib
 from synthpart import groups
-from synthpart.cli import load_config, build_parser
+from synthpart.cli import build_parser
+from synthpart.setup import load_config
 from synthpart.errors import ConfigError
 from synthpart.progress import Progress
 from synthpart.train import schedules as S
+from synthpart.train.driver import start_loop
+from synthpart.train import problem as P
 from tiny import tiny_config, tiny_dataset
 
 QUIET = Progress(quiet=True)
@@ -19,7 +22,7 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "coll
 
 
 def _problem(**overrides):
-  return S.make_problem(tiny_config(**overrides), tiny_dataset(), jax.devices()[:4])
+  return P.make_problem(tiny_config(**overrides), tiny_dataset(), jax.devices()[:4])
 
 
 def _start(problem, index):
@@ -28,10 +31,10 @@ def _start(problem, index):
   target = problem.device_of(index)
   inputs = "pixels" if spec.is_first else "sil"
   data = {"x": problem.train_x, "y": problem.train_y} if spec.is_first else {"y": problem.train_y}
-  return S.start_segment(S.segment_task(problem, spec, inputs), problem.config.segment_train(index),
+  return start_loop(S.segment_task(problem, spec, inputs), problem.config.segment_train(index),
                          S.init_params(problem, spec, target), data,
                          S.segment_constants(problem, spec, inputs, target),
-                         problem.key(S.ORDER_STREAM, spec.start), target, f"segment {index}")
+                         problem.key(P.ORDER_STREAM, spec.start), target, f"segment {index}")
 
 
 def _collectives(hlo: str) -> list[tuple[str, str]]:

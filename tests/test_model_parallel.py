@@ -8,13 +8,14 @@ from synthpart.model import compose
 from synthpart.progress import Progress
 from synthpart.train import model_parallel as MP
 from synthpart.train import schedules as S
+from synthpart.train import problem as P
 from tiny import tiny_config, tiny_dataset
 
 QUIET = Progress(quiet=True)
 
 
 def _problem(devices, **overrides):
-  return S.make_problem(tiny_config(**overrides), tiny_dataset(), devices)
+  return P.make_problem(tiny_config(**overrides), tiny_dataset(), devices)
 
 
 @pytest.fixture(scope="module")

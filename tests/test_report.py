@@ -14,7 +14,9 @@ from synthpart import sweep as sweep_lib
 from synthpart.errors import ConfigError
 from synthpart.progress import Progress
 from synthpart.tblog import write_tensorboard
-from synthpart.train.schedules import make_problem
+from synthpart.train.problem import make_problem
+from synthpart.files import write_json_atomic
+from synthpart import results as results_lib
 from tiny import tiny_config, tiny_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -25,11 +27,11 @@ def document():
   """A results document of every method on a tiny problem (two segments, two devices)."""
   problem = make_problem(tiny_config(), tiny_dataset(), jax.devices()[:2])
   runs = exp.compare(problem, Progress(quiet=True))
-  return json.loads(json.dumps(exp.results_document("compare", problem, "generated", runs)))
+  return json.loads(json.dumps(results_lib.results_document("compare", problem, "generated", runs)))
 
 
 def write_run(directory, document):
-  exp.write_json_atomic(directory / "results.json", document)
+  write_json_atomic(directory / "results.json", document)
   return directory
 
 
@@ -37,7 +39,7 @@ def test_run_report_has_a_table_and_every_figure(tmp_path, document):
   path = report_lib.write_report(write_run(tmp_path / "run", document))
   text = path.read_text()
   assert path == tmp_path / "run" / "report.md"
-  for method in exp.METHODS[:5]:
+  for method in results_lib.METHODS[:5]:
     assert f"| {method} |" in text
   figures = sorted(p.name for p in (tmp_path / "run" / "figures").iterdir())
   assert figures == ["accuracy_per_epoch.png", "accuracy_vs_flops.png",
@@ -79,7 +81,7 @@ def fake_sweep(out, document, kappas=(0.5, 2.0), cuts=((1,), (2,)), seeds=(0, 1,
       "base": base, "seeds": list(seeds), "methods": ["conventional", "sequential", "parallel"],
       "axes": {"sil.scale": list(kappas), "model.cuts": [list(c) for c in cuts]}})
   points = sweep_lib.expand(sweep)
-  exp.write_json_atomic(out / "sweep.json", sweep_lib.sweep_document(sweep, points))
+  write_json_atomic(out / "sweep.json", sweep_lib.sweep_document(sweep, points))
   for job in sweep_lib.jobs(sweep, points):
     doc = copy.deepcopy(document)
     doc["config"] = json.loads(json.dumps(job.config.to_dict()))

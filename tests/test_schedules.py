@@ -5,13 +5,15 @@ from hypothesis import given, settings, strategies as st
 
 from synthpart.progress import Progress
 from synthpart.train import schedules as S
+from synthpart.train.driver import start_loop
+from synthpart.train import problem as P
 from tiny import tiny_config, tiny_dataset
 
 QUIET = Progress(quiet=True)
 
 
 def _problem(devices=None, **overrides):
-  return S.make_problem(tiny_config(**overrides), tiny_dataset(), devices)
+  return P.make_problem(tiny_config(**overrides), tiny_dataset(), devices)
 
 
 def test_segments_live_on_their_devices():
@@ -19,7 +21,7 @@ def test_segments_live_on_their_devices():
   problem = _problem(devices, **{"model.cuts": [1, 2]})  # 3 segments on 2 devices
   assert [problem.device_of(i) for i in range(3)] == [devices[0], devices[1], devices[0]]
   spec = problem.specs[1]
-  run = S.start_segment(S.segment_task(problem, spec, "sil"), problem.config.segment_train(1),
+  run = start_loop(S.segment_task(problem, spec, "sil"), problem.config.segment_train(1),
                         S.init_params(problem, spec, devices[1]), {"y": problem.train_y},
                         S.segment_constants(problem, spec, "sil", devices[1]),
                         problem.key(0), devices[1], "segment 1")
@@ -120,7 +122,7 @@ def test_standardisation_uses_training_statistics_only():
   x = problem.train_x.astype(np.float32) / 255.0
   np.testing.assert_allclose(problem.pixel_mean, x.mean(0), rtol=1e-6)
   np.testing.assert_allclose(problem.pixel_std, x.std(0) + 1e-6, rtol=1e-6)
-  consts = S.input_constants(problem, jax.devices()[1])
+  consts = P.input_constants(problem, jax.devices()[1])
   assert consts.mean.devices() == {jax.devices()[1]}
   assert _problem(jax.devices()[:2]).pixel_mean is None
   _, result = S.train_sequential(problem, QUIET)

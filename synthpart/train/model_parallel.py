@@ -39,8 +39,9 @@ from synthpart.progress import Progress
 from synthpart.train.loop import TrainState
 from synthpart.train.objectives import Constants, preprocess_pixels
 from synthpart.train.optim import make_optimizer
-from synthpart.train.schedules import (ORDER_STREAM, MethodResult, Problem, SegmentResult,
-                                       init_params, input_constants, make_evaluator)
+from synthpart.results import MethodResult, SegmentResult
+from synthpart.train.problem import ORDER_STREAM, Problem, input_constants
+from synthpart.train.schedules import init_params, make_evaluator
 
 METHOD = "model-parallel"
 

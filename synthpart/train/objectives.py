@@ -14,6 +14,18 @@ import optax
 
 from synthpart.model import Params, apply_segment
 from synthpart.partition import SegmentSpec
+from synthpart.registry import Registry
+
+# loss(pred [batch, width], target [batch, width]) -> scalar mean over the batch
+RegressionLoss = Callable[[jax.Array, jax.Array], jax.Array]
+SIL_LOSSES: Registry[RegressionLoss] = Registry("sil.loss")
+SIL_LOSSES.add("mse", lambda pred, target: jnp.mean(jnp.square(pred - target)),
+               "mean squared error")
+SIL_LOSSES.add("l1", lambda pred, target: jnp.mean(jnp.abs(pred - target)),
+               "mean absolute error")
+SIL_LOSSES.add("cosine",
+               lambda pred, target: jnp.mean(optax.cosine_distance(pred, target, epsilon=1e-8)),
+               "cosine distance per example")
 
 
 class Constants(NamedTuple):
@@ -47,14 +59,8 @@ def preprocess_pixels(x: jax.Array, consts: Constants) -> jax.Array:
 
 
 def regression_loss(kind: str, pred: jax.Array, target: jax.Array) -> jax.Array:
-  """Mean loss between [batch, width] predictions and SIL targets."""
-  if kind == "mse":
-    return jnp.mean(jnp.square(pred - target))
-  if kind == "l1":
-    return jnp.mean(jnp.abs(pred - target))
-  if kind == "cosine":
-    return jnp.mean(optax.cosine_distance(pred, target, epsilon=1e-8))
-  raise ValueError(f"unknown SIL loss {kind!r}")
+  """Mean loss between [batch, width] predictions and SIL targets (`SIL_LOSSES[kind]`)."""
+  return SIL_LOSSES[kind](pred, target)
 
 
 def segment_inputs(task: Task, batch: dict[str, jax.Array], consts: Constants,

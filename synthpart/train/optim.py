@@ -1,27 +1,36 @@
-"""Optimizers by name, from a `TrainConfig`."""
+"""Optimizers by name (`train.optimizer`), built as optax transformations for one loop."""
 
 from __future__ import annotations
 
+from typing import Callable, Protocol
+
 import optax
 
-from synthpart.config import TrainConfig
-from synthpart.errors import ConfigError
+from synthpart.registry import Registry
 
 
-def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
-  """The optax transformation a `TrainConfig` names, at its learning rate."""
-  lr = train.learning_rate
-  if train.optimizer == "adam":
-    return optax.adam(lr)
-  if train.optimizer == "adamw":
-    return optax.adamw(lr, weight_decay=train.weight_decay)
-  if train.optimizer == "sgd":
-    return optax.sgd(lr)
-  if train.optimizer == "momentum":
-    return optax.sgd(lr, momentum=train.momentum, nesterov=True)
-  if train.optimizer == "rmsprop":
-    return optax.rmsprop(lr)
-  if train.optimizer == "lamb":
-    return optax.lamb(lr, weight_decay=train.weight_decay)
-  raise ConfigError(f"optimizer {train.optimizer!r} is not one of adam, adamw, sgd, momentum, "
-                    "rmsprop, lamb")
+class LoopSettings(Protocol):
+  """What an optimizer reads of a loop's settings (a `synthpart.config.TrainConfig`)."""
+  optimizer: str
+  learning_rate: float
+  weight_decay: float
+  momentum: float
+
+
+# builder(learning rate or schedule, the loop's settings) -> transformation
+Builder = Callable[[optax.ScalarOrSchedule, LoopSettings], optax.GradientTransformation]
+OPTIMIZERS: Registry[Builder] = Registry("train.optimizer")
+OPTIMIZERS.add("adam", lambda lr, t: optax.adam(lr), "Adam")
+OPTIMIZERS.add("adamw", lambda lr, t: optax.adamw(lr, weight_decay=t.weight_decay),
+               "Adam with decoupled weight decay (train.weight_decay)")
+OPTIMIZERS.add("sgd", lambda lr, t: optax.sgd(lr), "plain stochastic gradient descent")
+OPTIMIZERS.add("momentum", lambda lr, t: optax.sgd(lr, momentum=t.momentum, nesterov=True),
+               "SGD with Nesterov momentum (train.momentum)")
+OPTIMIZERS.add("rmsprop", lambda lr, t: optax.rmsprop(lr), "RMSProp")
+OPTIMIZERS.add("lamb", lambda lr, t: optax.lamb(lr, weight_decay=t.weight_decay),
+               "LAMB (layer-wise adaptive large-batch optimizer)")
+
+
+def make_optimizer(train: LoopSettings) -> optax.GradientTransformation:
+  """The optax transformation `train.optimizer` names, at `train.learning_rate`."""
+  return OPTIMIZERS[train.optimizer](train.learning_rate, train)

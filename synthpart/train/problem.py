@@ -1,0 +1,100 @@
+"""A `Problem`: everything the schedules share, prepared once from a config and a dataset.
+
+The run's PRNG key is split by purpose into streams (folded in), so each use draws independently
+of the others: initialisation, the SIL tables, the data order of each loop, recovery.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from synthpart import groups as groups_lib
+from synthpart.config import Config, validate_for_data
+from synthpart.data import Dataset
+from synthpart.labels import sil_tables
+from synthpart.model import whole_network
+from synthpart.partition import SegmentSpec, network_widths, plan_segments
+from synthpart.train.objectives import Constants
+
+# Streams of the run's key, folded in so that each use draws independently of the others.
+INIT_STREAM, SIL_STREAM, ORDER_STREAM, RECOVERY_STREAM = 0, 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """Everything the schedules share, prepared once: settings, data on the host, plan, devices."""
+  config: Config
+  dataset: str
+  train_x: np.ndarray  # uint8 [N, features]
+  train_y: np.ndarray  # int32 [N]
+  test_x: np.ndarray  # uint8 [M, features]
+  test_y: np.ndarray  # int32 [M]
+  num_classes: int
+  specs: tuple[SegmentSpec, ...]
+  devices: tuple[jax.Device, ...]
+  sil: dict[int, np.ndarray]  # cut layer -> [classes, width] table, on the host
+  # Training-set statistics of the scaled pixels, [features] each; None unless standardising.
+  pixel_mean: np.ndarray | None = None
+  pixel_std: np.ndarray | None = None
+  # Each segment's device group, where a caller chose them (a multi-process run places only its
+  # own segments); empty: laid out from config.placement over `devices`.
+  groups: tuple[tuple[jax.Device, ...], ...] = ()
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    return whole_network(self.specs).widths
+
+  def group_of(self, segment: int) -> tuple[jax.Device, ...]:
+    """The devices `segment` trains on; without groups, device i mod n for segment i."""
+    if self.groups:
+      return self.groups[segment]
+    sizes = self.config.placement.sizes(len(self.specs))
+    return groups_lib.layout_groups(self.devices, sizes)[segment]
+
+  def device_of(self, segment: int) -> groups_lib.Placement:
+    """Where `segment` lives: its device, or a sharding replicated over its device group."""
+    return groups_lib.placement_of(self.group_of(segment))
+
+  def key(self, *path: int) -> jax.Array:
+    """The run's key folded with `path`. Seeds and stream numbers are Python integers that
+    must reach the device: allowed here even where a caller forbids implicit transfers."""
+    with jax.transfer_guard("allow"):
+      key = jax.random.key(self.config.seed)
+      for p in path:
+        key = jax.random.fold_in(key, p)
+      return key
+
+
+def make_problem(config: Config, dataset: Dataset,
+                 devices: Sequence[jax.Device] | None = None) -> Problem:
+  """Flattens the dataset, plans the segments and draws the SIL tables."""
+  train_x = np.ascontiguousarray(dataset.train_images.reshape(len(dataset.train_images), -1))
+  test_x = np.ascontiguousarray(dataset.test_images.reshape(len(dataset.test_images), -1))
+  validate_for_data(config, len(train_x))
+  widths = network_widths(train_x.shape[1], config.model.hidden, dataset.num_classes)
+  specs = plan_segments(widths, config.model.cuts)
+  problem = Problem(config=config, dataset=dataset.name, train_x=train_x,
+                    train_y=np.asarray(dataset.train_labels, np.int32), test_x=test_x,
+                    test_y=np.asarray(dataset.test_labels, np.int32),
+                    num_classes=dataset.num_classes, specs=specs,
+                    devices=tuple(devices or jax.devices()), sil={})
+  tables = sil_tables(problem.key(SIL_STREAM), widths, config.model.cuts, dataset.num_classes,
+                      config.sil.kind, config.sil.scale)
+  mean = std = None
+  if config.data.standardize:  # computed once here, not by every loop that needs them
+    x = train_x.astype(np.float32) / 255.0
+    mean, std = x.mean(0), x.std(0) + 1e-6
+  return dataclasses.replace(problem, sil=jax.device_get(tables), pixel_mean=mean,
+                             pixel_std=std)
+
+
+def input_constants(problem: Problem, device: groups_lib.Placement) -> Constants:
+  """Pixel statistics for standardisation (training set only), on `device`; else empty."""
+  if problem.pixel_mean is None:
+    return Constants()
+  return Constants(mean=jax.device_put(problem.pixel_mean, device),
+                   std=jax.device_put(problem.pixel_std, device))
