@@ -37,7 +37,7 @@ from synthpart.results import versions
 from synthpart.setup import select_devices
 from synthpart.train import model_parallel, schedules
 from synthpart.train.driver import start_loop
-from synthpart.train.problem import ORDER_STREAM, Problem, make_problem
+from synthpart.train.problem import ORDER_STREAM, make_problem
 
 
 class Size(NamedTuple):

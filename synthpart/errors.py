@@ -19,7 +19,3 @@ class DataError(SynthpartError):
 
 class CheckpointError(SynthpartError):
   """A checkpoint or run directory cannot be used."""
-
-
-class DivergenceError(SynthpartError):
-  """A segment's loss stopped being finite."""

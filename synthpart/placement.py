@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from synthpart.memory import tree_bytes
+
 
 @dataclasses.dataclass(frozen=True)
 class Transfer:
@@ -33,10 +35,6 @@ def _devices(target: jax.Device | jax.sharding.Sharding) -> set[jax.Device]:
   return set(target.device_set) if isinstance(target, jax.sharding.Sharding) else {target}
 
 
-def _array_bytes(tree: Any) -> int:
-  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
-
-
 def hand_over(tree: Any, device: jax.Device | jax.sharding.Sharding, ledger: list[Transfer],
               what: str) -> Any:
   """Moves `tree` to `device` (an explicit transfer) and records it in `ledger` if it crosses.
@@ -52,7 +50,7 @@ def hand_over(tree: Any, device: jax.Device | jax.sharding.Sharding, ledger: lis
   if crossing:
     copies = max(1, len(destinations - sources))
     ledger.append(Transfer(what, ",".join(sorted(device_name(d) for d in crossing)),
-                           device_name(device), _array_bytes(tree) * copies))
+                           device_name(device), tree_bytes(tree) * copies))
   return moved
 
 

@@ -20,7 +20,8 @@ results.json (schema version 1)::
         "segments": [{"name", "layers": [start, stop), "objective", "device", "optimizer",
                       "learning_rate", "batch_size", "epochs", "steps_per_epoch",
                       "loss_per_epoch": [...], "epoch_seconds": [...], "compile_seconds",
-                      "diverged"}],
+                      "diverged", "memory": {"argument", "output", "alias", "temp",
+                      "resident", "data", "peak", "peak_without_data"} (bytes)}],
         "curve": [{"epoch", "seconds", "examples": [per loop], "accuracy"?}],
         "transfers": [{"what", "source", "destination", "bytes"}]
       }
@@ -62,6 +63,9 @@ class SegmentResult:
   epoch_seconds: list[float] = dataclasses.field(default_factory=list)
   compile_seconds: float = 0.0
   diverged: bool = False
+  # XLA's buffer assignment of the compiled epoch (`synthpart.memory.MemoryUse.to_dict()`),
+  # the training data on the device counted as `data`; None where not recorded.
+  memory: dict[str, int] | None = None
 
   @property
   def examples(self) -> int:

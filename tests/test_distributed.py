@@ -20,7 +20,7 @@ from synthpart.data.idx import write_idx
 from synthpart.errors import ConfigError
 from synthpart.progress import Progress
 from synthpart.train import schedules as S
-from synthpart.train.loop import tree_bytes
+from synthpart.memory import tree_bytes
 from synthpart.train.driver import start_loop
 from synthpart.train import problem as P
 from synthpart.results import SegmentResult

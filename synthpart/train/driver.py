@@ -29,6 +29,7 @@ import numpy as np
 from synthpart import checkpoint
 from synthpart import groups as groups_lib
 from synthpart.config import TrainConfig
+from synthpart.memory import compiled_memory, tree_bytes
 from synthpart.model import Params
 from synthpart.placement import device_name, key_on
 from synthpart.progress import Progress
@@ -132,7 +133,8 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
       name=name, layers=(task.spec.start, task.spec.stop), objective=objective(task),
       device=device_name(device), optimizer=train.optimizer, learning_rate=train.learning_rate,
       batch_size=train.batch_size, epochs=train.epochs,
-      steps_per_epoch=num_examples // train.batch_size, compile_seconds=compile_seconds)
+      steps_per_epoch=num_examples // train.batch_size, compile_seconds=compile_seconds,
+      memory=compiled_memory(compiled, data=tree_bytes(data)).to_dict())
   return Loop(result, device, compiled, state, data, consts, key)
 
 

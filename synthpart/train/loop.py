@@ -6,7 +6,7 @@ differ only in what data and objective they hand it and on which device they pla
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,10 +21,6 @@ LossFn = Callable[[Params, dict, Constants, jax.Array], jax.Array]
 class TrainState(NamedTuple):
   params: Params
   opt_state: optax.OptState
-
-
-def init_state(params: Params, optimizer: optax.GradientTransformation) -> TrainState:
-  return TrainState(params, optimizer.init(params))
 
 
 def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
@@ -85,8 +81,3 @@ def _chunk_size(n: int, chunk: int) -> int:
 
 def count_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.sum(jnp.argmax(logits, axis=-1) == labels)
-
-
-def tree_bytes(tree: Any) -> int:
-  """Bytes held by the arrays of a pytree."""
-  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
