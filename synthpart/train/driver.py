@@ -61,7 +61,7 @@ class Loop:
     """Epochs trained so far."""
     return len(self.result.loss_per_epoch)
 
-  def dispatch(self, epoch: int, method: str) -> jax.Array:
+  def dispatch(self, epoch: int, method: str = "") -> jax.Array:
     """Enqueues one epoch and returns its per-step losses without waiting for them."""
     epoch_index = jax.device_put(np.uint32(epoch), self.device)
     self.state, losses = self.epoch_fn(self.state, self.data, self.consts, self.key, epoch_index)
