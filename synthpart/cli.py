@@ -19,8 +19,8 @@ import argparse
 import functools
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from synthpart import checkpoint
 from synthpart import experiment as exp

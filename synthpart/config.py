@@ -40,8 +40,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from synthpart.errors import ConfigError
 from synthpart.labels import SIL_KINDS
@@ -263,7 +264,8 @@ def set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
         node.append({})
       node = node[int(part)]
     else:
-      default = [] if i + 1 < len(parts) and parts[i + 1].isdigit() else {}
+      default: list[Any] | dict[str, Any] = (
+          [] if i + 1 < len(parts) and parts[i + 1].isdigit() else {})
       node = node.setdefault(part, default)
   if isinstance(value, str):
     value = _parse_scalar(value)

@@ -7,7 +7,7 @@ so a caller can keep partial results (results.json is rewritten after every meth
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from synthpart import checkpoint
 from synthpart.progress import Progress

@@ -23,7 +23,8 @@ sums. A batch size divisible by the group size splits evenly; any other is padde
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -34,7 +35,7 @@ from synthpart.errors import ConfigError
 DATA_AXIS = "data"
 
 # Where a segment lives: its one device, or a sharding replicated over its group's mesh.
-Placement = Union[jax.Device, NamedSharding]
+Placement = jax.Device | NamedSharding
 
 
 def layout_groups(devices: Sequence[jax.Device],
@@ -57,7 +58,7 @@ def layout_groups(devices: Sequence[jax.Device],
   return tuple(groups)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def group_mesh(group: tuple[jax.Device, ...]) -> Mesh:
   """The one-axis "data" mesh of a group (cached: equal groups share one mesh object)."""
   return Mesh(np.array(group), (DATA_AXIS,))

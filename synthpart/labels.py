@@ -6,7 +6,7 @@ folded with the cut's layer number, so adding or removing a cut leaves the other
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

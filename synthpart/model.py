@@ -8,7 +8,8 @@ whichever segment holds it: conventional and partitioned runs start from the sam
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

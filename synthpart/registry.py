@@ -15,7 +15,8 @@ so adding an activation or a SIL kind is one edit: one decorated function.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from synthpart.errors import ConfigError
 

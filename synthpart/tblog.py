@@ -10,8 +10,9 @@ same tags:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from synthpart.errors import ConfigError
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -49,7 +50,7 @@ class Loop:
   """One optax loop, live on its device: compiled epoch, state, data, constants, key."""
   result: SegmentResult
   device: groups_lib.Placement
-  epoch_fn: Callable[..., tuple[TrainState, jax.Array]]
+  epoch_fn: Callable[..., tuple[TrainState, jax.Array]]  # compiled: see `make_epoch`
   state: TrainState
   data: dict[str, jax.Array]
   consts: Constants
@@ -72,7 +73,7 @@ class Loop:
     """Restores this loop's newest checkpoint, if any; returns its meta ({} if none)."""
     restored = None if policy is None else checkpoint.restore(
         policy, method, self.result.name, self.state, self.device)
-    if restored is None:
+    if policy is None or restored is None:
       return {}
     self.state, meta = restored
     self.result.loss_per_epoch = list(meta["loss_per_epoch"])

@@ -6,7 +6,8 @@ differ only in what data and objective they hand it and on which device they pla
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ class TrainState(NamedTuple):
 
 
 def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
-               num_examples: int) -> Callable[..., tuple[TrainState, jax.Array]]:
+               num_examples: int) -> jax.stages.Wrapped:
   """Returns jitted epoch(state, data, consts, key, epoch) -> (state, losses [steps]).
 
   `data` is a dict of per-example arrays [num_examples, ...] already on the device; each step

@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +37,10 @@ from synthpart.model import Params, apply_segment
 from synthpart.partition import SegmentSpec
 from synthpart.placement import Transfer, device_name, hand_over, key_on
 from synthpart.progress import Progress
+from synthpart.results import MethodResult, SegmentResult
 from synthpart.train.loop import TrainState
 from synthpart.train.objectives import Constants, preprocess_pixels
 from synthpart.train.optim import make_optimizer
-from synthpart.results import MethodResult, SegmentResult
 from synthpart.train.problem import ORDER_STREAM, Problem, input_constants
 from synthpart.train.schedules import init_params, make_evaluator
 

@@ -6,7 +6,8 @@ A `Task` is static (hashable) and describes how one minibatch becomes a loss. Th
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

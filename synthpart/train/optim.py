@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import optax
 
@@ -11,10 +12,18 @@ from synthpart.registry import Registry
 
 class LoopSettings(Protocol):
   """What an optimizer reads of a loop's settings (a `synthpart.config.TrainConfig`)."""
-  optimizer: str
-  learning_rate: float
-  weight_decay: float
-  momentum: float
+
+  @property
+  def optimizer(self) -> str: ...
+
+  @property
+  def learning_rate(self) -> float: ...
+
+  @property
+  def weight_decay(self) -> float: ...
+
+  @property
+  def momentum(self) -> float: ...
 
 
 # builder(learning rate or schedule, the loop's settings) -> transformation

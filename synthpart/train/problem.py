@@ -7,7 +7,7 @@ of the others: initialisation, the SIL tables, the data order of each loop, reco
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -28,8 +29,13 @@ from synthpart.results import MethodResult
 from synthpart.train.driver import Evaluate, Loop, drive, start_loop
 from synthpart.train.loop import count_correct, make_predict
 from synthpart.train.objectives import Constants, Task, preprocess_pixels
-from synthpart.train.problem import (INIT_STREAM, ORDER_STREAM, RECOVERY_STREAM, Problem,
-                                     input_constants)
+from synthpart.train.problem import (
+  INIT_STREAM,
+  ORDER_STREAM,
+  RECOVERY_STREAM,
+  Problem,
+  input_constants,
+)
 
 
 def init_params(problem: Problem, spec: SegmentSpec, device: Placement) -> Params:
@@ -50,9 +56,9 @@ def segment_constants(problem: Problem, spec: SegmentSpec, inputs: str,
                       device: Placement) -> Constants:
   """The SIL tables and input statistics segment `spec` reads, on its device."""
   consts = input_constants(problem, device) if inputs == "pixels" else Constants()
-  if inputs == "sil":
+  if inputs == "sil" and spec.input_cut is not None:
     consts = consts._replace(sil_in=jax.device_put(problem.sil[spec.input_cut], device))
-  if not spec.is_last:
+  if spec.output_cut is not None:
     consts = consts._replace(sil_out=jax.device_put(problem.sil[spec.output_cut], device))
   return consts
 
