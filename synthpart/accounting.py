@@ -33,33 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from synthpart.flops import Flops
 from synthpart.partition import SegmentSpec
 
 # ---------------------------------------------------------------------------------------------
 # FLOPs
-
-
-class Flops(NamedTuple):
-  """FLOPs per example of one training loop (or layer), by kind; see the module docstring."""
-  forward: int = 0
-  activation_grads: int = 0
-  weight_grads: int = 0
-  input_grads: int = 0
-
-  @property
-  def backward(self) -> int:
-    return self.activation_grads + self.weight_grads + self.input_grads
-
-  @property
-  def training(self) -> int:
-    """Forward plus backward: the FLOPs of one example through one training step."""
-    return self.forward + self.backward
-
-  def __add__(self, other: Flops) -> Flops:  # type: ignore[override]
-    return Flops(*(a + b for a, b in zip(self, other)))
-
-  def scale(self, factor: float) -> Flops:
-    return Flops(*(int(round(v * factor)) for v in self))
 
 
 def layer_flops(width_in: int, width_out: int, activation: bool, input_grads: bool) -> Flops:

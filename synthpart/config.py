@@ -38,17 +38,17 @@ setting is reachable from the command line without a flag of its own.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from synthpart.blocks import ACTIVATIONS, BUILT_IN
 from synthpart.errors import ConfigError
-from synthpart.labels import SIL_KINDS
-from synthpart.model import ACTIVATIONS
+from synthpart.labels import SIL_KINDS, SIL_LOSSES
 from synthpart.registry import Registry
-from synthpart.train.objectives import SIL_LOSSES
 from synthpart.train.optim import OPTIMIZERS
 
 # The names a run's `schedule` may take; `synthpart.train.schedules` implements each one.
@@ -73,16 +73,25 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """A fully connected network and where it is cut."""
+  """The network and where it is cut (`synthpart.model.build_network`).
+
+  By default a dense stack of `hidden` widths then a classifier. `layers` lists built-in blocks
+  instead (`synthpart.blocks.BUILT_IN`: {type = "conv", features = 32, kernel = 3}, ...),
+  followed by the classifier; `factory` names a user's function "package.module:function" that
+  returns every block, classifier included. Cuts fall after blocks (1-based).
+  """
   hidden: tuple[int, ...] = (512, 512, 512, 512, 512)
   activation: str = "relu"
-  cuts: tuple[int, ...] = (3,)  # cut after these dense layers (1-based), strictly increasing
+  cuts: tuple[int, ...] = (3,)  # cut after these blocks (1-based), strictly increasing
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"  # master-weight dtype
+  layers: tuple[Mapping[str, Any], ...] = ()
+  factory: str | None = None
 
   @property
   def num_layers(self) -> int:
-    return len(self.hidden) + 1
+    """Blocks in the network where the config alone says (None for a factory's network)."""
+    return len(self.layers or self.hidden) + 1
 
   @property
   def num_segments(self) -> int:
@@ -161,6 +170,7 @@ class Config:
   def to_dict(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
     out["segments"] = [dict(s) for s in self.segments]
+    out["model"]["layers"] = [dict(layer) for layer in self.model.layers]
     return out
 
 
@@ -211,6 +221,46 @@ def _shown(key: Any) -> str:
   return key if isinstance(key, str) and key.isprintable() else repr(key)
 
 
+def parse_layers(path: str, value: Any) -> tuple[dict[str, Any], ...]:
+  """`model.layers` from a list of tables or from text: blocks separated by commas, each a type
+  and its options, e.g. ``conv:features=32:kernel=3,pool:window=2,flatten,dense:width=128``."""
+  if isinstance(value, str):
+    value = [_layer_from_text(path, item) for item in value.split(",") if item.strip()]
+  if not isinstance(value, (list, tuple)):
+    raise ConfigError(f"{path} must be a list of block tables, got {value!r}")
+  layers = []
+  for i, layer in enumerate(value):
+    if not isinstance(layer, Mapping) or "type" not in layer:
+      raise ConfigError(f"{path}[{i}] must be a table with a type, got {layer!r}")
+    BUILT_IN.check(layer["type"], f"{path}[{i}].type")
+    options = {k: v for k, v in layer.items() if k != "type"}
+    allowed = [name for name in inspect.signature(BUILT_IN[layer["type"]]).parameters
+               if name not in ("dtype", "param_dtype")]
+    for key, option in options.items():
+      if key not in allowed:
+        raise ConfigError(f"{path}[{i}]: {layer['type']} has no option {_shown(key)}; allowed: "
+                          f"{', '.join(allowed) or 'none'}")
+      if isinstance(option, bool) or not isinstance(option, (int, str)):
+        raise ConfigError(f"{path}[{i}].{key} must be an integer or a string, got {option!r}")
+      if isinstance(option, int) and option < 1:
+        raise ConfigError(f"{path}[{i}].{key} must be at least 1, got {option}")
+    if "activation" in options:
+      ACTIVATIONS.check(options["activation"], f"{path}[{i}].activation")
+    layers.append(dict(layer))
+  return tuple(layers)
+
+
+def _layer_from_text(path: str, item: str) -> dict[str, Any]:
+  kind, *options = item.strip().split(":")
+  layer: dict[str, Any] = {"type": kind}
+  for option in options:
+    key, sep, text = option.partition("=")
+    if not sep:
+      raise ConfigError(f"{path}: {option!r} in {item!r} must look like key=value")
+    layer[key] = int(text) if text.isdigit() else text
+  return layer
+
+
 def _build(cls: type, path: str, values: Mapping[str, Any]) -> Any:
   if not isinstance(values, Mapping):
     raise ConfigError(f"[{path}] must be a table of settings, got {values!r}")
@@ -220,7 +270,10 @@ def _build(cls: type, path: str, values: Mapping[str, Any]) -> Any:
   for key, value in values.items():
     if key not in fields:
       raise ConfigError(f"unknown setting {path}.{_shown(key)}; allowed: {', '.join(fields)}")
-    kwargs[key] = _coerce(f"{path}.{key}", value, getattr(defaults, key))
+    if cls is ModelConfig and key == "layers":
+      kwargs[key] = parse_layers(f"{path}.{key}", value)
+    else:
+      kwargs[key] = _coerce(f"{path}.{key}", value, getattr(defaults, key))
   return cls(**kwargs)
 
 
@@ -322,9 +375,11 @@ def validate(config: Config) -> None:
   DTYPES.check(m.dtype)
   DTYPES.check(m.param_dtype, "model.param_dtype")
   cuts = list(m.cuts)
-  if any(c < 1 or c > len(m.hidden) for c in cuts):
-    raise ConfigError(f"model.cuts {cuts} out of range: a cut falls after a hidden layer, "
-                      f"1..{len(m.hidden)}")
+  if m.layers and m.factory:
+    raise ConfigError("model.layers and model.factory exclude each other; give one of them")
+  if not m.factory and any(c < 1 or c > m.num_layers - 1 for c in cuts):
+    raise ConfigError(f"model.cuts {cuts} out of range: a cut falls after a hidden block, "
+                      f"1..{m.num_layers - 1}")
   if cuts != sorted(set(cuts)):
     raise ConfigError(f"model.cuts {cuts} must be strictly increasing, without repeats")
   SIL_KINDS.check(config.sil.kind)

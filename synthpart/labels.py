@@ -6,50 +6,70 @@ folded with the cut's layer number, so adding or removing a cut leaves the other
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from synthpart.registry import Registry
 
-# generator(key, num_classes, width, scale) -> [num_classes, width] float32
-Generator = Callable[[jax.Array, int, int, float], jax.Array]
+# generator(key, num_classes, shape, scale) -> [num_classes, *shape] float32
+Generator = Callable[[jax.Array, int, tuple[int, ...], float], jax.Array]
 SIL_KINDS: Registry[Generator] = Registry("sil.kind")
+
+# loss(pred [batch, width], target [batch, width]) -> scalar mean over the batch
+RegressionLoss = Callable[[jax.Array, jax.Array], jax.Array]
+SIL_LOSSES: Registry[RegressionLoss] = Registry("sil.loss")
+SIL_LOSSES.add("mse", lambda pred, target: jnp.mean(jnp.square(pred - target)),
+               "mean squared error")
+SIL_LOSSES.add("l1", lambda pred, target: jnp.mean(jnp.abs(pred - target)),
+               "mean absolute error")
+SIL_LOSSES.add("cosine",
+               lambda pred, target: jnp.mean(optax.cosine_distance(pred, target, epsilon=1e-8)),
+               "cosine distance per example")
 
 
 @SIL_KINDS.register("uniform", "the paper's kappa * U(0, 1)")
-def uniform(key: jax.Array, num_classes: int, width: int, scale: float) -> jax.Array:
-  """The paper's table: entries scale * U(0, 1). Returns [num_classes, width] float32."""
-  return scale * jax.random.uniform(key, (num_classes, width), jnp.float32)
+def uniform(key: jax.Array, num_classes: int, shape: tuple[int, ...], scale: float) -> jax.Array:
+  """The paper's table: entries scale * U(0, 1). Returns [num_classes, *shape] float32."""
+  return scale * jax.random.uniform(key, (num_classes, *shape), jnp.float32)
 
 
 @SIL_KINDS.register("gaussian", "kappa * N(0, 1)")
-def gaussian(key: jax.Array, num_classes: int, width: int, scale: float) -> jax.Array:
-  """Entries scale * N(0, 1). Returns [num_classes, width] float32."""
-  return scale * jax.random.normal(key, (num_classes, width), jnp.float32)
+def gaussian(key: jax.Array, num_classes: int, shape: tuple[int, ...], scale: float) -> jax.Array:
+  """Entries scale * N(0, 1). Returns [num_classes, *shape] float32."""
+  return scale * jax.random.normal(key, (num_classes, *shape), jnp.float32)
 
 
 @SIL_KINDS.register("orthogonal", "orthonormal class vectors times kappa")
-def orthogonal(key: jax.Array, num_classes: int, width: int, scale: float) -> jax.Array:
-  """Orthonormal rows times scale where width >= num_classes (else orthonormal columns).
+def orthogonal(key: jax.Array, num_classes: int, shape: tuple[int, ...],
+               scale: float) -> jax.Array:
+  """Orthonormal rows times scale where prod(shape) >= num_classes (else orthonormal columns),
+  drawn flat and reshaped. Returns [num_classes, *shape] float32: every pair of classes is
+  equally far apart."""
+  flat = jax.nn.initializers.orthogonal(scale)(key, (num_classes, math.prod(shape)), jnp.float32)
+  return flat.reshape(num_classes, *shape)
 
-  Returns [num_classes, width] float32: every pair of classes is equally far apart.
+
+def sil_table(key: jax.Array, num_classes: int, shape: int | tuple[int, ...],
+              kind: str = "uniform", scale: float = 1.0) -> jax.Array:
+  """Draws one SIL table, [num_classes, *shape] float32 (an int shape is a width). Same key,
+  same table, bit for bit."""
+  shape = (shape,) if isinstance(shape, int) else tuple(shape)
+  return SIL_KINDS[kind](key, num_classes, shape, scale)
+
+
+def sil_tables(key: jax.Array, shapes: tuple[tuple[int, ...], ...], cuts: tuple[int, ...],
+               num_classes: int, kind: str = "uniform",
+               scale: float = 1.0) -> dict[int, jax.Array]:
+  """One table per cut, keyed by the cut's block number; `shapes` are the network's per-example
+  shapes at every block boundary, input first.
+
+  The table at cut c has the shape of block c's output: [num_classes, *shapes[c]]. For a dense
+  cut of width w this is the paper's table (transposed: one row per class); for a feature map it
+  is one kappa * U(0, 1) tensor per class.
   """
-  return jax.nn.initializers.orthogonal(scale)(key, (num_classes, width), jnp.float32)
-
-
-def sil_table(key: jax.Array, num_classes: int, width: int, kind: str = "uniform",
-              scale: float = 1.0) -> jax.Array:
-  """Draws one SIL table, [num_classes, width] float32. Same key, same table, bit for bit."""
-  return SIL_KINDS[kind](key, num_classes, width, scale)
-
-
-def sil_tables(key: jax.Array, widths: tuple[int, ...], cuts: tuple[int, ...], num_classes: int,
-               kind: str = "uniform", scale: float = 1.0) -> dict[int, jax.Array]:
-  """One table per cut, keyed by the cut's layer number; `widths` are the network's layer widths.
-
-  The table at cut c is as wide as the output of dense layer c, widths[c].
-  """
-  return {c: sil_table(jax.random.fold_in(key, c), num_classes, widths[c], kind, scale)
+  return {c: sil_table(jax.random.fold_in(key, c), num_classes, shapes[c], kind, scale)
           for c in cuts}

@@ -1,68 +1,110 @@
-"""Pure-functional fully connected segments: init(key) -> params, apply(params, x) -> y.
+"""Networks as sequences of blocks, and segments as slices of them: init, apply, compose.
 
-Parameters are a plain list of per-layer pytrees (Flax `Dense` variables), one entry per dense
-layer, so segments compose by list concatenation and a segment is a slice of the whole network.
-Layer l's weights come from the init key folded with l, so a layer starts from the same weights
-whichever segment holds it: conventional and partitioned runs start from the same network.
+A network comes from the config's `[model]`: a dense stack (`hidden`, the default), built-in
+blocks (`layers`), or a user's factory (`factory = "my_pkg.nets:build"`, a function
+`build(input_shape, num_classes) -> list[Block]`); a classifier `dense(num_classes)` ends the
+first two. Segment parameters are a plain list of per-block pytrees, so segments compose by list
+concatenation and a segment is a slice of the whole network. Block b's parameters come from the
+init key folded with b, so a block starts from the same weights whichever segment holds it:
+conventional and partitioned runs start from the same network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from synthpart.partition import SegmentSpec
-from synthpart.registry import Registry
+from synthpart import blocks as B
+from synthpart.blocks import Block, Shape
+from synthpart.config import ModelConfig
+from synthpart.errors import ConfigError
+from synthpart.partition import SegmentSpec, plan_segments
 
-Params = list[Any]  # one {"kernel": [in, out], "bias": [out]} dict per dense layer
-
-# Hidden layers' activation (`model.activation`), the cut layers' included.
-ACTIVATIONS: Registry[Callable[[jax.Array], jax.Array]] = Registry("model.activation")
-ACTIVATIONS.add("relu", jax.nn.relu, "max(x, 0)")
-ACTIVATIONS.add("gelu", jax.nn.gelu, "Gaussian error linear unit (tanh approximation)")
-ACTIVATIONS.add("tanh", jnp.tanh, "hyperbolic tangent")
-ACTIVATIONS.add("sigmoid", jax.nn.sigmoid, "logistic function")
-ACTIVATIONS.add("silu", jax.nn.silu, "x * sigmoid(x)")
+Params = list[Any]  # one pytree per block
 
 
-def _dense(width: int, dtype: str, param_dtype: str) -> nn.Dense:
-  return nn.Dense(width, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
+def _built_in(layer: Mapping[str, Any], m: ModelConfig) -> Block:
+  kind = layer["type"]
+  options = {k: v for k, v in layer.items() if k != "type"}
+  if kind in ("dense", "conv"):
+    options.setdefault("activation", m.activation)
+  if kind in ("dense", "conv", "layer_norm"):
+    options.update(dtype=m.dtype, param_dtype=m.param_dtype)
+  return B.BUILT_IN[kind](**options)
 
 
-def init_segment(key: jax.Array, spec: SegmentSpec, param_dtype: str = "float32") -> Params:
-  """Initialises the layers of `spec` from the network's init `key`."""
-  params = []
-  for offset, (width_in, width_out) in enumerate(zip(spec.widths[:-1], spec.widths[1:])):
-    layer_key = jax.random.fold_in(key, spec.start + offset)
-    dense = _dense(width_out, param_dtype, param_dtype)
-    params.append(dense.init(layer_key, jnp.zeros((1, width_in), param_dtype))["params"])
-  return params
+def load_factory(spec: str) -> Any:
+  """The function `"package.module:function"` names."""
+  module_name, sep, attr = spec.partition(":")
+  if not sep or not module_name or not attr:
+    raise ConfigError(f"model.factory {spec!r} must look like 'package.module:function'")
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ConfigError(f"model.factory {spec!r}: cannot import {module_name}: {e}") from None
+  if not callable(fn := getattr(module, attr, None)):
+    raise ConfigError(f"model.factory {spec!r}: {module_name} has no function {attr}")
+  return fn
 
 
-def apply_segment(params: Params, x: jax.Array, spec: SegmentSpec, activation: str = "relu",
-                  dtype: str = "float32") -> jax.Array:
-  """Maps x [batch, widths[0]] to [batch, widths[-1]] float32.
+def build_network(m: ModelConfig, input_shape: Shape, num_classes: int) -> tuple[Block, ...]:
+  """The blocks of the network `m` describes, for inputs of `input_shape` and `num_classes`."""
+  if m.factory:
+    built = load_factory(m.factory)(tuple(input_shape), num_classes)
+    if not isinstance(built, Sequence) or not built or not all(
+        isinstance(b, Block) for b in built):
+      raise ConfigError(f"model.factory {m.factory!r} must return a non-empty list of "
+                        "synthpart.blocks.Block")
+    return tuple(built)
+  if m.layers:
+    hidden = [_built_in(layer, m) for layer in m.layers]
+  else:
+    hidden = [B.dense(w, m.activation, m.dtype, m.param_dtype) for w in m.hidden]
+  return (*hidden, B.dense(num_classes, None, m.dtype, m.param_dtype))
 
-  Hidden layers, the cut layer included, end in `activation`, so the composed segments are
-  exactly the unpartitioned network; only the network's last layer gives raw logits.
+
+def dense_plan(widths: Sequence[int], cuts: tuple[int, ...], activation: str = "relu",
+               dtype: str = "float32", param_dtype: str = "float32") -> tuple[SegmentSpec, ...]:
+  """The segments of a dense network with layer `widths` (input first), cut after `cuts`."""
+  network = (*(B.dense(w, activation, dtype, param_dtype) for w in widths[1:-1]),
+             B.dense(widths[-1], None, dtype, param_dtype))
+  return plan_segments(network, network_shapes(network, (widths[0],)), cuts)
+
+
+def network_shapes(blocks: Sequence[Block], input_shape: Shape) -> tuple[Shape, ...]:
+  """The per-example shape at every block boundary, input first."""
+  shapes = [tuple(input_shape)]
+  for block in blocks:
+    shapes.append(B.output_shape(block, shapes[-1]))
+  return tuple(shapes)
+
+
+def init_segment(key: jax.Array, spec: SegmentSpec) -> Params:
+  """Initialises the blocks of `spec` from the network's init `key` (block b: key folded with b)."""
+  return [block.init(jax.random.fold_in(key, spec.start + offset), spec.shapes[offset])[0]
+          for offset, block in enumerate(spec.blocks)]
+
+
+def apply_segment(params: Params, x: jax.Array, spec: SegmentSpec) -> jax.Array:
+  """Maps x [batch, *shapes[0]] to [batch, *shapes[-1]] float32, block after block.
+
+  Hidden blocks, the cut block included, end in their activation, so the composed segments are
+  exactly the unpartitioned network; the classifier gives raw logits.
   """
-  act = ACTIVATIONS[activation]
-  for offset, layer in enumerate(params):
-    width_out = spec.widths[offset + 1]
-    x = _dense(width_out, dtype, layer["kernel"].dtype).apply({"params": layer}, x)
-    if not (spec.is_last and offset == len(params) - 1):
-      x = act(x)
+  for block, p in zip(spec.blocks, params):
+    x = block.apply(p, x)
   return x.astype(jnp.float32)
 
 
 def whole_network(specs: tuple[SegmentSpec, ...]) -> SegmentSpec:
   """The spec of all segments joined: one segment from the first input to the last output."""
-  widths = specs[0].widths + tuple(w for s in specs[1:] for w in s.widths[1:])
-  return SegmentSpec(index=0, start=specs[0].start, stop=specs[-1].stop, widths=widths,
+  shapes = specs[0].shapes + tuple(s for spec in specs[1:] for s in spec.shapes[1:])
+  return SegmentSpec(index=0, start=specs[0].start, stop=specs[-1].stop, shapes=shapes,
+                     blocks=tuple(b for spec in specs for b in spec.blocks),
                      input_cut=specs[0].input_cut, output_cut=specs[-1].output_cut)
 
 

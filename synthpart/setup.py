@@ -15,11 +15,10 @@ from typing import Any
 import jax
 
 from synthpart import config as config_lib
+from synthpart.blocks import ACTIVATIONS
 from synthpart.data import Dataset, load_dataset, split_validation
 from synthpart.errors import ConfigError
-from synthpart.labels import SIL_KINDS
-from synthpart.model import ACTIVATIONS
-from synthpart.train.objectives import SIL_LOSSES
+from synthpart.labels import SIL_KINDS, SIL_LOSSES
 from synthpart.train.optim import OPTIMIZERS
 
 _DEFAULTS = config_lib.Config()

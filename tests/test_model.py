@@ -2,8 +2,7 @@ import jax
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from synthpart.model import apply_segment, compose, init_segment, whole_network
-from synthpart.partition import plan_segments
+from synthpart.model import apply_segment, compose, dense_plan, init_segment, whole_network
 
 WIDTHS = (12, 10, 9, 8, 7, 6, 3)
 
@@ -11,7 +10,7 @@ WIDTHS = (12, 10, 9, 8, 7, 6, 3)
 @settings(max_examples=15, deadline=None)
 @given(st.lists(st.integers(1, 5), unique=True, max_size=5).map(sorted), st.integers(0, 1000))
 def test_composed_segments_equal_the_whole_network(cuts, seed):
-  specs = plan_segments(WIDTHS, tuple(cuts))
+  specs = dense_plan(WIDTHS, tuple(cuts))
   whole = whole_network(specs)
   key = jax.random.key(seed)
   x = jax.random.uniform(jax.random.key(seed + 1), (5, 12))
@@ -27,7 +26,7 @@ def test_composed_segments_equal_the_whole_network(cuts, seed):
 
 
 def test_bfloat16_compute_keeps_float32_weights():
-  (spec,) = plan_segments((6, 5, 2), ())
-  params = init_segment(jax.random.key(0), spec, "float32")
-  y = apply_segment(params, np.ones((3, 6), np.float32), spec, dtype="bfloat16")
+  (spec,) = dense_plan((6, 5, 2), (), dtype="bfloat16")
+  params = init_segment(jax.random.key(0), spec)
+  y = apply_segment(params, np.ones((3, 6), np.float32), spec)
   assert params[0]["kernel"].dtype == np.float32 and y.dtype == np.float32 and y.shape == (3, 2)

@@ -2,11 +2,12 @@ import pytest
 from hypothesis import given, strategies as st
 
 from synthpart.errors import ConfigError
-from synthpart.partition import network_widths, plan_segments
+from synthpart.model import dense_plan
+from synthpart.partition import network_widths
 
 
 def test_paper_cut():
-  specs = plan_segments(network_widths(784, (512,) * 5, 47), (3,))
+  specs = dense_plan(network_widths(784, (512,) * 5, 47), (3,))
   assert [(s.start, s.stop) for s in specs] == [(0, 3), (3, 6)]
   assert specs[0].widths == (784, 512, 512, 512) and specs[1].widths == (512, 512, 512, 47)
   assert specs[0].objective == "inputs -> sil" and specs[1].objective == "sil -> labels"
@@ -14,14 +15,14 @@ def test_paper_cut():
 
 
 def test_no_cut_is_one_segment():
-  (spec,) = plan_segments((10, 8, 3), ())
+  (spec,) = dense_plan((10, 8, 3), ())
   assert spec.is_first and spec.is_last and spec.num_layers == 2
 
 
 @given(st.lists(st.integers(1, 7), unique=True, max_size=7).map(sorted))
 def test_segments_tile_the_network(cuts):
   widths = tuple(range(10, 19))  # 8 layers
-  specs = plan_segments(widths, tuple(cuts))
+  specs = dense_plan(widths, tuple(cuts))
   assert len(specs) == len(cuts) + 1
   assert specs[0].start == 0 and specs[-1].stop == 8
   for a, b in zip(specs, specs[1:]):
@@ -31,4 +32,4 @@ def test_segments_tile_the_network(cuts):
 @pytest.mark.parametrize("cuts", [(0,), (8,), (3, 3), (4, 2)])
 def test_bad_cuts(cuts):
   with pytest.raises(ConfigError, match="model.cuts"):
-    plan_segments(tuple(range(10, 19)), cuts)
+    dense_plan(tuple(range(10, 19)), cuts)

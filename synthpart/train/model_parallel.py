@@ -90,7 +90,8 @@ def epoch_order(key: jax.Array, epoch: jax.Array, num_examples: int,
 def make_stage_fns(spec: SegmentSpec, optimizer: optax.GradientTransformation, activation: str,
                    dtype: str) -> tuple[Callable | None, Callable | None, Callable | None]:
   """The jitted step functions of one segment: (forward, backward, last); see `Stage`."""
-  apply = functools.partial(apply_segment, spec=spec, activation=activation, dtype=dtype)
+  del activation, dtype  # the blocks carry their own
+  apply = functools.partial(apply_segment, spec=spec)
 
   def update(state: TrainState, grads: Params) -> TrainState:
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

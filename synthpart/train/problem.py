@@ -13,11 +13,12 @@ import jax
 import numpy as np
 
 from synthpart import groups as groups_lib
+from synthpart.blocks import Block, Shape
 from synthpart.config import Config, validate_for_data
 from synthpart.data import Dataset
 from synthpart.labels import sil_tables
-from synthpart.model import whole_network
-from synthpart.partition import SegmentSpec, network_widths, plan_segments
+from synthpart.model import build_network, network_shapes, whole_network
+from synthpart.partition import SegmentSpec, plan_segments
 from synthpart.train.objectives import Constants
 
 # Streams of the run's key, folded in so that each use draws independently of the others.
@@ -29,15 +30,17 @@ class Problem:
   """Everything the schedules share, prepared once: settings, data on the host, plan, devices."""
   config: Config
   dataset: str
-  train_x: np.ndarray  # uint8 [N, features]
+  train_x: np.ndarray  # [N, *input_shape], uint8 images or float inputs, as the dataset has them
   train_y: np.ndarray  # int32 [N]
-  test_x: np.ndarray  # uint8 [M, features]
+  test_x: np.ndarray  # [M, *input_shape]
   test_y: np.ndarray  # int32 [M]
   num_classes: int
   specs: tuple[SegmentSpec, ...]
   devices: tuple[jax.Device, ...]
-  sil: dict[int, np.ndarray]  # cut layer -> [classes, width] table, on the host
-  # Training-set statistics of the scaled pixels, [features] each; None unless standardising.
+  sil: dict[int, np.ndarray]  # cut block -> [classes, *cut shape] table, on the host
+  # Inputs are divided by this on the device: 255 for uint8 images, 1 for float inputs.
+  input_scale: float = 255.0
+  # Training-set statistics of the scaled inputs, [*input_shape] each; None unless standardising.
   pixel_mean: np.ndarray | None = None
   pixel_std: np.ndarray | None = None
   # Each segment's device group, where a caller chose them (a multi-process run places only its
@@ -46,7 +49,17 @@ class Problem:
 
   @property
   def widths(self) -> tuple[int, ...]:
+    """Features at every block boundary, input first."""
     return whole_network(self.specs).widths
+
+  @property
+  def shapes(self) -> tuple[Shape, ...]:
+    """Per-example shapes at every block boundary, input first."""
+    return whole_network(self.specs).shapes
+
+  @property
+  def network(self) -> tuple[Block, ...]:
+    return whole_network(self.specs).blocks
 
   def group_of(self, segment: int) -> tuple[jax.Device, ...]:
     """The devices `segment` trains on; without groups, device i mod n for segment i."""
@@ -71,22 +84,28 @@ class Problem:
 
 def make_problem(config: Config, dataset: Dataset,
                  devices: Sequence[jax.Device] | None = None) -> Problem:
-  """Flattens the dataset, plans the segments and draws the SIL tables."""
-  train_x = np.ascontiguousarray(dataset.train_images.reshape(len(dataset.train_images), -1))
-  test_x = np.ascontiguousarray(dataset.test_images.reshape(len(dataset.test_images), -1))
+  """Builds the network, plans the segments and draws the SIL tables.
+
+  Inputs keep their shape (NHWC images stay images; feature vectors stay [N, F]).
+  """
+  train_x = np.ascontiguousarray(dataset.train_images)
+  test_x = np.ascontiguousarray(dataset.test_images)
   validate_for_data(config, len(train_x))
-  widths = network_widths(train_x.shape[1], config.model.hidden, dataset.num_classes)
-  specs = plan_segments(widths, config.model.cuts)
+  input_shape = tuple(train_x.shape[1:])
+  network = build_network(config.model, input_shape, dataset.num_classes)
+  shapes = network_shapes(network, input_shape)
+  specs = plan_segments(network, shapes, config.model.cuts)
+  scale = float(getattr(dataset, "input_scale", 255.0))
   problem = Problem(config=config, dataset=dataset.name, train_x=train_x,
                     train_y=np.asarray(dataset.train_labels, np.int32), test_x=test_x,
                     test_y=np.asarray(dataset.test_labels, np.int32),
                     num_classes=dataset.num_classes, specs=specs,
-                    devices=tuple(devices or jax.devices()), sil={})
-  tables = sil_tables(problem.key(SIL_STREAM), widths, config.model.cuts, dataset.num_classes,
+                    devices=tuple(devices or jax.devices()), sil={}, input_scale=scale)
+  tables = sil_tables(problem.key(SIL_STREAM), shapes, config.model.cuts, dataset.num_classes,
                       config.sil.kind, config.sil.scale)
   mean = std = None
   if config.data.standardize:  # computed once here, not by every loop that needs them
-    x = train_x.astype(np.float32) / 255.0
+    x = train_x.astype(np.float32) / scale
     mean, std = x.mean(0), x.std(0) + 1e-6
   return dataclasses.replace(problem, sil=jax.device_get(tables), pixel_mean=mean,
                              pixel_std=std)

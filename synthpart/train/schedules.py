@@ -41,15 +41,14 @@ from synthpart.train.problem import (
 def init_params(problem: Problem, spec: SegmentSpec, device: Placement) -> Params:
   """Initialises a segment directly on its device (layer l from the init key folded with l)."""
   key = key_on(problem.key(INIT_STREAM), device)
-  init = functools.partial(init_segment, spec=spec, param_dtype=problem.config.model.param_dtype)
-  return jax.jit(init)(key)
+  return jax.jit(functools.partial(init_segment, spec=spec))(key)
 
 
 def segment_task(problem: Problem, spec: SegmentSpec, inputs: str) -> Task:
   """The objective of segment `spec` fed `inputs` ("pixels", "features" or "sil")."""
-  m, s = problem.config.model, problem.config.sil
-  return Task(spec=spec, inputs=inputs, activation=m.activation, dtype=m.dtype, sil_loss=s.loss,
-              noise=s.noise if inputs == "sil" else 0.0)
+  s = problem.config.sil
+  return Task(spec=spec, inputs=inputs, sil_loss=s.loss, noise=s.noise if inputs == "sil" else 0.0,
+              input_scale=problem.input_scale)
 
 
 def segment_constants(problem: Problem, spec: SegmentSpec, inputs: str,
@@ -66,12 +65,12 @@ def segment_constants(problem: Problem, spec: SegmentSpec, inputs: str,
 def make_evaluator(problem: Problem, device: Placement) -> Evaluate:
   """Returns accuracy(segment_params) of the composed network on the test set, on `device`."""
   whole = whole_network(problem.specs)
-  m = problem.config.model
+  scale = problem.input_scale
   x = jax.device_put(problem.test_x, device)
   y = jax.device_put(problem.test_y, device)
   consts = input_constants(problem, device)
-  predict = make_predict(lambda p, xb: apply_segment(p, preprocess_pixels(xb, consts), whole,
-                                                     m.activation, m.dtype))
+  predict = make_predict(lambda p, xb: apply_segment(p, preprocess_pixels(xb, consts, scale),
+                                                     whole))
   # The test set goes in as an argument: closed over, XLA would constant-fold it at compile time.
   correct = jax.jit(lambda p, x, y: count_correct(predict(p, x), y))
 
@@ -190,8 +189,8 @@ def _forward(task: Task, loop: Loop) -> Callable[[Params, jax.Array], jax.Array]
   consts = loop.consts
 
   def apply(params: Params, xb: jax.Array) -> jax.Array:
-    x = preprocess_pixels(xb, consts) if task.inputs == "pixels" else xb
-    return apply_segment(params, x, task.spec, task.activation, task.dtype)
+    x = preprocess_pixels(xb, consts, task.input_scale) if task.inputs == "pixels" else xb
+    return apply_segment(params, x, task.spec)
 
   return make_predict(apply)
 
