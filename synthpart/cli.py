@@ -8,6 +8,7 @@
   synthpart report  DIR                          report.md and figures of a run or a sweep
   synthpart data list | verify NAME              the datasets and where they are
   synthpart bench   SUITE [flags] --out DIR      throughput, FLOP/s, compile time, memory
+  synthpart export  RUN_DIR --method M --out DIR one trained network, for `synthpart.load_model`
 
 Settings come from the TOML file, then the flags, then `--set KEY=VALUE` (any dotted setting).
 User errors print one line and exit with status 2.
@@ -28,6 +29,7 @@ from synthpart.bench import add_bench_command
 from synthpart.data.cli import add_data_commands
 from synthpart.distributed import add_launch_command
 from synthpart.errors import ConfigError, SynthpartError
+from synthpart.export import export_model
 from synthpart.files import write_json_atomic
 from synthpart.progress import Progress
 from synthpart.report import add_report_commands
@@ -102,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("train", help="train one configuration")
   add_run_arguments(p)
   p.set_defaults(func=lambda a: _run(a, exp.train_one))
+  p = sub.add_parser("export", help="write a trained method's composed network (parameters and "
+                     "a jax.export function of the raw inputs) for `synthpart.load_model`")
+  p.add_argument("run", metavar="RUN_DIR", help="a finished run directory (train or compare)")
+  p.add_argument("--method", required=True, help="the method to export, e.g. conventional or "
+                 "pnn-sequential+recovery")
+  p.add_argument("--out", required=True, metavar="DIR", help="directory to write the model to")
+  p.set_defaults(func=lambda a: print(f"model: {export_model(a.run, a.method, a.out)}") or 0)
   add_data_commands(sub)
   add_sweep_commands(sub)
   add_report_commands(sub)

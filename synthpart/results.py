@@ -5,7 +5,8 @@ results.json (schema version 1)::
   {
     "schema": 1,
     "command": "compare" | "train" | "sweep",
-    "dataset": {"name", "source", "num_classes", "num_train", "num_test", "num_features"},
+    "dataset": {"name", "source", "num_classes", "num_train", "num_test", "num_features",
+                "input_shape", "input_dtype", "input_scale"},
     "config": {... every setting, as in the TOML file ...},
     "devices": ["cpu:0", ...],
     "backend": "cpu" | "gpu" | "tpu",
@@ -38,6 +39,7 @@ import platform
 from typing import Any
 
 import jax
+import numpy as np
 
 from synthpart.placement import Transfer
 from synthpart.train.problem import Problem
@@ -115,7 +117,10 @@ def results_document(command: str, problem: Problem, dataset_source: str,
       "command": command,
       "dataset": {"name": problem.dataset, "source": dataset_source,
                   "num_classes": problem.num_classes, "num_train": len(problem.train_y),
-                  "num_test": len(problem.test_y), "num_features": problem.train_x.shape[1]},
+                  "num_test": len(problem.test_y),
+                  "num_features": int(np.prod(problem.train_x.shape[1:])),
+                  "input_shape": list(problem.train_x.shape[1:]),
+                  "input_dtype": str(problem.train_x.dtype), "input_scale": problem.input_scale},
       "config": problem.config.to_dict(),
       "devices": [f"{d.platform}:{d.id}" for d in problem.devices],
       "backend": jax.default_backend(),
