@@ -239,18 +239,22 @@ def read_cifar_tar(path: Path, spec: DatasetSpec) -> tuple[Split, Split]:
   records = batch_records(spec)
   limit = min(idx.max_decompressed(),
               sum(records.values()) * record_bytes(spec) + _TAR_EXTRA_BYTES)
-  blobs: dict[str, tuple[np.ndarray, str]] = {}
+  batches: dict[str, Split | DataError] = {}
   try:
     with open(path, "rb") as raw:
       stream = idx.ChunkReader(_tar_chunks(raw, os.fspath(path)),
                                (limit, functools.partial(_archive_too_long, path, spec, limit)))
-      with tarfile.open(fileobj=stream, mode="r|") as archive:
+      with tarfile.open(fileobj=stream, mode="r|", bufsize=idx.CHUNK) as archive:
         for member in archive:
           base = member.name.rsplit("/", 1)[-1]
-          if member.isfile() and base in records and base not in blobs:
+          if member.isfile() and base in records and base not in batches:
             source = f"{path}:{member.name}"
             check_batch_size(member.size, records[base], spec, source)
-            blobs[base] = read_batch(archive.extractfile(member), member.size, source), source
+            data = read_batch(archive.extractfile(member), member.size, source)
+            try:
+              batches[base] = parse_cifar_records(data, spec, source)
+            except DataError as e:
+              batches[base] = e  # Raised below, after any missing member is named.
       stream.skip(limit)  # To the end, so that gzip checks the whole archive's CRC and size.
   except idx.GzipError as e:
     raise DataError(f"{path}: corrupt tar archive ({e.reason})") from None
@@ -258,13 +262,13 @@ def read_cifar_tar(path: Path, spec: DatasetSpec) -> tuple[Split, Split]:
     raise DataError(f"{path}: corrupt tar archive ({e})") from None
   except OSError as e:
     raise DataError(f"{path}: cannot read tar archive ({e.strerror or e})") from None
-  missing = sorted(set(records) - set(blobs))
+  missing = sorted(set(records) - set(batches))
   if missing:
     raise DataError(f"{path}: no member {missing[0]} (expected CIFAR's binary archive)")
-  train, test = (
-      _join([parse_cifar_records(blobs[name][0], spec, blobs[name][1])
-             for name in members[split]])
-      for split in ("train", "test"))
+  for name in records:
+    if isinstance(batches[name], DataError):
+      raise batches[name]
+  train, test = (_join([batches[name] for name in members[split]]) for split in ("train", "test"))
   return train, test
 
 

@@ -87,7 +87,7 @@ def tar_bomb(path: Path, zeros: int = GIB,
 
 
 _CHILD = """
-import json, resource, sys
+import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from synthpart.data import formats, idx, registry
@@ -99,23 +99,36 @@ read = {
   "tar": lambda: formats.read_cifar_tar(path, registry.get_spec("cifar10")),
   "dir": lambda: formats.read_cifar_dir(path, registry.get_spec("cifar10")),
 }[kind]
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak():
+  # VmHWM belongs to this program's memory map; ru_maxrss also counts the parent's, inherited
+  # through fork.
+  try:
+    with open("/proc/self/status") as f:
+      return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+  except (OSError, StopIteration):
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 if len(sys.argv) > 4:  # An address-space cap, so a reader gone wrong fails instead of swapping.
   pages = int(open("/proc/self/statm").read().split()[0])
   cap = pages * resource.getpagesize() + int(sys.argv[4])
   resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
-before = peak()
+try:  # Resets VmHWM to the current resident set (Linux 4.0 and later).
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+except OSError:
+  pass
+before, start = peak(), time.perf_counter()
 try:
   read()
   error = None
 except DataError as e:
   error = str(e)
-print(json.dumps({"growth": peak() - before, "error": error}))
+seconds = time.perf_counter() - start
+print(json.dumps({"growth": peak() - before, "peak": peak(), "seconds": seconds, "error": error}))
 """
 
 
-def peak_growth(kind: str, path: Path, *, root: Path = ROOT, headroom: int | None = 2 * GIB,
-                env: dict[str, str] | None = None) -> tuple[int, str | None]:
+def measure(kind: str, path: Path, *, root: Path = ROOT, headroom: int | None = 2 * GIB,
+            env: dict[str, str] | None = None) -> dict:
   """Reads `path` in a fresh Python with synthpart from `root`.
 
   Args:
@@ -125,7 +138,9 @@ def peak_growth(kind: str, path: Path, *, root: Path = ROOT, headroom: int | Non
     env: variables added to the environment.
 
   Returns:
-    (growth of the peak resident set in bytes, the DataError's message or None).
+    {"growth": growth of the peak resident set while reading, "peak": the process's peak
+    resident set (both in bytes), "seconds": the read's wall time, "error": the DataError's
+    message or None}.
   """
   args = [sys.executable, "-c", _CHILD, os.fspath(root), os.fspath(path), kind]
   if headroom is not None and os.path.exists("/proc/self/statm"):
@@ -133,7 +148,12 @@ def peak_growth(kind: str, path: Path, *, root: Path = ROOT, headroom: int | Non
   result = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False,
                           env={**os.environ, **(env or {})})
   assert result.returncode == 0, result.stderr[-3000:]
-  report = json.loads(result.stdout.splitlines()[-1])
+  return json.loads(result.stdout.splitlines()[-1])
+
+
+def peak_growth(kind: str, path: Path) -> tuple[int, str | None]:
+  """(growth of the peak resident set in bytes, the DataError's message or None): `measure`."""
+  report = measure(kind, path)
   return report["growth"], report["error"]
 
 
