@@ -223,18 +223,21 @@ def fetch_any(urls: Sequence[str], dest: Path, **kwargs) -> Path:
     `dest`, complete and verified.
 
   Raises:
-    DataError: every URL failed (one line naming each URL with its reason), or `dest` cannot be
-      written.
+    DataError: every URL failed: `fetch`'s error for a single URL, else one line naming each URL
+      with its reason; or `dest` cannot be written.
   """
-  failures = []
+  failures: list[DownloadError] = []
   for url in urls:
     try:
       return fetch(url, dest, **kwargs)
     except DownloadError as e:
-      failures.append(f"{url} ({e.reason})")
+      failures.append(e)
   if not failures:
     raise DataError(f"{Path(dest).name}: no URL to download it from")
-  raise DataError(f"{Path(dest).name}: every URL failed: {'; '.join(failures)}")
+  if len(failures) == 1:
+    raise failures[0]
+  tried = "; ".join(f"{e.url} ({e.reason})" for e in failures)
+  raise DataError(f"{Path(dest).name}: every URL failed: {tried}")
 
 
 def _check(path: Path, size: int | None, sha256: str | None) -> str | None:

@@ -100,8 +100,8 @@ read = {
   "dir": lambda: formats.read_cifar_dir(path, registry.get_spec("cifar10")),
 }[kind]
 def peak():
-  # VmHWM belongs to this program's memory map; ru_maxrss also counts the parent's, inherited
-  # through fork.
+  # VmHWM belongs to this program's own memory map; ru_maxrss starts from the forked copy of
+  # the parent, so it reports at least the parent's size.
   try:
     with open("/proc/self/status") as f:
       return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))

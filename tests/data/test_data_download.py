@@ -352,6 +352,13 @@ def test_fetch_any_stops_at_the_first_url_that_works(tmp_path, http_server):
   assert [name for name, _ in state.requests] == ["missing.bin", "f.bin"]
 
 
+def test_fetch_any_with_one_url_gives_its_error(tmp_path, http_server):
+  url, _ = http_server
+  with pytest.raises(DataError) as info:
+    download.fetch_any([f"{url}/missing.bin"], tmp_path / "f.bin", progress=False)
+  assert str(info.value) == f"{url}/missing.bin: HTTP 404 Not Found"
+
+
 def test_fetch_any_without_urls(tmp_path):
   with pytest.raises(DataError, match=r"^f\.bin: no URL to download it from$"):
     download.fetch_any([], tmp_path / "f.bin")
