@@ -236,7 +236,7 @@ def fetch_any(urls: Sequence[str], dest: Path, **kwargs) -> Path:
     raise DataError(f"{Path(dest).name}: no URL to download it from")
   if len(failures) == 1:
     raise failures[0]
-  tried = "; ".join(f"{e.url} ({e.reason})" for e in failures)
+  tried = "; ".join(f"{e.url} ({_one_line(e.reason)})" for e in failures)
   raise DataError(f"{Path(dest).name}: every URL failed: {tried}")
 
 
