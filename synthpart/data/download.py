@@ -5,6 +5,11 @@ verified, so a file under its final name is always whole. An interrupted transfe
 `.part` behind; the next attempt asks the server for the rest with an HTTP Range request and
 starts over if the server ignores it. A checksum or size mismatch deletes the `.part`.
 
+Failures that may pass (an interrupted transfer, a timeout, a reset connection, HTTP 408, 429 or
+5xx) are retried after waits that double from `RETRY_BACKOFF_S` up to `RETRY_BACKOFF_MAX_S`;
+others (HTTP 404, a refused connection, an unknown host) fail at once. `fetch_any` tries a file's
+URLs in turn and, if all fail, names every one with its reason.
+
 `SYNTHPART_MIRROR` (a base URL) replaces the published URLs: a file is then fetched from
 `$SYNTHPART_MIRROR/<file name>`.
 """
@@ -15,6 +20,7 @@ import hashlib
 import http.client
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -23,7 +29,38 @@ from pathlib import Path
 from synthpart.errors import DataError
 
 MIRROR_ENV = "SYNTHPART_MIRROR"
+# Seconds before the first retry; each further wait doubles, up to the maximum.
+RETRY_BACKOFF_S = 1.0
+RETRY_BACKOFF_MAX_S = 30.0
 _CHUNK = 1 << 20
+
+
+class DownloadError(DataError):
+  """A download from `url` failed for `reason`; str() is the whole one-line message."""
+
+  def __init__(self, message: str, url: str, reason: str):
+    super().__init__(message, url, reason)
+    self.message, self.url, self.reason = message, url, reason
+
+  def __str__(self) -> str:
+    return self.message
+
+
+def backoff_delays(attempts: int, base: float, most: float) -> list[float]:
+  """The waits before attempts 2..`attempts`: base, 2 base, 4 base, ..., none above `most`."""
+  return [min(most, base * 2**i) for i in range(max(attempts - 1, 0))]
+
+
+def _transient(error: BaseException) -> bool:
+  """Whether a failed request may succeed if made again a little later."""
+  if isinstance(error, urllib.error.HTTPError):
+    return error.code in (408, 429) or error.code >= 500
+  why = getattr(error, "reason", error)
+  return isinstance(why, (TimeoutError, ConnectionResetError, ConnectionAbortedError))
+
+
+def _one_line(text: object) -> str:
+  return " ".join(str(text).split())
 
 
 def urls_for(filename: str, urls: Sequence[str], mirror: str | None = None) -> tuple[str, ...]:
@@ -112,7 +149,8 @@ def _transfer(url: str, part: Path, size: int | None, timeout: float, progress: 
 
 
 def fetch(url: str, dest: Path, *, size: int | None = None, sha256: str | None = None,
-          progress: bool = True, attempts: int = 4, timeout: float = 60.0) -> Path:
+          progress: bool = True, attempts: int = 4, timeout: float = 60.0,
+          backoff: float | None = None) -> Path:
   """Downloads `url` to `dest` through `dest.part`, resuming and verifying.
 
   Args:
@@ -121,15 +159,18 @@ def fetch(url: str, dest: Path, *, size: int | None = None, sha256: str | None =
     size: expected size in bytes, or None if unknown.
     sha256: expected hex digest, or None if unknown (then only `size` is checked).
     progress: show a tqdm progress bar on stderr.
-    attempts: requests to make while a transfer keeps getting interrupted.
+    attempts: requests to make while failures may pass (see the module docstring).
     timeout: socket timeout in seconds.
+    backoff: seconds before the first retry, doubling up to RETRY_BACKOFF_MAX_S; None for
+      RETRY_BACKOFF_S.
 
   Returns:
     `dest`, complete and verified.
 
   Raises:
-    DataError: the server cannot be reached or refuses, the transfer keeps failing, or the
+    DownloadError: the server cannot be reached or refuses, the transfer keeps failing, or the
       result has the wrong size or checksum (the `.part` is then deleted).
+    DataError: `dest` cannot be written.
   """
   dest = Path(dest)
   part = dest.with_name(dest.name + ".part")
@@ -137,32 +178,66 @@ def fetch(url: str, dest: Path, *, size: int | None = None, sha256: str | None =
     dest.parent.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise DataError(f"{dest.parent}: cannot create directory ({e.strerror or e})") from None
+  delays = iter(backoff_delays(attempts, RETRY_BACKOFF_S if backoff is None else backoff,
+                               RETRY_BACKOFF_MAX_S))
   restarted = False
   reason = ""
-  for _ in range(attempts):
+  for attempt in range(attempts):
     resumed = part.exists() and part.stat().st_size > 0
     try:
       _transfer(url, part, size, timeout, progress, dest.name)
     except _Interrupted as e:
       reason = str(e)
-      continue
-    except urllib.error.HTTPError as e:
-      raise DataError(f"{url}: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-      why = getattr(e, "reason", None) or e
-      raise DataError(f"{url}: cannot connect ({why})") from None
-    problem = _check(part, size, sha256)
-    if problem is None:
-      os.replace(part, dest)
-      return dest
-    part.unlink(missing_ok=True)
-    if resumed and not restarted:
+      if isinstance(e, urllib.error.HTTPError):
+        reason = f"HTTP {e.code} {_one_line(e.reason)}"
+      else:
+        reason = f"cannot connect ({_one_line(getattr(e, 'reason', None) or e)})"
+      if not _transient(e):
+        raise DownloadError(f"{url}: {reason}", url, reason) from None
+    else:
+      problem = _check(part, size, sha256)
+      if problem is None:
+        os.replace(part, dest)
+        return dest
+      part.unlink(missing_ok=True)
+      if not (resumed and not restarted):
+        reason = f"{problem}; the download was discarded"
+        raise DownloadError(f"{dest.name}: {problem} from {url}; the download was discarded",
+                            url, reason)
       # The bytes kept from an earlier attempt may be what is wrong: try once from scratch.
       restarted = True
       continue
-    raise DataError(f"{dest.name}: {problem} from {url}; the download was discarded")
-  raise DataError(f"{url}: download kept failing after {attempts} attempts ({reason}); "
-                  f"run again to resume from {part}")
+    if attempt + 1 < attempts:
+      time.sleep(next(delays))
+  kept = part.exists() and part.stat().st_size > 0
+  then = f"run again to resume from {part}" if kept else "run again later"
+  reason = f"kept failing after {attempts} attempts ({reason}); {then}"
+  raise DownloadError(f"{url}: download {reason}", url, reason)
+
+
+def fetch_any(urls: Sequence[str], dest: Path, **kwargs) -> Path:
+  """Downloads `dest` from the first of `urls` that works; `kwargs` are `fetch`'s.
+
+  Returns:
+    `dest`, complete and verified.
+
+  Raises:
+    DataError: every URL failed: `fetch`'s error for a single URL, else one line naming each URL
+      with its reason; or `dest` cannot be written.
+  """
+  failures: list[DownloadError] = []
+  for url in urls:
+    try:
+      return fetch(url, dest, **kwargs)
+    except DownloadError as e:
+      failures.append(e)
+  if not failures:
+    raise DataError(f"{Path(dest).name}: no URL to download it from")
+  if len(failures) == 1:
+    raise failures[0]
+  tried = "; ".join(f"{e.url} ({_one_line(e.reason)})" for e in failures)
+  raise DataError(f"{Path(dest).name}: every URL failed: {tried}")
 
 
 def _check(path: Path, size: int | None, sha256: str | None) -> str | None:

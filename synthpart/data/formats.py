@@ -1,17 +1,23 @@
 """Readers for each on-disk layout: IDX files, NIST's EMNIST zip, CIFAR binary archives, TFDS and
 scikit-learn's bundled digits. Each returns validated uint8 NHWC images and int32 labels.
 
-Archives are read in place (zipfile, tarfile streaming); nothing is extracted to disk.
+Archives are read in place (zipfile, tarfile streaming); nothing is extracted to disk, and nothing
+is decompressed beyond what its header (IDX or tar) allows: see `idx` for the limits.
 """
 
 from __future__ import annotations
 
+import bz2
+import functools
+import io
+import lzma
 import os
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -22,6 +28,10 @@ from synthpart.errors import DataError
 # One split: (uint8 [N, H, W, C] images, int32 [N] labels).
 Split = tuple[np.ndarray, np.ndarray]
 _TFDS_CHUNK = 10_000
+# Room in a CIFAR archive for what is not a batch file: tar headers, padding, label names.
+_TAR_EXTRA_BYTES = 16 << 20
+_BZ2_MAGIC = b"BZh"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
 def images_from_idx(array: np.ndarray, spec: DatasetSpec, source: str) -> np.ndarray:
@@ -96,11 +106,13 @@ def emnist_members(spec: DatasetSpec) -> dict[str, str]:
 
 
 def read_emnist_zip(path: Path, spec: DatasetSpec) -> tuple[Split, Split]:
-  """Reads one EMNIST split from NIST's `gzip.zip` in place.
+  """Reads one EMNIST split from NIST's `gzip.zip` in place, streaming each member.
 
   Raises:
-    DataError: the zip is corrupt or lacks one of the split's members.
+    DataError: the zip is corrupt, lacks one of the split's members, or a member is larger than
+      `idx.max_decompressed()` or than its IDX header declares.
   """
+  limit = idx.max_decompressed()
   wanted = emnist_members(spec)
   raw, sources = {}, {}
   try:
@@ -110,7 +122,11 @@ def read_emnist_zip(path: Path, spec: DatasetSpec) -> tuple[Split, Split]:
         if member not in names:
           raise DataError(f"{path}: no member {member} (expected NIST's EMNIST gzip.zip)")
         sources[role] = f"{path}:{member}"
-        raw[role] = idx.read_idx_bytes(archive.read(member), sources[role])
+        info = archive.getinfo(member)
+        if info.file_size > limit:
+          raise idx.limit_error(sources[role], f"zip member of {info.file_size} bytes", limit)
+        with archive.open(info) as stream:
+          raw[role] = idx.read_idx_file(stream, sources[role])
   except (zipfile.BadZipFile, zlib.error, EOFError) as e:
     raise DataError(f"{path}: corrupt zip archive ({e})") from None
   except OSError as e:
@@ -126,20 +142,68 @@ def cifar_members(spec: DatasetSpec) -> dict[str, tuple[str, ...]]:
   return {"train": ("train.bin",), "test": ("test.bin",)}
 
 
-def parse_cifar_records(data: bytes, spec: DatasetSpec, source: str) -> Split:
+def record_bytes(spec: DatasetSpec) -> int:
+  """Bytes per CIFAR record: the label byte(s), then the image."""
+  h, w, c = spec.image_shape
+  return (2 if spec.layout == CIFAR100 else 1) + h * w * c
+
+
+def batch_records(spec: DatasetSpec) -> dict[str, int]:
+  """The most records each batch file (base name) may hold: its split's images over its files.
+
+  CIFAR-10: 10,000 per data_batch_k.bin and in test_batch.bin; CIFAR-100: 50,000 in train.bin,
+  10,000 in test.bin.
+  """
+  counts = {"train": spec.train_count, "test": spec.test_count}
+  return {name: counts[split] // len(names)
+          for split, names in cifar_members(spec).items() for name in names}
+
+
+def check_batch_size(size: int, records: int, spec: DatasetSpec, source: str) -> None:
+  """Refuses a batch file larger than `records` records, or than the decompression limit."""
+  record = record_bytes(spec)
+  if size > records * record:
+    raise DataError(f"{source}: {size} bytes, more than a {spec.name} batch file holds "
+                    f"({records} records of {record} bytes = {records * record} bytes)")
+  limit = idx.max_decompressed()
+  if size > limit:
+    raise idx.limit_error(source, f"batch file of {size} bytes", limit)
+
+
+def read_batch(stream: BinaryIO, size: int, source: str) -> np.ndarray:
+  """Reads a batch file of `size` bytes (already checked) into uint8 [size], a chunk at a time.
+
+  Raises:
+    DataError: the stream ends before `size` bytes.
+  """
+  data = np.empty(size, np.uint8)
+  view, filled = memoryview(data), 0
+  while filled < size:
+    got = stream.readinto(view[filled:filled + idx.CHUNK])
+    if not got:
+      raise DataError(f"{source}: ends after {filled} of its {size} bytes")
+    filled += got
+  return data
+
+
+def parse_cifar_records(data: bytes | np.ndarray, spec: DatasetSpec, source: str) -> Split:
   """Parses CIFAR fixed-size binary records.
 
   CIFAR-10 records are 1 label byte + 3072 image bytes; CIFAR-100 records are a coarse label
   byte, a fine label byte, then 3072 image bytes. Images are stored channel-major (CHW).
+
+  Args:
+    data: the batch file's bytes (any buffer, e.g. uint8 [size]).
 
   Returns:
     (uint8 [N, 32, 32, 3] images, int32 [N] labels; the fine labels for CIFAR-100).
   """
   h, w, c = spec.image_shape
   label_bytes = 2 if spec.layout == CIFAR100 else 1
-  record = label_bytes + h * w * c
-  if len(data) % record:
-    raise DataError(f"{source}: {len(data)} bytes is not a whole number of {record}-byte records")
+  record = record_bytes(spec)
+  size = memoryview(data).nbytes
+  if size % record:
+    raise DataError(f"{source}: {size} bytes is not a whole number of {record}-byte records")
   rows = np.frombuffer(data, np.uint8).reshape(-1, record)
   labels = labels_from_stored(rows[:, label_bytes - 1], spec, source)
   images = rows[:, label_bytes:].reshape(-1, c, h, w).transpose(0, 2, 3, 1)
@@ -150,41 +214,92 @@ def _join(parts: list[Split]) -> Split:
   return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def _tar_chunks(raw: io.BufferedReader, source: str) -> Iterator[bytes]:
+  """A tar archive's decompressed bytes in pieces: gzip, bzip2, xz or none, told by content."""
+  head = raw.peek(6)[:6]
+  if head.startswith((_BZ2_MAGIC, _XZ_MAGIC)):
+    opener = bz2.BZ2File if head.startswith(_BZ2_MAGIC) else lzma.LZMAFile
+    with opener(raw) as unpacked:
+      yield from iter(lambda: unpacked.read(idx.CHUNK), b"")
+    return
+  yield from idx.decompressed_chunks(raw, source)
+
+
 def read_cifar_tar(path: Path, spec: DatasetSpec) -> tuple[Split, Split]:
   """Reads CIFAR's official binary archive (`cifar-10-binary.tar.gz`) in place.
 
-  The archive is streamed once, in order, so the gzip stream is never rewound.
+  The archive is decompressed as a stream, in order, so it is never rewound or held whole. Each
+  batch member must fit the records its file may hold (`batch_records`), checked on its tar
+  header before it is read; the whole archive may decompress to those plus 16 MiB for the rest.
+
+  Raises:
+    DataError: the archive is corrupt, lacks a batch file, or holds more than it may.
   """
   members = cifar_members(spec)
-  wanted = {name for names in members.values() for name in names}
-  blobs: dict[str, tuple[bytes, str]] = {}
+  records = batch_records(spec)
+  limit = min(idx.max_decompressed(),
+              sum(records.values()) * record_bytes(spec) + _TAR_EXTRA_BYTES)
+  batches: dict[str, Split | DataError] = {}
   try:
-    with tarfile.open(path, mode="r|*") as archive:
-      for member in archive:
-        base = member.name.rsplit("/", 1)[-1]
-        if member.isfile() and base in wanted and base not in blobs:
-          blobs[base] = archive.extractfile(member).read(), f"{path}:{member.name}"
-  except (tarfile.TarError, zlib.error, EOFError) as e:
+    with open(path, "rb") as raw:
+      stream = idx.ChunkReader(_tar_chunks(raw, os.fspath(path)),
+                               (limit, functools.partial(_archive_too_long, path, spec, limit)))
+      with tarfile.open(fileobj=stream, mode="r|", bufsize=idx.CHUNK) as archive:
+        for member in archive:
+          base = member.name.rsplit("/", 1)[-1]
+          if member.isfile() and base in records and base not in batches:
+            source = f"{path}:{member.name}"
+            check_batch_size(member.size, records[base], spec, source)
+            data = read_batch(archive.extractfile(member), member.size, source)
+            try:
+              batches[base] = parse_cifar_records(data, spec, source)
+            except DataError as e:
+              batches[base] = e  # Raised below, after any missing member is named.
+      stream.skip(limit)  # To the end, so that gzip checks the whole archive's CRC and size.
+  except idx.GzipError as e:
+    raise DataError(f"{path}: corrupt tar archive ({e.reason})") from None
+  except (tarfile.TarError, zlib.error, lzma.LZMAError, EOFError) as e:
     raise DataError(f"{path}: corrupt tar archive ({e})") from None
   except OSError as e:
     raise DataError(f"{path}: cannot read tar archive ({e.strerror or e})") from None
-  missing = sorted(wanted - set(blobs))
+  missing = sorted(set(records) - set(batches))
   if missing:
     raise DataError(f"{path}: no member {missing[0]} (expected CIFAR's binary archive)")
-  train, test = (
-      _join([parse_cifar_records(blobs[name][0], spec, blobs[name][1])
-             for name in members[split]])
-      for split in ("train", "test"))
+  for name in records:
+    if isinstance(batches[name], DataError):
+      raise batches[name]
+  train, test = (_join([batches[name] for name in members[split]]) for split in ("train", "test"))
   return train, test
 
 
+def _archive_too_long(path: Path, spec: DatasetSpec, limit: int) -> DataError:
+  if limit == idx.max_decompressed():
+    return idx.limit_error(os.fspath(path), f"the archive decompresses to over {limit} bytes",
+                           limit)
+  return DataError(f"{path}: the archive decompresses to over {limit} bytes, more than "
+                   f"{spec.name}'s batch files and {_TAR_EXTRA_BYTES} bytes besides")
+
+
 def read_cifar_dir(directory: Path, spec: DatasetSpec) -> tuple[Split, Split]:
-  """Reads CIFAR batch files from an already extracted archive directory."""
+  """Reads CIFAR batch files from an already extracted archive directory.
+
+  Raises:
+    DataError: a batch file is missing, unreadable, or larger than `batch_records` allows.
+  """
+  records = batch_records(spec)
+  parts: dict[str, Split] = {}
+  for name in records:
+    path = directory / name
+    source = os.fspath(path)
+    try:
+      with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        check_batch_size(size, records[name], spec, source)
+        parts[name] = parse_cifar_records(read_batch(f, size, source), spec, source)
+    except OSError as e:
+      raise DataError(f"{source}: cannot read ({e.strerror or e})") from None
   members = cifar_members(spec)
-  train, test = (
-      _join([parse_cifar_records(idx.read_bytes(directory / name), spec,
-                                 os.fspath(directory / name)) for name in members[split]])
-      for split in ("train", "test"))
+  train, test = (_join([parts[name] for name in members[split]]) for split in ("train", "test"))
   return train, test
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthpart.data import idx, sources
+from synthpart.data import download, idx, sources
 from synthpart.data.registry import CIFAR100, DatasetSpec, get_spec, idx_filenames
 
 
@@ -28,6 +28,12 @@ def isolated(tmp_path, monkeypatch):
   monkeypatch.delenv("SYNTHPART_MIRROR", raising=False)
   monkeypatch.setattr(sources, "SYSTEM_ROOT", tmp_path / "system")
   return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def no_retry_waits(monkeypatch):
+  """Retries of downloads follow at once (tests that time the waits pass `backoff`)."""
+  monkeypatch.setattr(download, "RETRY_BACKOFF_S", 0.0)
 
 
 def fake_split(spec: DatasetSpec, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,8 +3,11 @@
 import dataclasses
 import gzip
 import hashlib
+import http.server
 import os
 import socket
+import threading
+import types
 
 import pytest
 
@@ -215,3 +218,147 @@ def test_download_skips_files_already_complete(isolated, http_server, fakes):
 
 def test_digits_never_downloads():
   assert not get_spec("digits").downloadable
+
+
+def test_backoff_doubles_up_to_its_maximum():
+  assert download.backoff_delays(5, 1.0, 3.0) == [1.0, 2.0, 3.0, 3.0]
+  assert download.backoff_delays(3, 0.0, 30.0) == [0.0, 0.0]
+  assert download.backoff_delays(1, 1.0, 30.0) == []
+
+
+@pytest.fixture
+def waits(monkeypatch):
+  """The waits `download` asks for, recorded instead of slept."""
+  asked = []
+  monkeypatch.setattr(download, "time", types.SimpleNamespace(sleep=asked.append))
+  return asked
+
+
+def test_interrupted_transfers_are_retried_after_growing_waits(tmp_path, http_server, waits):
+  url, state = http_server
+  state.files["f.bin"] = PAYLOAD
+  state.ranges = False
+  state.cut["f.bin"] = 3
+  download.fetch(f"{url}/f.bin", tmp_path / "f.bin", sha256=_sha(PAYLOAD), progress=False,
+                 attempts=4, backoff=0.5)
+  assert (tmp_path / "f.bin").read_bytes() == PAYLOAD
+  assert waits == [0.5, 1.0, 2.0]
+
+
+def test_default_backoff_is_settable(tmp_path, http_server, waits, monkeypatch):
+  url, state = http_server
+  state.files["f.bin"] = PAYLOAD
+  state.ranges = False
+  state.cut["f.bin"] = 100
+  monkeypatch.setattr(download, "RETRY_BACKOFF_S", 4.0)
+  monkeypatch.setattr(download, "RETRY_BACKOFF_MAX_S", 10.0)
+  with pytest.raises(DataError, match="kept failing after 5 attempts"):
+    download.fetch(f"{url}/f.bin", tmp_path / "f.bin", progress=False, attempts=5)
+  assert waits == [4.0, 8.0, 10.0, 10.0]
+
+
+class _FlakyHandler(http.server.BaseHTTPRequestHandler):
+  """Answers each request with the next status in `server.statuses` (200: PAYLOAD)."""
+  protocol_version = "HTTP/1.1"
+
+  def do_GET(self):  # the name http.server calls
+    self.server.requests.append(self.path)
+    status = self.server.statuses.pop(0) if self.server.statuses else 200
+    body = PAYLOAD if status == 200 else b""
+    self.send_response(status)
+    self.send_header("Content-Length", str(len(body)))
+    self.end_headers()
+    self.wfile.write(body)
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture
+def flaky_server():
+  """A local HTTP server answering with the statuses listed in its `statuses`, then 200."""
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyHandler)
+  server.daemon_threads = True
+  server.statuses, server.requests = [], []
+  thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+  thread.start()
+  try:
+    yield f"http://127.0.0.1:{server.server_address[1]}", server
+  finally:
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_server_errors_are_retried_with_backoff(tmp_path, flaky_server, waits):
+  url, server = flaky_server
+  server.statuses[:] = [503, 429, 500]
+  download.fetch(f"{url}/f.bin", tmp_path / "f.bin", sha256=_sha(PAYLOAD), progress=False,
+                 backoff=1.0)
+  assert (tmp_path / "f.bin").read_bytes() == PAYLOAD
+  assert waits == [1.0, 2.0, 4.0] and len(server.requests) == 4
+
+
+def test_server_errors_that_persist_are_reported(tmp_path, flaky_server, waits):
+  url, server = flaky_server
+  server.statuses[:] = [503] * 10
+  with pytest.raises(DataError) as info:
+    download.fetch(f"{url}/f.bin", tmp_path / "f.bin", progress=False, attempts=3)
+  assert str(info.value) == (f"{url}/f.bin: download kept failing after 3 attempts (HTTP 503 "
+                             "Service Unavailable); run again later")
+  assert len(server.requests) == 3 and len(waits) == 2
+
+
+def test_not_found_and_refused_are_not_retried(tmp_path, flaky_server, waits):
+  url, server = flaky_server
+  server.statuses[:] = [404]
+  with pytest.raises(DataError, match=r"/f\.bin: HTTP 404 Not Found$"):
+    download.fetch(f"{url}/f.bin", tmp_path / "f.bin", progress=False)
+  with pytest.raises(DataError, match=r": cannot connect \(.*refused"):
+    download.fetch(f"http://127.0.0.1:{_closed_port()}/f.bin", tmp_path / "f.bin",
+                   progress=False)
+  assert len(server.requests) == 1 and waits == []
+
+
+def test_fetch_any_names_every_url_tried_with_its_reason(tmp_path, http_server, waits):
+  url, state = http_server
+  state.files["other.bin"] = b"not the payload"
+  state.files["cut.bin"] = PAYLOAD
+  state.ranges = False
+  state.cut["cut.bin"] = 100
+  refused = f"http://127.0.0.1:{_closed_port()}/f.bin"
+  urls = [f"{url}/missing.bin", refused, f"{url}/other.bin", f"{url}/cut.bin"]
+  with pytest.raises(DataError) as info:
+    download.fetch_any(urls, tmp_path / "f.bin", sha256=_sha(PAYLOAD), progress=False,
+                       attempts=2)
+  message = str(info.value)
+  assert "\n" not in message
+  assert message.startswith(f"f.bin: every URL failed: {url}/missing.bin (HTTP 404 Not Found); "
+                            f"{refused} (cannot connect (")
+  assert f"; {url}/other.bin (sha256 mismatch: got {_sha(b'not the payload')}, expected " \
+         f"{_sha(PAYLOAD)}; the download was discarded); {url}/cut.bin (kept failing after 2 " \
+         "attempts (got " in message
+  assert message.endswith(f"); run again to resume from {tmp_path / 'f.bin.part'})")
+  assert [name for name, _ in state.requests] == ["missing.bin", "other.bin", "cut.bin",
+                                                  "cut.bin"]
+
+
+def test_fetch_any_stops_at_the_first_url_that_works(tmp_path, http_server):
+  url, state = http_server
+  state.files["f.bin"] = PAYLOAD
+  urls = [f"{url}/missing.bin", f"{url}/f.bin", f"{url}/never.bin"]
+  dest = download.fetch_any(urls, tmp_path / "f.bin", size=len(PAYLOAD), progress=False)
+  assert dest.read_bytes() == PAYLOAD
+  assert [name for name, _ in state.requests] == ["missing.bin", "f.bin"]
+
+
+def test_fetch_any_with_one_url_gives_its_error(tmp_path, http_server):
+  url, _ = http_server
+  with pytest.raises(DataError) as info:
+    download.fetch_any([f"{url}/missing.bin"], tmp_path / "f.bin", progress=False)
+  assert str(info.value) == f"{url}/missing.bin: HTTP 404 Not Found"
+
+
+def test_fetch_any_without_urls(tmp_path):
+  with pytest.raises(DataError, match=r"^f\.bin: no URL to download it from$"):
+    download.fetch_any([], tmp_path / "f.bin")
