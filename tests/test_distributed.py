@@ -15,7 +15,7 @@ import pytest
 
 from synthpart import distributed as D
 from synthpart.cli import build_parser, main
-from synthpart.setup import load_config
+from synthpart.setup import load_config, prepare_dataset
 from synthpart.data.idx import write_idx
 from synthpart.errors import ConfigError
 from synthpart.progress import Progress
@@ -57,7 +57,8 @@ def _launch(*args, timeout=300):
 def _reference(flags, devices=2):
   """The same settings trained by the single-process schedule: (params, method result)."""
   config = load_config(build_parser().parse_args(["train", *flags]))
-  problem = P.make_problem(config, D.load_data(config), jax.devices()[:devices])
+  problem = P.make_problem(config, prepare_dataset(config, progress=False),
+                           jax.devices()[:devices])
   train = S.RUNNERS[config.schedule]
   return train(problem, QUIET, track_accuracy=False)
 
@@ -185,7 +186,7 @@ def test_a_failing_segment_keeps_the_others_and_says_how_to_rerun(mnist_dir, tmp
   # A new launch into the same directory is refused; the rerun of segment 1 completes it.
   assert main(["launch", *flags, "--num-processes", "1", "--out", str(out)]) == 2
   assert "--overwrite" in capsys.readouterr().err
-  monkeypatch.setattr(S, "start_segment", real)
+  monkeypatch.setattr(S, "start_loop", real)
   assert main(["launch", *flags, "--out", str(out), "--only-segment", "1"]) == 0
   assert json.loads(run.results.read_text())["runs"][0]["method"] == "pnn-parallel"
   assert not run.failures.exists()
