@@ -16,7 +16,7 @@ import pytest
 from synthpart import distributed as D
 from synthpart.cli import build_parser, main
 from synthpart.data.idx import write_idx
-from synthpart.distributed import jaxkv, launcher
+from synthpart.distributed import jaxkv, launcher, reports
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
 from synthpart.memory import tree_bytes
@@ -152,6 +152,42 @@ def test_a_killed_process_is_reported_and_its_segment_rerun_alone(mnist_dir, tmp
   params, reference = _reference(flags)
   _assert_same_params(run, params)
   assert doc["runs"][0]["test_accuracy"] == reference.test_accuracy
+
+
+@pytest.mark.slow  # several fresh processes each import jax and compile
+def test_a_killed_coordinator_is_named_as_the_cause(mnist_dir, tmp_path):
+  flags = _flags(mnist_dir, "--cuts", "2", "--schedule", "sequential")
+  out = tmp_path / "run"
+  launcher = subprocess.Popen(
+      [sys.executable, "-m", "synthpart", "launch", *flags, "--local", "2", "--out", str(out)],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  info = out / "process-1" / "process.json"
+  deadline = time.monotonic() + 240
+  while not info.exists() and launcher.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.02)
+  os.kill(json.loads((out / "process-0" / "process.json").read_text())["pid"], signal.SIGKILL)
+  stdout, stderr = launcher.communicate(timeout=300)
+  assert launcher.returncode == D.EXIT_INCOMPLETE, stdout + stderr
+  cause = ("process 0 (the coordinator) died first: exit code -9, killed by SIGKILL; "
+           "process 1 was aborted by the coordination service (exit code -6)")
+  assert f"  {cause}\n" in stderr, stderr
+  failures = json.loads(D.RunDir(out, 2).failures.read_text())
+  assert failures["cause"] == cause and failures["exit_codes"] == {"0": -9, "1": -6}
+  assert "segment 1 (process 1) failed: process 1 was aborted by the coordination service" in stderr
+
+
+def test_the_order_of_deaths_tells_a_lost_coordinator():
+  abort = reports.ABORT_CODE
+  assert reports.coordinator_loss([(0, -9), (1, abort), (2, abort)]) == (
+      "process 0 (the coordinator) died first: exit code -9, killed by SIGKILL; "
+      "processes 1, 2 were aborted by the coordination service (exit code -6)")
+  assert reports.aborted_by_coordinator([(0, -9), (2, 1), (1, abort)]) == [1]
+  # A worker that died first is a failure of its own: process 0 then outlives it.
+  assert reports.coordinator_loss([(1, -9), (0, 1)]) is None
+  assert reports.aborted_by_coordinator([(1, abort), (0, -9)]) == []
+  assert reports.coordinator_loss([(1, 0), (0, 1)]) == (
+      "process 0 (the coordinator) died first: exit code 1")
+  assert reports.coordinator_loss([(0, -9)]) is None  # one process: no coordinator
 
 
 def test_the_key_value_store_is_where_the_adapter_looks():

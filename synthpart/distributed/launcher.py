@@ -1,7 +1,10 @@
 """`launch --local N`: N processes of a launch on this machine, watched until they end.
 
 A process that dies gets its unfinished segments marked failed at once, so that the others stop
-waiting for them. At the end the launcher reports every failed segment with its rerun command.
+waiting for them. The order of deaths tells a lost coordinator apart: process 0 hosts jax's
+coordination service, which aborts every process still connected when it dies (SIGABRT), so
+when process 0 fails first, the report names its death as the cause of theirs. At the end the
+launcher reports every failed segment with its rerun command, and writes failures.json.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from synthpart.config import Config
 from synthpart.distributed.liveness import POLL_SECONDS
 from synthpart.distributed.reports import (
   EXIT_INCOMPLETE,
+  aborted_by_coordinator,
   child_arguments,
-  exit_text,
+  coordinator_loss,
+  death_text,
   failure_report,
   summary_lines,
 )
@@ -49,9 +54,9 @@ def free_port() -> int:
 
 def mark_dead(run: RunDir, exits: Exits, num_segments: int) -> None:
   """Records, for the process that ended last in `exits` with a nonzero code, its exit and the
-  segments it left without a status."""
+  segments it left without a status, saying whether the coordinator's death aborted it."""
   process, code = exits[-1]
-  why = f"process {process} died: {exit_text(code)}"
+  why = death_text(process, code, process in aborted_by_coordinator(exits))
   for k in segments_of(process, run.num_processes, num_segments):
     write_status_once(run, status_record(k, process, "failed", why, written_by="launcher"))
   if not run.exit_marker(process).exists():
@@ -126,8 +131,8 @@ def launch_local(args: argparse.Namespace, config: Config) -> int:
 
 
 def report_launch(run: RunDir, num_segments: int, exits: Exits, base: Sequence[str]) -> int:
-  """Prints the results of a complete launch, or what failed and why; returns the launch's exit
-  code."""
+  """Prints the results of a complete launch, or what failed and why (and writes it to
+  failures.json); returns the launch's exit code."""
   statuses: dict[int, Status] = {
       k: read_json(run.status(k)) or status_record(k, owner(k, run.num_processes), "failed",
                                                    "no status written")
@@ -138,7 +143,8 @@ def report_launch(run: RunDir, num_segments: int, exits: Exits, base: Sequence[s
     print("\n".join(summary_lines(document)))
     print(f"results: {run.results}")
     return 0 if all(code == 0 for code in codes.values()) else EXIT_INCOMPLETE
-  lines, _ = failure_report(run, statuses, base, codes)
+  lines, failures = failure_report(run, statuses, base, codes, coordinator_loss(exits))
+  write_json_atomic(run.failures, {**failures, "exit_codes": {str(p): c for p, c in exits}})
   print("synthpart: the launch did not complete:", file=sys.stderr)
   print("\n".join(f"  {line}" for line in lines), file=sys.stderr)
   return EXIT_INCOMPLETE

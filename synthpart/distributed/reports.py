@@ -1,5 +1,6 @@
 """What a launch tells its user: the summary of a complete run, and for an incomplete one every
-segment not done, why, and the command that reruns each segment alone."""
+segment not done, why, the cause where one death explains the others, and the command that
+reruns each segment alone."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from synthpart.results import format_table, method_from_dict
 from synthpart.setup import setting_arguments
 
 EXIT_INCOMPLETE = 1  # a segment of this process failed, or (process 0) the run is incomplete
+# What a process's exit code is when jax's coordination service terminates it (SIGABRT).
+ABORT_CODE = -int(signal.SIGABRT)
 
 
 def child_arguments(args: argparse.Namespace, out: Path) -> list[str]:
@@ -48,11 +51,47 @@ def exit_text(code: int | None) -> str:
   return f"exit code {code}"
 
 
+def aborted_by_coordinator(exits: Sequence[tuple[int, int]]) -> list[int]:
+  """The processes the coordination service aborted because process 0, which hosts it, failed
+  before them. `exits` holds (process, exit code) in the order the processes ended; empty unless
+  process 0 is the first to end with a nonzero code."""
+  failed = [(p, code) for p, code in exits if code != 0]
+  if not failed or failed[0][0] != 0:
+    return []
+  return [p for p, code in failed[1:] if code == ABORT_CODE]
+
+
+def coordinator_loss(exits: Sequence[tuple[int, int]]) -> str | None:
+  """One sentence naming the coordinator's death as the cause of the failures that followed it,
+  or None where process 0 did not fail first (or a launch of one process has no coordinator)."""
+  failed = [(p, code) for p, code in exits if code != 0]
+  if len(exits) < 2 or not failed or failed[0][0] != 0:
+    return None
+  sentence = f"process 0 (the coordinator) died first: {exit_text(failed[0][1])}"
+  aborted = aborted_by_coordinator(exits)
+  if aborted:
+    who = (f"process {aborted[0]} was" if len(aborted) == 1
+           else f"processes {', '.join(map(str, aborted))} were")
+    sentence += f"; {who} aborted by the coordination service (exit code {ABORT_CODE})"
+  return sentence
+
+
+def death_text(process: int, code: int, aborted: bool) -> str:
+  """Why the segments of a dead process have no status of their own."""
+  if aborted:
+    return (f"process {process} was aborted by the coordination service ({exit_text(code)}) "
+            "after process 0 (the coordinator) died")
+  return f"process {process} died: {exit_text(code)}"
+
+
 def failure_report(run: RunDir, statuses: dict[int, Status], base: Sequence[str],
-                   exit_codes: dict[int, int] | None = None) -> tuple[list[str], dict[str, Any]]:
-  """Lines for the terminal and a document for failures.json: every segment not done, why, and
-  the command that reruns it alone; and the segments that are done and kept."""
-  lines, failed = [], []
+                   exit_codes: dict[int, int] | None = None,
+                   cause: str | None = None) -> tuple[list[str], dict[str, Any]]:
+  """Lines for the terminal and a document for failures.json: the cause, where one is known;
+  every segment not done, why, and the command that reruns it alone; and the segments that are
+  done and kept."""
+  lines = [cause] if cause else []
+  failed = []
   for k, s in sorted(statuses.items()):
     if s["status"] == "done":
       continue
@@ -76,7 +115,7 @@ def failure_report(run: RunDir, statuses: dict[int, Status], base: Sequence[str]
     lines.append("kept: " + ", ".join(f"segment {k} ({run.params(k)})" for k in kept))
   else:
     lines.append("no segment was trained: once the cause is fixed, launch again with --overwrite")
-  return lines, {"failed": failed, "kept": kept}
+  return lines, {"cause": cause, "failed": failed, "kept": kept}
 
 
 def last_error(log: Path) -> str | None:
