@@ -293,6 +293,9 @@ def test_a_segment_without_its_input_is_skipped(mnist_dir, tmp_path):
     (["--num-processes", "1", "--only-segment", "5"], "outside segments 0..1"),
     (["--local", "2", "--only-segment", "1"], "leave out --local"),
     (["--num-processes", "2", "--process-id", "0", "--resume"], "does not --resume"),
+    (["--local", "2", "--heartbeat-timeout", "nan"], "--heartbeat-timeout must be a positive"),
+    (["--local", "2", "--heartbeat-timeout", "inf"], "--heartbeat-timeout must be a positive"),
+    (["--num-processes", "1", "--heartbeat-timeout", "0"], "got 0.0"),
 ])
 def test_bad_launch_flags_are_one_line_errors(mnist_dir, tmp_path, capsys, args, words):
   assert main(["launch", *_flags(mnist_dir, "--cuts", "2"), "--out", str(tmp_path / "r"),

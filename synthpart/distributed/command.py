@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,13 +66,19 @@ def parse_segments(text: str | None, num_segments: int) -> tuple[int, ...]:
   return segments
 
 
+def check_heartbeat_timeout(seconds: float) -> None:
+  """A heartbeat timeout is a positive, finite number of seconds (nan and inf are refused)."""
+  if not math.isfinite(seconds) or seconds <= 0:
+    raise ConfigError(f"--heartbeat-timeout must be a positive, finite number of seconds, "
+                      f"got {seconds}")
+
+
 def run_launch(args: argparse.Namespace) -> int:
   """`synthpart launch`: returns the exit code."""
   config = load_config(args)
   if getattr(args, "resume", False):
     raise ConfigError("launch does not --resume: rerun its failed segments with --only-segment K")
-  if args.heartbeat_timeout <= 0:
-    raise ConfigError(f"--heartbeat-timeout must be positive, got {args.heartbeat_timeout}")
+  check_heartbeat_timeout(args.heartbeat_timeout)
   if config.model.num_segments < 2:
     raise ConfigError("launch trains segments: give at least one cut (model.cuts)")
   if args.local is not None:
