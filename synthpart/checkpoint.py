@@ -27,6 +27,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,17 @@ def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[
   return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
 
 
+def holds_run(root: Path, markers: Sequence[str]) -> bool:
+  """Whether the run directory `root` already holds a run: one of the files `markers` is in it.
+
+  Raises `CheckpointError` where `root` exists and is not a directory. Every command that claims
+  a run directory (a run, a launch) checks it here, and words its refusal itself.
+  """
+  if root.exists() and not root.is_dir():
+    raise CheckpointError(f"--out {root} exists and is not a directory")
+  return any((root / name).exists() for name in markers)
+
+
 def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwrite: bool,
                     dry_run: bool = False) -> None:
   """Claims `root` for a run: a fresh directory, or the same run when resuming.
@@ -180,10 +192,8 @@ def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwri
   Refuses a directory holding another run unless `resume` (same settings only) or `overwrite`.
   Nothing is written before the checks pass, and nothing at all with `dry_run`.
   """
-  if root.exists() and not root.is_dir():
-    raise CheckpointError(f"--out {root} exists and is not a directory")
+  holds_another = holds_run(root, ("config.json", "results.json"))
   stored_path = root / "config.json"
-  holds_run = stored_path.exists() or (root / "results.json").exists()
   if resume:
     if not stored_path.exists():
       raise CheckpointError(f"--resume: {root} holds no run to resume (no config.json)")
@@ -196,7 +206,7 @@ def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwri
       raise CheckpointError(f"--resume: the settings differ from the run in {root}: "
                             f"{', '.join(differing)}")
     return
-  if holds_run and not overwrite:
+  if holds_another and not overwrite:
     raise CheckpointError(f"--out {root} holds another run; pass --resume to continue it or "
                           "--overwrite to replace it")
   if dry_run:

@@ -1,0 +1,315 @@
+"""One process of a launch: who it is, joining the others through `jax.distributed`, training
+its segments, and (process 0) checking the run directory first and assembling the network last.
+Also the rerun of chosen segments alone (`--only-segment`), which needs no other process.
+
+jax.distributed finds the processes (cluster auto-detection) and carries one start signal:
+process 0 checks the run directory, then tells the others to go, or why not. It runs with
+recoverability on, so one process's death does not take the others down; its coordinator lives
+in process 0, which must outlive the others, so process 0 waits for their exit before its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import jax
+
+from synthpart.config import Config
+from synthpart.data import Dataset
+from synthpart.distributed import jaxkv
+from synthpart.distributed.assemble import assemble
+from synthpart.distributed.liveness import (
+  Heartbeat,
+  Liveness,
+  await_exits,
+  wait_for_status,
+)
+from synthpart.distributed.reports import (
+  EXIT_INCOMPLETE,
+  child_arguments,
+  failure_report,
+  summary_lines,
+)
+from synthpart.distributed.rundir import (
+  RunDir,
+  Status,
+  check_fresh,
+  clear_run,
+  error_text,
+  owner,
+  read_json,
+  same_settings,
+  segments_of,
+  write_plan,
+)
+from synthpart.distributed.segments import (
+  Context,
+  fail_segment,
+  own_groups,
+  run_segments,
+)
+from synthpart.errors import ConfigError
+from synthpart.files import write_json_atomic
+from synthpart.progress import Progress
+from synthpart.setup import prepare_dataset, select_devices
+from synthpart.tblog import write_tensorboard
+from synthpart.train.problem import Problem, make_problem
+
+ENV_COORDINATOR = "SYNTHPART_COORDINATOR"
+ENV_NUM_PROCESSES = "SYNTHPART_NUM_PROCESSES"
+ENV_PROCESS_ID = "SYNTHPART_PROCESS_ID"
+READY_KEY = "synthpart/ready"
+READY_TIMEOUT_MS = 60 * 60 * 1000  # process 0 may be downloading the dataset meanwhile
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+  """Who this process is, from flags, then SYNTHPART_* variables; None: left to jax."""
+  coordinator: str | None
+  num_processes: int | None
+  process_id: int | None
+
+
+def _env_int(name: str, environ: Mapping[str, str]) -> int | None:
+  value = environ.get(name)
+  if value in (None, ""):
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ConfigError(f"${name} must be an integer, got {value!r}") from None
+
+
+def resolve_identity(args: argparse.Namespace,
+                     environ: Mapping[str, str] | None = None) -> Identity:
+  """This process's identity from its flags, else from $SYNTHPART_*; checked for range."""
+  environ = dict(os.environ if environ is None else environ)
+  identity = Identity(
+      args.coordinator or environ.get(ENV_COORDINATOR) or None,
+      args.num_processes if args.num_processes is not None
+      else _env_int(ENV_NUM_PROCESSES, environ),
+      args.process_id if args.process_id is not None else _env_int(ENV_PROCESS_ID, environ))
+  if identity.num_processes is not None and identity.num_processes < 1:
+    raise ConfigError(f"--num-processes must be at least 1, got {identity.num_processes}")
+  pid, n = identity.process_id, identity.num_processes
+  if pid is not None and (pid < 0 or (n is not None and pid >= n)):
+    raise ConfigError(f"--process-id {pid} is outside 0..{'N' if n is None else n} - 1")
+  if identity.coordinator is not None and ":" not in identity.coordinator:
+    raise ConfigError(f"--coordinator must look like HOST:PORT, got {identity.coordinator!r}")
+  return identity
+
+
+def most_devices(sizes: Sequence[int], identity: Identity) -> int:
+  """The devices this process may need before it knows which it is: those of its own segments,
+  where its number is known, else the most any process of the launch needs."""
+  n = identity.num_processes
+  if n is None:
+    return sum(sizes)
+  candidates = range(n) if identity.process_id is None else (identity.process_id,)
+  return max(sum(sizes[k] for k in segments_of(i, n, len(sizes))) for i in candidates)
+
+
+def reserve_cpu_devices(count: int) -> None:
+  """Simulates `count` devices on CPU; must come before the backend starts (a no-op after, and
+  on GPU and TPU)."""
+  try:
+    jax.config.update("jax_num_cpu_devices", max(count, 1))
+  except RuntimeError:
+    pass  # the backend is already up (an embedding program chose): use the devices it has
+
+
+def init_distributed(identity: Identity) -> tuple[int, int]:
+  """jax.distributed.initialize with what is known (jax detects the rest on Slurm, Open MPI and
+  TPU VMs); returns (process id, number of processes). Starts the backend."""
+  try:
+    # Without it, the death of one process makes every other abort at its next contact.
+    jax.config.update("jax_enable_recoverability", True)
+  except (AttributeError, KeyError, ValueError):
+    pass  # a jax without the option: a death then ends the others too
+  try:
+    jax.distributed.initialize(identity.coordinator, identity.num_processes, identity.process_id)
+  except RuntimeError as e:
+    if "before any JAX calls" not in str(e):
+      raise
+    raise ConfigError("a multi-process launch must start in a fresh process, before anything "
+                      "uses jax; run `synthpart launch` from the command line") from None
+  except (ValueError, TypeError) as e:
+    raise ConfigError(
+        f"launch cannot tell which process this is ({e}); pass --coordinator HOST:PORT "
+        f"--num-processes N --process-id I (or ${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES}, "
+        f"${ENV_PROCESS_ID}), run under Slurm, Open MPI or on a TPU VM, or use --local N") from None
+  return jax.process_index(), jax.process_count()
+
+
+def leave_distributed(liveness: Liveness, process_id: int, num_processes: int) -> None:
+  """Leaves jax.distributed. Process 0 hosts its coordinator: a peer still connected when it
+  leaves would abort, so process 0 first waits for every other process to exit."""
+  if process_id == 0:
+    await_exits(liveness, range(1, num_processes))
+  with contextlib.suppress(Exception):  # leaving is best effort: the work is on disk already
+    jax.distributed.shutdown()
+
+
+def publish(error: str | None) -> None:
+  """Process 0 tells the others to go, or why the launch stops."""
+  jaxkv.put(READY_KEY, "error " + error if error else "go")
+
+
+def await_go() -> None:
+  """Waits for process 0's word; raises `ConfigError` with its reason where it stopped."""
+  answer = jaxkv.get(READY_KEY, READY_TIMEOUT_MS)
+  if answer != "go":
+    raise ConfigError(f"process 0 stopped the launch: {answer.removeprefix('error ')}")
+
+
+def claim_run(run: RunDir, config: Config, overwrite: bool, coordinated: bool) -> Dataset:
+  """Process 0: checks and claims the run directory, writes the plan and reads the dataset, then
+  tells the others to go. They wait for word from here before they touch the run directory, so
+  whatever goes wrong, they hear it; they would wait for a go that never comes."""
+  try:
+    check_fresh(run, overwrite)
+    if overwrite:
+      clear_run(run)
+    write_plan(run, config)
+    dataset = prepare_dataset(config, progress=False)
+  except Exception as e:
+    if coordinated:
+      publish(error_text(e))
+    raise
+  if coordinated:
+    publish(None)
+  return dataset
+
+
+def train_own(ctx: Context, config: Config, dataset: Dataset | None,
+              devices: Sequence[jax.Device], own: Sequence[int]
+              ) -> tuple[Problem | None, dict[int, Status]]:
+  """This process's segments `own` on its `devices`: (the problem, where it could be made, and
+  each segment's status). A failure before any segment could start fails all of them alike."""
+  sizes = config.placement.sizes(config.model.num_segments)
+  outcomes: dict[int, Status] = {}
+  problem = None
+  try:
+    if dataset is None:
+      dataset = prepare_dataset(config, progress=False)
+    problem = make_problem(config, dataset, devices)
+    problem = dataclasses.replace(problem, groups=own_groups(devices, sizes, own))
+    outcomes = run_segments(ctx, problem, own)
+  except Exception as e:  # noqa: BLE001  (recorded in each segment's status)
+    for k in own:
+      if k not in outcomes:
+        outcomes[k] = fail_segment(ctx, k, e)
+  return problem, outcomes
+
+
+def finish_run(ctx: Context, problem: Problem | None, statuses: dict[int, Status], source: str,
+               base: Sequence[str], tensorboard: bool) -> bool:
+  """Assembles and writes results.json if every segment is done; else writes failures.json.
+
+  Returns whether the run is complete.
+  """
+  run = ctx.run
+  if problem is not None and all(s["status"] == "done" for s in statuses.values()):
+    _, document = assemble(problem, run, statuses, source, ctx.progress)
+    write_json_atomic(run.results, document)
+    run.failures.unlink(missing_ok=True)
+    if tensorboard:
+      write_tensorboard(document, run.root / "tensorboard")
+    print("\n".join(summary_lines(document)))
+    print(f"results: {run.results}")
+    return True
+  lines, document = failure_report(run, statuses, base)
+  write_json_atomic(run.failures, document)
+  ctx.log("the network is incomplete:\n" + "\n".join(lines))
+  return False
+
+
+def _progress(args: argparse.Namespace, run: RunDir, process_id: int) -> Progress:
+  return Progress(quiet=args.quiet, log_path=run.process(process_id) / "progress.txt")
+
+
+def run_process(args: argparse.Namespace, config: Config, out: Path, identity: Identity) -> int:
+  """One process of a launch: its segments, then (process 0) the network. Returns its exit
+  code, which it also writes to its exit marker, last."""
+  num_segments = config.model.num_segments
+  sizes = config.placement.sizes(num_segments)
+  coordinated = identity.num_processes != 1
+  reserve_cpu_devices(args.devices or most_devices(sizes, identity))
+  pid, n = init_distributed(identity) if coordinated else (0, 1)
+  if n > num_segments:
+    raise ConfigError(f"{n} processes for {num_segments} segments: a process would have "
+                      "nothing to train (segment k trains in process k mod N)")
+  run = RunDir(out, n)
+  own = segments_of(pid, n, num_segments)
+  devices = select_devices(args.devices, sum(sizes[k] for k in own), local=True)
+  write_json_atomic(run.process(pid) / "process.json",
+                    {"process": pid, "host": socket.gethostname(), "pid": os.getpid(),
+                     "devices": [f"{d.platform}:{d.id}" for d in devices]})
+  liveness = Liveness(run, args.heartbeat_timeout)
+  ctx = Context(run, pid, liveness, _progress(args, run, pid))
+  complete, own_ok = False, False
+  try:
+    with Heartbeat(run.heartbeat(pid)):
+      dataset = None
+      if pid == 0:
+        dataset = claim_run(run, config, args.overwrite, coordinated)
+      else:
+        await_go()
+      problem, outcomes = train_own(ctx, config, dataset, devices, own)
+      own_ok = all(s["status"] == "done" for s in outcomes.values())
+      if pid == 0:
+        statuses = {k: outcomes.get(k) or wait_for_status(run, k, liveness)
+                    for k in range(num_segments)}
+        complete = finish_run(ctx, problem, statuses, dataset.source if dataset is not None else "",
+                              child_arguments(args, out), args.tensorboard)
+  finally:
+    if coordinated:
+      leave_distributed(liveness, pid, n)
+    code = 0 if own_ok and (pid != 0 or complete) else EXIT_INCOMPLETE
+    write_json_atomic(run.exit_marker(pid), {"exit_code": code, "written_by": "process"})
+  return code
+
+
+def run_only(args: argparse.Namespace, config: Config, out: Path, identity: Identity,
+             only: tuple[int, ...]) -> int:
+  """Trains the segments `only` alone, into an earlier launch's directory; then assembles the
+  network if every segment is now done. Needs no coordinator and no other process."""
+  plan = read_json(out / "launch.json")
+  n = identity.num_processes or (plan or {}).get("num_processes")
+  if not n:
+    raise ConfigError(f"--only-segment needs --num-processes N (that of the launch in {out}), "
+                      f"or {out / 'launch.json'}")
+  if plan is not None and plan.get("num_processes") not in (None, n):
+    raise ConfigError(f"the launch in {out} ran {plan['num_processes']} processes, not {n}")
+  if plan is not None and not same_settings(config, plan):
+    raise ConfigError(f"these settings differ from those of the launch in {out} "
+                      f"({out / 'launch.json'}); rerun with the launch's own settings")
+  run = RunDir(out, n)
+  if run.results.exists() and not args.overwrite:
+    raise ConfigError(f"--out {out} already holds results.json; pass --overwrite to replace it")
+  pid = identity.process_id if identity.process_id is not None else owner(only[0], n)
+  sizes = config.placement.sizes(config.model.num_segments)
+  devices = select_devices(args.devices, sum(sizes[k] for k in only), local=True)
+  ctx = Context(run, pid, None, _progress(args, run, pid))
+  for k in only:
+    run.status(k).unlink(missing_ok=True)
+  dataset = prepare_dataset(config, progress=False)
+  problem = make_problem(config, dataset, devices)
+  problem = dataclasses.replace(problem, groups=own_groups(devices, sizes, only))
+  outcomes = run_segments(ctx, problem, only)
+  found = {k: outcomes.get(k) or read_json(run.status(k)) for k in range(len(problem.specs))}
+  statuses = {k: s for k, s in found.items() if s is not None}
+  missing = [k for k in found if k not in statuses or statuses[k]["status"] != "done"]
+  if not missing:
+    finish_run(ctx, problem, statuses, dataset.source, child_arguments(args, out),
+               args.tensorboard)
+  else:
+    ctx.log(f"segments {', '.join(map(str, missing))} are not done yet: the network is "
+            "assembled once every segment is")
+  return 0 if all(outcomes[k]["status"] == "done" for k in only) else EXIT_INCOMPLETE
