@@ -135,16 +135,27 @@ def conv(features: int, kernel: int = 3, stride: int = 1, padding: str = "SAME",
 
   def flops(shape: Shape) -> Flops:
     h, w, c = shape
-    ho, wo = ((h + stride - 1) // stride, (w + stride - 1) // stride) if padding == "SAME" else (
-        (h - kernel) // stride + 1, (w - kernel) // stride + 1)
-    out = ho * wo * features
-    mac = 2 * kernel * kernel * c * out
+    taps_h, out_h = _taps(h, kernel, stride, padding)
+    taps_w, out_w = _taps(w, kernel, stride, padding)
+    out = out_h * out_w * features
+    mac = 2 * taps_h * taps_w * c * features  # padding taps multiply nothing
     a = 0 if act is ACTIVATIONS["linear"] else out
     return Flops(forward=mac + out + a, activation_grads=a, weight_grads=mac + out,
                  input_grads=mac)
 
   return Block(init, apply, f"conv {kernel}x{kernel}x{features}/{stride}", flops,
                activation or "linear")
+
+
+def _taps(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
+  """Along one axis: (kernel taps that land inside the input, summed over outputs; outputs)."""
+  if padding == "SAME":
+    out = -(-size // stride)
+    low = max((out - 1) * stride + kernel - size, 0) // 2
+  else:
+    out, low = (size - kernel) // stride + 1, 0
+  taps = sum(1 for o in range(out) for t in range(kernel) if 0 <= o * stride + t - low < size)
+  return taps, out
 
 
 def pool(window: int = 2, stride: int | None = None, kind: str = "max") -> Block:
