@@ -7,11 +7,11 @@ with matplotlib's Agg backend, so the report reads anywhere Markdown renders ima
 - A sweep directory holds sweep.json and one results.json per point and seed (`synthpart sweep`).
 
 Figures: test accuracy per epoch round of each method; accuracy against cumulative training FLOPs
-(`synthpart.accounting`: forward 2·in·out and backward 4·in·out per example per trained layer,
+(`synthpart.flops`: forward 2·in·out and backward 4·in·out per example per trained layer,
 plus biases, activations and optimizer updates) and against training wall time; for a sweep,
 accuracy (mean ± std over seeds) against each axis; bytes moved between devices per method (from
 the runs' transfer ledgers); and peak memory per device per method (XLA's buffer assignment of
-each loop compiled for the same shapes, `accounting.memory_report`; results.json does not record
+each loop compiled for the same shapes, `bench.compiled.memory_report`; results.json does not record
 memory, so it is computed here and skipped, with a note, where it cannot be).
 """
 
@@ -78,8 +78,8 @@ def accuracy_points(run: Mapping[str, Any]) -> list[tuple[int, float]]:
 
 
 def flops_curves(document: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
-  """Per method: curve points with cumulative training FLOPs (`accounting.accuracy_curves`)."""
-  from synthpart.accounting import accuracy_curves
+  """Per method: curve points with cumulative training FLOPs (`curves.accuracy_curves`)."""
+  from synthpart.curves import accuracy_curves
   return accuracy_curves(document)
 
 
@@ -181,12 +181,12 @@ def memory_per_device(document: Mapping[str, Any]) -> dict[str, list[dict[str, A
   """Per method, the compiled peak of each device, for the document's shapes and settings.
 
   Builds a problem of zero-filled data with the dataset's shapes and asks
-  `accounting.memory_report`; nothing trains.
+  `bench.compiled.memory_report`; nothing trains.
   """
   import jax
 
   from synthpart import config as config_lib
-  from synthpart.accounting import memory_report
+  from synthpart.bench.compiled import memory_report
   from synthpart.train.schedules import make_problem
   config = _config_of(document, config_lib)
   d = document["dataset"]
@@ -467,7 +467,7 @@ def run_report(directory: Path, out: Path, memory: bool = True) -> str:
                  f"{bytes_moved(run) / 2**20:,.1f} |")
   lines.append("")
   if conventional is not None:
-    from synthpart.accounting import format_time_to_accuracy, time_to_accuracy
+    from synthpart.curves import format_time_to_accuracy, time_to_accuracy
     lines += ["## Compute and time to 90% of conventional accuracy", "",
               format_time_to_accuracy(time_to_accuracy(document)), ""]
   lines += ["## Figures", ""]
