@@ -239,8 +239,8 @@ def axis_position(values: Sequence[Any]) -> tuple[list[float], list[str], bool]:
   Numbers (and one-element lists of numbers, such as a single cut) are placed by value; anything
   else is categorical.
   """
-  from synthpart.sweep import _freeze, format_value
-  labels = [format_value(_freeze(v)) for v in values]
+  from synthpart.sweep import format_value, freeze
+  labels = [format_value(freeze(v)) for v in values]
   scalars = [v[0] if isinstance(v, list) and len(v) == 1 else v for v in values]
   if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scalars):
     xs = [float(v) for v in scalars]
@@ -253,10 +253,10 @@ def plot_axis(summary: Mapping[str, Any], axis: Mapping[str, Any], methods: Sequ
               title: str) -> Any:
   """Mean ± std test accuracy against one axis: a panel per method, a line per value of the
   other axes; conventional (grey band: mean ± std) for reference."""
-  from synthpart.sweep import _freeze, format_value
+  from synthpart.sweep import format_value, freeze
   key = axis["key"]
   xs, labels, log = axis_position(axis["values"])
-  position = {format_value(_freeze(v)): x for v, x in zip(axis["values"], xs)}
+  position = {format_value(freeze(v)): x for v, x in zip(axis["values"], xs)}
   others = [a["key"] for a in summary["axes"] if a["key"] != key]
   cols = min(2, len(methods))
   rows = math.ceil(len(methods) / cols)
@@ -273,12 +273,12 @@ def plot_axis(summary: Mapping[str, Any], axis: Mapping[str, Any], methods: Sequ
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in summary["rows"]:
       if row["method"] == method:
-        label = ", ".join(f"{k}={format_value(_freeze(row['values'][k]))}" for k in others)
+        label = ", ".join(f"{k}={format_value(freeze(row['values'][k]))}" for k in others)
         groups.setdefault(label, []).append(row)
     colors = _palette(len(groups))
     for color, (label, group) in zip(colors, groups.items()):
-      group.sort(key=lambda r: position[format_value(_freeze(r["values"][key]))])
-      ax.errorbar([position[format_value(_freeze(r["values"][key]))] for r in group],
+      group.sort(key=lambda r: position[format_value(freeze(r["values"][key]))])
+      ax.errorbar([position[format_value(freeze(r["values"][key]))] for r in group],
                   [100 * r["accuracy_mean"] for r in group],
                   yerr=[100 * r["accuracy_std"] for r in group], marker="o", markersize=4,
                   capsize=3, color=color, label=label or method)
@@ -571,7 +571,7 @@ def _matches_section(summary: Mapping[str, Any], methods: Sequence[str]) -> list
   rows = [r for r in summary["rows"] if r["method"] in methods and r["delta_points"] is not None]
   if not rows:
     return []
-  from synthpart.sweep import _freeze, format_value
+  from synthpart.sweep import format_value, freeze
   keys = [a["key"] for a in summary["axes"]]
   conventional = [r for r in summary["rows"] if r["method"] == "conventional"]
   conv = (f"{100 * np.mean([r['accuracy_mean'] for r in conventional]):.2f}"
@@ -585,23 +585,23 @@ def _matches_section(summary: Mapping[str, Any], methods: Sequence[str]) -> list
     row_values = [a["values"] for a in summary["axes"] if a["key"] == rows_key][0]
     col_values = [a["values"] for a in summary["axes"] if a["key"] == cols_key][0]
     for method in methods:
-      cells = {(format_value(_freeze(r["values"][rows_key])),
-                format_value(_freeze(r["values"][cols_key]))): r
+      cells = {(format_value(freeze(r["values"][rows_key])),
+                format_value(freeze(r["values"][cols_key]))): r
                for r in rows if r["method"] == method}
       lines += [f"**{method}**", "",
                 f"| {rows_key} \\ {cols_key} | " + " | ".join(
-                    format_value(_freeze(v)) for v in col_values) + " |",
+                    format_value(freeze(v)) for v in col_values) + " |",
                 "|---|" + "---|" * len(col_values)]
       for rv in row_values:
         out = []
         for cv in col_values:
-          r = cells.get((format_value(_freeze(rv)), format_value(_freeze(cv))))
+          r = cells.get((format_value(freeze(rv)), format_value(freeze(cv))))
           if r is None:
             out.append("—")
           else:
             mark = " ✓" if r["delta_points"] >= -MATCH_POINTS else ""
             out.append(f"{r['delta_points']:+.2f} ± {100 * r['accuracy_std']:.2f}{mark}")
-        lines.append(f"| {format_value(_freeze(rv))} | " + " | ".join(out) + " |")
+        lines.append(f"| {format_value(freeze(rv))} | " + " | ".join(out) + " |")
       lines.append("")
   matched = [r for r in rows if r["delta_points"] >= -MATCH_POINTS]
   lines.append(f"Matches (✓): {len(matched)} of {len(rows)} (setting, method) pairs: " + ", ".join(
@@ -609,7 +609,7 @@ def _matches_section(summary: Mapping[str, Any], methods: Sequence[str]) -> list
       for m in methods) + ".")
   if len(keys) != 2:
     for r in rows:
-      where = ", ".join(f"{k}={format_value(_freeze(r['values'][k]))}" for k in keys)
+      where = ", ".join(f"{k}={format_value(freeze(r['values'][k]))}" for k in keys)
       mark = "match" if r["delta_points"] >= -MATCH_POINTS else "fail"
       lines.append(f"- {r['method']} at {where}: {100 * r['accuracy_mean']:.2f}% "
                    f"({r['delta_points']:+.2f}, {mark})")
