@@ -4,7 +4,7 @@ reach 90% of conventional training's final accuracy, as a reduction vs conventio
     synthpart compare --dataset fashion-mnist --epochs 10 --with-model-parallel --out runs/fm
     python3 benchmarks/time_to_accuracy.py runs/fm/results.json [--fraction 0.9]
 
-FLOPs are analytic (`synthpart.accounting`); seconds are each run's training time after
+FLOPs are analytic (`synthpart.flops`, `synthpart.curves`); seconds are each run's training time after
 compilation, evaluation excluded; both are read at the first epoch whose composed network reaches
 the target. Also prints the bytes each method moved between devices (from its ledger).
 """
@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from synthpart import accounting
+from synthpart import curves
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,11 +25,11 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   with open(args.results) as f:
     document = json.load(f)
-  print(accounting.format_time_to_accuracy(
-      accounting.time_to_accuracy(document, args.fraction)))
+  print(curves.format_time_to_accuracy(
+      curves.time_to_accuracy(document, args.fraction)))
   print("\n| method | MB moved between devices |\n|---|---|")
   for run in document["runs"]:
-    print(f"| {run['method']} | {accounting.ledger_bytes(run['transfers']) / 1e6:.1f} |")
+    print(f"| {run['method']} | {curves.ledger_bytes(run['transfers']) / 1e6:.1f} |")
   return 0
 
 

@@ -34,7 +34,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from synthpart.errors import ConfigError
-from synthpart.flops import Flops
 from synthpart.registry import Registry
 
 Shape = tuple[int, ...]
@@ -50,6 +49,29 @@ ACTIVATIONS.add("tanh", jnp.tanh, "hyperbolic tangent")
 ACTIVATIONS.add("sigmoid", jax.nn.sigmoid, "logistic function")
 ACTIVATIONS.add("silu", jax.nn.silu, "x * sigmoid(x)")
 ACTIVATIONS.add("linear", lambda x: x, "the identity: no activation")
+
+
+class Flops(NamedTuple):
+  """FLOPs per example of one block or training loop, by kind (`synthpart.flops`)."""
+  forward: int = 0
+  activation_grads: int = 0
+  weight_grads: int = 0
+  input_grads: int = 0
+
+  @property
+  def backward(self) -> int:
+    return self.activation_grads + self.weight_grads + self.input_grads
+
+  @property
+  def training(self) -> int:
+    """Forward plus backward: the FLOPs of one example through one training step."""
+    return self.forward + self.backward
+
+  def __add__(self, other: Flops) -> Flops:  # type: ignore[override]
+    return Flops(*(a + b for a, b in zip(self, other, strict=True)))
+
+  def scale(self, factor: float) -> Flops:
+    return Flops(*(round(v * factor) for v in self))
 
 
 class Block(NamedTuple):

@@ -2,7 +2,8 @@
 
 Memory comes from XLA's buffer assignment of each compiled function (`memory_analysis()`), so it
 is what the program allocates on any device; every loop records its own when it compiles
-(`SegmentResult.memory`), so reports read memory from results and never compile anything.
+(`SegmentResult.memory`), so reports read memory from results and never compile anything;
+`synthpart.bench.compiled` compiles every method's loops for the `bench` memory table.
 Device `memory_stats()` (GPU and TPU; None on CPU) adds the measured peak where it exists.
 """
 
@@ -48,9 +49,12 @@ class MemoryUse(NamedTuple):
     return {**self._asdict(), "peak": self.peak, "peak_without_data": self.peak_without_data}
 
 
-def compiled_memory(compiled: Any, resident: int = 0, data: int = 0) -> MemoryUse:
+def compiled_memory(compiled: jax.stages.Compiled, resident: int = 0,
+                    data: int = 0) -> MemoryUse:
   """`MemoryUse` of a compiled function (`jax.jit(f).lower(...).compile()`)."""
   m = compiled.memory_analysis()
+  if m is None:
+    raise ValueError("this backend gives no memory analysis of compiled functions")
   return MemoryUse(int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
                    int(m.alias_size_in_bytes), int(m.temp_size_in_bytes), resident, data)
 

@@ -22,7 +22,8 @@ results.json (schema version 1)::
                       "learning_rate", "batch_size", "epochs", "steps_per_epoch",
                       "loss_per_epoch": [...], "epoch_seconds": [...], "compile_seconds",
                       "diverged", "memory": {"argument", "output", "alias", "temp",
-                      "resident", "data", "peak", "peak_without_data"} (bytes)}],
+                      "resident", "data", "peak", "peak_without_data"} (bytes),
+                      "flops_per_step", "forward_flops"}],
         "curve": [{"epoch", "seconds", "examples": [per loop], "accuracy"?}],
         "transfers": [{"what", "source", "destination", "bytes"}]
       }
@@ -68,6 +69,10 @@ class SegmentResult:
   # XLA's buffer assignment of the compiled epoch (`synthpart.memory.MemoryUse.to_dict()`),
   # the training data on the device counted as `data`; None where not recorded.
   memory: dict[str, int] | None = None
+  # Analytic FLOPs (`synthpart.flops`): one training step (the batch forward and backward plus
+  # the optimizer update), and one example's forward pass through the loop's blocks.
+  flops_per_step: int | None = None
+  forward_flops: int | None = None
 
   @property
   def examples(self) -> int:

@@ -1,18 +1,23 @@
+import itertools
+
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
+from tiny import tiny_config, tiny_dataset
 
-from synthpart import accounting as A
-from synthpart.results import results_document
+from synthpart import curves as C
+from synthpart import flops as F
+from synthpart import memory as M
+from synthpart.bench import compiled as B
 from synthpart.model import apply_segment, init_segment, whole_network
 from synthpart.partition import plan_segments
 from synthpart.progress import Progress
+from synthpart.results import results_document
+from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.loop import TrainState, make_epoch
 from synthpart.train.objectives import Constants, Task, make_loss
-from synthpart.train import problem as P
-from tiny import tiny_config, tiny_dataset
 
 QUIET = Progress(quiet=True)
 WIDTHS = (64, 48, 48, 48, 10)
@@ -32,7 +37,7 @@ def _grad_flops(spec, inputs: str) -> float:
   batch = {"x": jnp.zeros((BATCH, spec.widths[0]), dtype), "y": jnp.zeros((BATCH,), jnp.int32)}
   params = init_segment(jax.random.key(0), spec)
   grad = jax.jit(jax.grad(make_loss(task)))
-  return A.xla_flops(grad.lower(params, batch, consts, jax.random.key(0)).compile())
+  return F.xla_flops(grad.lower(params, batch, consts, jax.random.key(0)).compile())
 
 
 @pytest.mark.parametrize("segment,inputs", [
@@ -40,10 +45,10 @@ def _grad_flops(spec, inputs: str) -> float:
 def test_training_flops_match_xla(segment, inputs):
   specs = plan_segments(WIDTHS, (2,))
   spec = whole_network(specs) if segment == "whole" else specs[segment]
-  analytic = A.segment_flops(spec).training * BATCH
+  analytic = F.segment_flops(spec).training * BATCH
   assert _grad_flops(spec, inputs) == pytest.approx(analytic, rel=TOLERANCE)
   # The same count from a network's widths and a layer range, as the results documents use.
-  assert A.loop_flops(WIDTHS, spec.start, spec.stop).training * BATCH == analytic
+  assert F.loop_flops(WIDTHS, spec.start, spec.stop).training * BATCH == analytic
 
 
 def test_forward_flops_are_exact():
@@ -51,8 +56,8 @@ def test_forward_flops_are_exact():
   params = init_segment(jax.random.key(0), spec)
   apply = jax.jit(lambda p, x: apply_segment(p, x, spec))
   compiled = apply.lower(params, jnp.zeros((BATCH, WIDTHS[0]))).compile()
-  assert A.xla_flops(compiled) == A.segment_flops(spec).forward * BATCH
-  assert A.forward_flops(WIDTHS, 0, 4) == A.segment_flops(spec).forward
+  assert F.xla_flops(compiled) == F.segment_flops(spec).forward * BATCH
+  assert F.forward_flops(WIDTHS, 0, 4) == F.segment_flops(spec).forward
 
 
 def test_input_grads_inside_backprop_match_xla():
@@ -68,9 +73,9 @@ def test_input_grads_inside_backprop_match_xla():
   # reads it), which no training step can.
   step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
   compiled = step.lower(params, x, cotangent).compile()
-  analytic = A.segment_flops(spec, input_grads=True).training * BATCH
-  assert A.xla_flops(compiled) == pytest.approx(analytic, rel=TOLERANCE)
-  without = A.segment_flops(spec).training * BATCH
+  analytic = F.segment_flops(spec, input_grads=True).training * BATCH
+  assert F.xla_flops(compiled) == pytest.approx(analytic, rel=TOLERANCE)
+  without = F.segment_flops(spec).training * BATCH
   assert analytic - without == 2 * WIDTHS[2] * WIDTHS[3] * BATCH
 
 
@@ -85,14 +90,14 @@ def test_epoch_step_with_optimizer_matches_xla():
                          jax.random.key(0), jnp.uint32(0)).compile()
   # XLA counts a loop's body once, whatever its trip count: the epoch's count is one step's
   # (plus the epoch's shuffle, hence the wider tolerance).
-  step = A.step_flops(WIDTHS, 0, 4, BATCH, "adam")
-  assert A.xla_flops(compiled) == pytest.approx(step, rel=0.05)
-  assert A.num_params(WIDTHS, 0, 4) == sum(x.size for x in jax.tree.leaves(params))
+  step = F.step_flops(WIDTHS, 0, 4, BATCH, "adam")
+  assert F.xla_flops(compiled) == pytest.approx(step, rel=0.05)
+  assert F.num_params(WIDTHS, 0, 4) == sum(x.size for x in jax.tree.leaves(params))
 
 
 def test_method_flops_relations():
   specs = plan_segments(WIDTHS, (2,))
-  flops = A.method_flops(specs)
+  flops = F.method_flops(specs)
   conv = flops["conventional"]
   mp = flops["model-parallel segment 0"] + flops["model-parallel segment 1"]
   assert mp == conv  # model parallelism moves the work, it does not change it
@@ -100,7 +105,7 @@ def test_method_flops_relations():
   # Partitioned loops skip one matmul: the gradient w.r.t. the cut activations.
   assert conv.training - partitioned.training == 2 * WIDTHS[2] * WIDTHS[3]
   assert flops["recovery"] == conv
-  assert conv.forward == sum(2 * a * b + b for a, b in zip(WIDTHS[:-1], WIDTHS[1:])) + 3 * 48
+  assert conv.forward == sum(2 * a * b + b for a, b in itertools.pairwise(WIDTHS)) + 3 * 48
 
 
 @pytest.fixture(scope="module")
@@ -120,43 +125,43 @@ def test_bytes_moved_match_the_ledger(compared):
   problem, runs, _ = compared
   n, b = len(problem.train_y), problem.config.train.batch_size
   for run in runs:
-    expected = A.bytes_moved(problem.specs, run.method, n, b, problem.config.train.epochs)
-    assert A.ledger_bytes(run.transfers) == expected, run.method
-  assert A.bytes_moved(problem.specs, "pnn-sequential", n, b, 2) == n * 16 * 4 > 0
-  assert A.join_bytes(problem.specs) == (16 * 16 + 16 + 16 * 4 + 4) * 4
+    expected = F.bytes_moved(problem.specs, run.method, n, b, problem.config.train.epochs)
+    assert C.ledger_bytes(run.transfers) == expected, run.method
+  assert F.bytes_moved(problem.specs, "pnn-sequential", n, b, 2) == n * 16 * 4 > 0
+  assert F.join_bytes(problem.specs) == (16 * 16 + 16 + 16 * 4 + 4) * 4
 
 
 def test_accuracy_curve_flops(compared):
-  problem, runs, document = compared
-  widths = A.document_widths(document)
+  problem, _, document = compared
+  widths = C.document_widths(document)
   assert widths == problem.widths
-  curves = A.accuracy_curves(document)
+  curves = C.accuracy_curves(document)
   assert set(curves) == {"conventional", "pnn-sequential", "pnn-sequential+recovery",
                          "pnn-parallel"}
   n, b = len(problem.train_y), 32
   steps = n // b
-  conv_step = A.step_flops(widths, 0, 4, b, "adam")
+  conv_step = F.step_flops(widths, 0, 4, b, "adam")
   assert [p["flops"] for p in curves["conventional"]] == [steps * conv_step,
                                                           2 * steps * conv_step]
   seq = curves["pnn-sequential"]
-  seg0 = 2 * steps * A.step_flops(widths, 0, 2, b, "adam")
-  handover = n * A.forward_flops(widths, 0, 2)
+  seg0 = 2 * steps * F.step_flops(widths, 0, 2, b, "adam")
+  handover = n * F.forward_flops(widths, 0, 2)
   assert seq[1]["flops"] == seg0
-  assert seq[-1]["flops"] == seg0 + handover + 2 * steps * A.step_flops(widths, 2, 4, b, "adam")
+  assert seq[-1]["flops"] == seg0 + handover + 2 * steps * F.step_flops(widths, 2, 4, b, "adam")
   rec = curves["pnn-sequential+recovery"]
   recovery_batch = problem.config.recovery.batch_size
-  assert rec[-1]["flops"] == seq[-1]["flops"] + (n // recovery_batch) * A.step_flops(
+  assert rec[-1]["flops"] == seq[-1]["flops"] + (n // recovery_batch) * F.step_flops(
       widths, 0, 4, recovery_batch, "adam")
   assert all(p["seconds"] > 0 for p in seq)
 
 
 def test_time_to_accuracy_on_a_real_document(compared):
   _, _, document = compared
-  summary = A.time_to_accuracy(document)
+  summary = C.time_to_accuracy(document)
   conv = summary["methods"]["conventional"]
   assert conv["reached"] and conv["flops_reduction_pct"] == 0.0
   assert summary["target_accuracy"] == pytest.approx(0.9 * conv["final_accuracy"])
-  table = A.format_time_to_accuracy(summary)
+  table = C.format_time_to_accuracy(summary)
   rows = [line.split(" | ")[0] for line in table.splitlines()[4:]]
   assert rows == ["| conventional", "| pnn-sequential", "| pnn-sequential+recovery",
                   "| pnn-parallel"]
@@ -173,7 +178,7 @@ def _loop(layers, objective="inputs -> labels", batch=10):
 
 def test_time_to_accuracy_headline_arithmetic():
   widths = (4, 4, 4, 4, 2)
-  conv_step = A.step_flops(widths, 0, 4, 10, "sgd")
+  conv_step = F.step_flops(widths, 0, 4, 10, "sgd")
   conventional = {"method": "conventional", "test_accuracy": 0.8, "wall_seconds": 3.0,
                   "segments": [_loop([0, 4])],
                   "curve": [{"epoch": e, "seconds": float(e), "examples": [100 * e],
@@ -187,34 +192,34 @@ def test_time_to_accuracy_headline_arithmetic():
                         _loop([2, 4], "activations -> labels")],
            "curve": [{"epoch": 1, "seconds": 0.5, "examples": [100]},
                      {"epoch": 1, "seconds": 0.7, "examples": [100, 100], "accuracy": 0.1}]}
-  summary = A.time_to_accuracy(_doc([conventional, parallel, never]))
+  summary = C.time_to_accuracy(_doc([conventional, parallel, never]))
   assert summary["target_accuracy"] == pytest.approx(0.72)
   conv = summary["methods"]["conventional"]
   assert (conv["epoch"], conv["flops"], conv["seconds"]) == (2, 20 * conv_step, 2.0)
   par = summary["methods"]["pnn-parallel"]
-  par_flops = 20 * (A.step_flops(widths, 0, 2, 10, "sgd") + A.step_flops(widths, 2, 4, 10, "sgd"))
+  par_flops = 20 * (F.step_flops(widths, 0, 2, 10, "sgd") + F.step_flops(widths, 2, 4, 10, "sgd"))
   assert par["flops"] == par_flops
   assert par["flops_reduction_pct"] == pytest.approx(100 * (1 - par_flops / (20 * conv_step)))
   assert par["seconds_reduction_pct"] == pytest.approx(50.0)
   seq = summary["methods"]["pnn-sequential"]
   assert not seq["reached"] and seq["flops_reduction_pct"] is None
   # The sequential hand-over: segment 0's forward over the 100 training examples, once.
-  seq_curve = A.accuracy_curve(never, widths, 100)
+  seq_curve = C.accuracy_curve(never, widths, 100)
   assert seq_curve[1]["flops"] - seq_curve[0]["flops"] == (
-      10 * A.step_flops(widths, 2, 4, 10, "sgd") + 100 * A.forward_flops(widths, 0, 2))
+      10 * F.step_flops(widths, 2, 4, 10, "sgd") + 100 * F.forward_flops(widths, 0, 2))
 
 
 def test_memory_report_per_method_and_device():
   problem = P.make_problem(tiny_config(**{"model.hidden": [64, 64, 64], "recovery.epochs": 0}),
                            tiny_dataset(num_train=512), jax.devices()[:2])
-  report = A.memory_report(problem)
+  report = B.memory_report(problem)
   assert set(report) == {"conventional", "pnn-sequential", "pnn-sequential hand-over",
                          "pnn-parallel", "model-parallel"}
   n = len(problem.train_y)
   conv = report["conventional"]["devices"][0]["functions"]["epoch"]
   assert conv["data"] == n * 16 + n * 4  # uint8 pixels [n, 16] and int32 labels
   assert conv["peak"] - conv["peak_without_data"] == conv["data"]
-  params = A.num_params(problem.widths, 0, 4) * 4
+  params = F.num_params(problem.widths, 0, 4) * 4
   assert conv["peak_without_data"] >= 3 * params  # params and Adam's two moments
   for method in ("pnn-parallel", "model-parallel"):
     devices = report[method]["devices"]
@@ -223,11 +228,11 @@ def test_memory_report_per_method_and_device():
   # The sequential hand-over holds the training set's cut activations on segment 0's device.
   features = report["pnn-sequential hand-over"]["devices"][0]["functions"]["features"]
   assert features["data"] >= n * 64 * 4
-  ratios = A.memory_ratios(report)
+  ratios = B.memory_ratios(report)
   assert ratios["conventional"]["ratio"] == 1.0
   assert ratios["pnn-parallel"]["ratio_without_data"] < 1.0
   assert isinstance(ratios["pnn-parallel"]["met"], bool)
 
 
 def test_device_memory_is_none_on_cpu():
-  assert A.device_memory(jax.devices()[0]) is None
+  assert M.device_memory(jax.devices()[0]) is None

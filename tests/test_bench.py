@@ -3,19 +3,17 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tiny import tiny_config, tiny_dataset
 
 from synthpart import bench
 from synthpart.cli import main
 from synthpart.model import whole_network
 from synthpart.progress import Progress
-from synthpart.train import schedules as S
-from synthpart.train.loop import make_epoch
-from synthpart.train.objectives import make_loss
-from synthpart.train.optim import make_optimizer
-from synthpart.train.objectives import Constants
-from synthpart.train.loop import TrainState
 from synthpart.train import problem as P
-from tiny import tiny_config, tiny_dataset
+from synthpart.train import schedules as S
+from synthpart.train.loop import TrainState, make_epoch
+from synthpart.train.objectives import Constants, make_loss
+from synthpart.train.optim import make_optimizer
 
 
 def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
@@ -27,7 +25,7 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
   document = json.loads((out / "bench.json").read_text())
   assert document["suite"]["hidden"] == [16] * 5 and document["suite"]["batch_size"] == 32
   assert document["memory"] is None
-  loops = {l["loop"]: l for l in document["loops"]}
+  loops = {loop["loop"]: loop for loop in document["loops"]}
   assert list(loops) == ["conventional", "model-parallel"]
   for loop in loops.values():
     assert loop["samples_per_s"] > 0 and loop["tflops"] > 0 and loop["compile_seconds"] > 0
@@ -55,8 +53,7 @@ def test_memory_table():
              "pnn-parallel": {"devices": [{"peak": 1.5e6, "peak_without_data": 0.5e6},
                                           {"peak": 0.4e6, "peak_without_data": 0.4e6}],
                               "peak": 1.5e6, "peak_without_data": 0.5e6}}
-  from synthpart.accounting import memory_ratios
-  lines = bench.format_memory({"methods": methods, "ratios": memory_ratios(methods)})
+  lines = bench.format_memory({"methods": methods, "ratios": bench.memory_ratios(methods)})
   assert lines[-1] == "| pnn-parallel | 1.5 (0.5), 0.4 (0.4) | 1.5 | 0.5 | 0.750 | 0.500 | yes |"
 
 
@@ -95,5 +92,5 @@ def test_mixed_precision_bench_suite_runs():
                            jax.devices()[:2])
   assert problem.config.model.dtype == "bfloat16"
   loops = bench.run_suite(suite, size, problem, repeats=1, kinds=("conventional",))
-  assert [l["loop"] for l in loops] == ["conventional"]
+  assert [loop["loop"] for loop in loops] == ["conventional"]
   assert loops[0]["samples_per_s"] > 0

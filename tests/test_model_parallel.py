@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from synthpart import accounting
+from synthpart import curves, flops
 from synthpart.errors import ConfigError
 from synthpart.model import compose
 from synthpart.progress import Progress
@@ -52,9 +52,9 @@ def test_segments_live_on_their_devices(three_segments):
 def test_ledger_matches_the_analytic_bytes(three_segments):
   problem, _, (_, mp) = three_segments
   train = problem.config.train
-  expected = accounting.bytes_moved(problem.specs, "model-parallel", len(problem.train_y),
+  expected = flops.bytes_moved(problem.specs, "model-parallel", len(problem.train_y),
                                     train.batch_size, train.epochs)
-  assert accounting.ledger_bytes(mp.transfers) == expected > 0
+  assert curves.ledger_bytes(mp.transfers) == expected > 0
   steps = len(problem.train_y) // train.batch_size
   first = mp.transfers[0]
   assert (first.source, first.destination) == ("cpu:0", "cpu:1")

@@ -7,17 +7,18 @@ import json
 
 import jax
 import pytest
+from tiny import tiny_config, tiny_dataset
 
+from synthpart import curves
 from synthpart import experiment as exp
 from synthpart import report as report_lib
+from synthpart import results as results_lib
 from synthpart import sweep as sweep_lib
 from synthpart.errors import ConfigError
+from synthpart.files import write_json_atomic
 from synthpart.progress import Progress
 from synthpart.tblog import write_tensorboard
 from synthpart.train.problem import make_problem
-from synthpart.files import write_json_atomic
-from synthpart import results as results_lib
-from tiny import tiny_config, tiny_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -47,6 +48,45 @@ def test_run_report_has_a_table_and_every_figure(tmp_path, document):
   for name in figures:
     assert f"](figures/{name})" in text
     assert (tmp_path / "run" / "figures" / name).read_bytes().startswith(PNG)
+  assert "No memory recorded" not in text
+
+
+def test_memory_per_device_is_what_each_loop_recorded(document):
+  memory, missing = report_lib.memory_per_device([document])
+  assert missing == [] and set(memory) == {r["method"] for r in document["runs"]}
+  conventional = next(r for r in document["runs"] if r["method"] == "conventional")
+  recorded = conventional["segments"][0]["memory"]
+  assert memory["conventional"] == {conventional["segments"][0]["device"]: {
+      "peak": recorded["peak"], "peak_without_data": recorded["peak_without_data"]}}
+  # Segment 0 and the recovery loop share the first device: it peaks at the larger of the two.
+  recovery = next(r for r in document["runs"] if r["method"] == "pnn-parallel+recovery")
+  first = recovery["segments"][0]["device"]
+  assert [s["device"] for s in recovery["segments"]] == [first, "cpu:1", first]
+  assert memory["pnn-parallel+recovery"][first]["peak"] == max(
+      s["memory"]["peak"] for s in recovery["segments"] if s["device"] == first)
+  assert set(memory["pnn-parallel"]) == {"cpu:0", "cpu:1"}
+
+
+def test_runs_without_recorded_memory_are_left_out_with_a_note(tmp_path, document):
+  older = copy.deepcopy(document)
+  for run in older["runs"]:
+    for loop in run["segments"]:
+      if run["method"] == "pnn-parallel":
+        del loop["memory"]  # a results.json written before loops recorded memory
+      elif run["method"] == "pnn-sequential":
+        loop["memory"] = None
+  memory, missing = report_lib.memory_per_device([older])
+  assert missing == ["pnn-sequential", "pnn-parallel"]
+  assert "conventional" in memory and "pnn-parallel" not in memory
+  text = report_lib.write_report(write_run(tmp_path / "older", older)).read_text()
+  assert "No memory recorded in results.json for pnn-sequential, pnn-parallel" in text
+  assert (tmp_path / "older" / "figures" / "memory_per_device.png").exists()
+  for run in older["runs"]:
+    for loop in run["segments"]:
+      loop.pop("memory", None)
+  text = report_lib.write_report(write_run(tmp_path / "oldest", older)).read_text()
+  assert not (tmp_path / "oldest" / "figures" / "memory_per_device.png").exists()
+  assert "memory_per_device.png" not in text and "No memory recorded" in text
 
 
 def test_report_can_go_elsewhere(tmp_path, document):
@@ -58,7 +98,7 @@ def test_report_can_go_elsewhere(tmp_path, document):
 
 
 def test_bytes_moved_come_from_the_transfer_ledger(document):
-  moved = {r["method"]: report_lib.bytes_moved(r) for r in document["runs"]}
+  moved = {r["method"]: curves.ledger_bytes(r["transfers"]) for r in document["runs"]}
   assert moved["conventional"] == 0 and moved["pnn-parallel"] == 0
   n, width = document["dataset"]["num_train"], document["config"]["model"]["hidden"][1]
   assert moved["pnn-sequential"] == n * width * 4  # the cut's activations, once, in float32
@@ -66,7 +106,7 @@ def test_bytes_moved_come_from_the_transfer_ledger(document):
 
 def test_accuracy_points_count_every_round(document):
   run = next(r for r in document["runs"] if r["method"] == "pnn-sequential+recovery")
-  points = report_lib.accuracy_points(run)
+  points = curves.accuracy_points(run)
   epochs = document["config"]["train"]["epochs"]
   # The first segment's rounds have no composed network yet; the last segment's and recovery's do.
   assert [x for x, _ in points] == list(range(epochs + 1, 2 * epochs + 2))
@@ -159,7 +199,7 @@ def test_tensorboard_scalars_per_method(tmp_path, document):
   assert [v for _, v in scalars["loss/segment_0"]] == pytest.approx(
       run["segments"][0]["loss_per_epoch"])
   assert [step for step, _ in scalars["accuracy/test"]] == [
-      x for x, _ in report_lib.accuracy_points(run)]
+      x for x, _ in curves.accuracy_points(run)]
 
 
 def test_cli_writes_tensorboard_and_report(tmp_path, capsys):

@@ -7,10 +7,11 @@ import math
 import os
 
 import pytest
+from tiny import tiny_dataset
 
 from synthpart import sweep as sweep_lib
 from synthpart.errors import ConfigError
-from tiny import tiny_dataset
+from synthpart.sweep import run as sweep_run
 
 TINY_BASE = {"data": {"name": "tiny"}, "model": {"hidden": [8, 8, 8], "cuts": [2]},
              "train": {"epochs": 1, "batch_size": 64, "learning_rate": 0.01},
@@ -152,13 +153,13 @@ def test_sweep_writes_each_point_and_a_summary(finished):
 def test_rerun_skips_finished_runs_and_redoes_missing_ones(finished, monkeypatch):
   out, _ = finished
   made = []
-  real = sweep_lib._experiment
+  real = sweep_lib.job_experiment
 
   def counting(job):
     made.append(job.directory)
     return real(job)
 
-  monkeypatch.setattr(sweep_lib, "_experiment", counting)
+  monkeypatch.setattr(sweep_run, "job_experiment", counting)
   stamp = os.stat(out / "sil.scale=0.5/seed-0/results.json").st_mtime_ns
   run(tiny_sweep(), out)
   assert made == []

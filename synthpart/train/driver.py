@@ -30,6 +30,7 @@ import numpy as np
 from synthpart import checkpoint
 from synthpart import groups as groups_lib
 from synthpart.config import TrainConfig
+from synthpart.flops import segment_flops, segment_step_flops
 from synthpart.memory import compiled_memory, tree_bytes
 from synthpart.model import Params
 from synthpart.placement import device_name, key_on
@@ -135,7 +136,9 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
       device=device_name(device), optimizer=train.optimizer, learning_rate=train.learning_rate,
       batch_size=train.batch_size, epochs=train.epochs,
       steps_per_epoch=num_examples // train.batch_size, compile_seconds=compile_seconds,
-      memory=compiled_memory(compiled, data=tree_bytes(data)).to_dict())
+      memory=compiled_memory(compiled, data=tree_bytes(data)).to_dict(),
+      flops_per_step=segment_step_flops(task.spec, train.batch_size, train.optimizer),
+      forward_flops=segment_flops(task.spec).forward)
   return Loop(result, device, compiled, state, data, consts, key)
 
 

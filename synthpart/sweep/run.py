@@ -1,0 +1,158 @@
+"""Running a sweep: the jobs its points need, each skipped when its results already exist."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from synthpart import config as config_lib
+from synthpart import experiment as exp
+from synthpart.data import Dataset
+from synthpart.errors import ConfigError
+from synthpart.files import write_json_atomic
+from synthpart.progress import Progress
+from synthpart.results import MethodResult, results_document
+from synthpart.setup import Loader, read_dataset, select_devices, with_validation
+from synthpart.sweep.grid import (
+  Point,
+  Sweep,
+  baseline_config,
+  baseline_name,
+  expand,
+  has_baselines,
+  sweep_document,
+)
+from synthpart.sweep.summary import summarize, write_summary
+from synthpart.tblog import write_tensorboard
+from synthpart.train.problem import Problem, make_problem
+
+# experiment(problem, progress) -> the results of the methods it trains
+Experiment = Callable[[Problem, Progress], list[MethodResult]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One training run of the sweep: where its results go and which experiment makes them."""
+  directory: str  # relative to the sweep's output directory
+  config: config_lib.Config
+  kind: str  # "compare" | "train" | "schedules" | "baseline"
+  schedules: tuple[str, ...] = ()
+
+
+def jobs(sweep: Sweep, points: Sequence[Point]) -> list[Job]:
+  """The runs a sweep needs, baselines first (each once), then every point and seed."""
+  out: list[Job] = []
+  seen: set[str] = set()
+  methods = sweep.methods
+  if has_baselines(sweep):
+    for point in points:
+      for config in point.configs:
+        directory = f"{baseline_name(config)}/seed-{config.seed}"
+        if directory not in seen:
+          seen.add(directory)
+          out.append(Job(directory, baseline_config(config), "baseline"))
+  for point in points:
+    for config in point.configs:
+      directory = f"{point.name}/seed-{config.seed}"
+      if isinstance(methods, str):
+        out.append(Job(directory, config, methods))
+      else:
+        schedules = tuple(m for m in methods if m != "conventional")
+        if schedules:
+          out.append(Job(directory, config, "schedules", schedules))
+  return out
+
+
+def is_done(path: Path, config: config_lib.Config) -> bool:
+  """True when `path` holds results of exactly `config`; a mismatch is an error, not a redo."""
+  if not path.exists():
+    return False
+  try:
+    document = json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError):
+    return False  # a broken file is redone
+  if stored_config(document.get("config")) != config:
+    raise ConfigError(f"{path} holds results of other settings than this sweep's; use another "
+                      "--out or remove that directory")
+  return True
+
+
+def stored_config(settings: Any) -> config_lib.Config | None:
+  """The Config a results document was run with, settings added since then at their defaults
+  (so results stay reusable when a new setting appears); None if it no longer loads."""
+  if not isinstance(settings, Mapping):
+    return None
+  try:
+    return config_lib.from_dict(settings)
+  except ConfigError:
+    return None
+
+
+def job_experiment(job: Job) -> tuple[str, Experiment]:
+  """The command name its results.json records, and the experiment that trains the job."""
+  if job.kind == "compare":
+    return "compare", exp.compare
+  if job.kind == "schedules":
+    return "sweep", lambda problem, progress: exp.run_schedules(problem, progress, job.schedules)
+  return "train", exp.train_one  # "train", and "baseline" (no cuts: conventional)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """How a sweep runs: devices (0: one per segment), quiet inner bars, TensorBoard logs."""
+  devices: int = 0
+  verbose: bool = False
+  tensorboard: bool = False
+  show_progress: bool = True
+
+
+def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
+              load: Loader | None = None) -> dict[str, Any]:
+  """Runs every job not yet done, then writes the summary; returns the summary document.
+
+  `load(data_config)` returns a dataset (default: `synthpart.data.load_dataset`); each distinct
+  dataset is loaded once per sweep.
+  """
+  out = Path(out)
+  points = expand(sweep)
+  todo = jobs(sweep, points)
+  write_json_atomic(out / "sweep.json", sweep_document(sweep, points))
+  pending = [j for j in todo if not is_done(out / j.directory / "results.json", j.config)]
+  devices = select_devices(options.devices, max(j.config.num_devices for j in todo))
+  datasets: dict[tuple[Any, ...], Dataset] = {}
+  bar = tqdm(total=len(todo), initial=len(todo) - len(pending), unit="run", desc="sweep",
+             dynamic_ncols=True, file=sys.stderr, disable=not options.show_progress)
+  for job in pending:
+    bar.set_postfix_str(job.directory, refresh=True)
+    dataset = _dataset(job.config, datasets, load)
+    wanted = options.devices or job.config.model.num_segments
+    problem = make_problem(job.config, dataset, devices[:wanted])
+    command, experiment = job_experiment(job)
+    runs = experiment(problem, Progress(quiet=not options.verbose))
+    document = results_document(command, problem, dataset.source, runs)
+    run_dir = out / job.directory
+    write_json_atomic(run_dir / "results.json", document)
+    if options.tensorboard:
+      write_tensorboard(document, run_dir / "tensorboard")
+    bar.update(1)
+  bar.close()
+  summary = summarize(out)
+  write_summary(out, summary)
+  return summary
+
+
+def _dataset(config: config_lib.Config, cache: dict[tuple[Any, ...], Dataset],
+             load: Loader | None) -> Dataset:
+  """The config's dataset, read once per distinct source; the validation split is per seed."""
+  d = config.data
+  key = (d.name, d.data_dir, d.download)
+  if key not in cache:
+    cache[key] = (load or functools.partial(read_dataset, progress=False))(d)
+  return with_validation(cache[key], config)
