@@ -12,8 +12,9 @@ DIR/model.json (input shape and dtype, classes, method, where it came from).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +26,14 @@ from synthpart import checkpoint
 from synthpart.config import Config, from_dict
 from synthpart.errors import CheckpointError, ConfigError
 from synthpart.files import write_atomic, write_json_atomic
-from synthpart.model import Params, apply_segment, build_network, compose, init_segment
-from synthpart.model import network_shapes
+from synthpart.model import (
+  Params,
+  apply_segment,
+  build_network,
+  compose,
+  init_segment,
+  network_shapes,
+)
 from synthpart.partition import plan_segments
 from synthpart.setup import prepare_dataset
 from synthpart.train.objectives import Constants, preprocess_pixels

@@ -10,8 +10,7 @@ from synthpart import curves as C
 from synthpart import flops as F
 from synthpart import memory as M
 from synthpart.bench import compiled as B
-from synthpart.model import apply_segment, init_segment, whole_network
-from synthpart.partition import plan_segments
+from synthpart.model import apply_segment, dense_plan, init_segment, whole_network
 from synthpart.progress import Progress
 from synthpart.results import results_document
 from synthpart.train import problem as P
@@ -43,7 +42,7 @@ def _grad_flops(spec, inputs: str) -> float:
 @pytest.mark.parametrize("segment,inputs", [
     ("whole", "pixels"), (0, "pixels"), (1, "features"), (1, "sil")])
 def test_training_flops_match_xla(segment, inputs):
-  specs = plan_segments(WIDTHS, (2,))
+  specs = dense_plan(WIDTHS, (2,))
   spec = whole_network(specs) if segment == "whole" else specs[segment]
   analytic = F.segment_flops(spec).training * BATCH
   assert _grad_flops(spec, inputs) == pytest.approx(analytic, rel=TOLERANCE)
@@ -52,7 +51,7 @@ def test_training_flops_match_xla(segment, inputs):
 
 
 def test_forward_flops_are_exact():
-  spec = whole_network(plan_segments(WIDTHS, (2,)))
+  spec = whole_network(dense_plan(WIDTHS, (2,)))
   params = init_segment(jax.random.key(0), spec)
   apply = jax.jit(lambda p, x: apply_segment(p, x, spec))
   compiled = apply.lower(params, jnp.zeros((BATCH, WIDTHS[0]))).compile()
@@ -61,7 +60,7 @@ def test_forward_flops_are_exact():
 
 
 def test_input_grads_inside_backprop_match_xla():
-  spec = plan_segments(WIDTHS, (2,))[1]
+  spec = dense_plan(WIDTHS, (2,))[1]
   params = init_segment(jax.random.key(0), spec)
 
   def loss(p, x, cotangent):  # a full cotangent, as the next segment would send back
@@ -80,7 +79,7 @@ def test_input_grads_inside_backprop_match_xla():
 
 
 def test_epoch_step_with_optimizer_matches_xla():
-  spec = whole_network(plan_segments(WIDTHS, (2,)))
+  spec = whole_network(dense_plan(WIDTHS, (2,)))
   optimizer = optax.adam(1e-3)
   params = init_segment(jax.random.key(0), spec)
   epoch = make_epoch(make_loss(Task(spec=spec, inputs="pixels")), optimizer, BATCH, 4 * BATCH)
@@ -96,7 +95,7 @@ def test_epoch_step_with_optimizer_matches_xla():
 
 
 def test_method_flops_relations():
-  specs = plan_segments(WIDTHS, (2,))
+  specs = dense_plan(WIDTHS, (2,))
   flops = F.method_flops(specs)
   conv = flops["conventional"]
   mp = flops["model-parallel segment 0"] + flops["model-parallel segment 1"]

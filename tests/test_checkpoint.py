@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import optax
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from synthpart import checkpoint
 from synthpart.errors import CheckpointError

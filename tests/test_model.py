@@ -1,6 +1,7 @@
 import jax
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from synthpart.model import apply_segment, compose, dense_plan, init_segment, whole_network
 

@@ -1,15 +1,15 @@
 import jax
 import numpy as np
 import pytest
+from tiny import tiny_config, tiny_dataset
 
 from synthpart import curves, flops
 from synthpart.errors import ConfigError
 from synthpart.model import compose
 from synthpart.progress import Progress
 from synthpart.train import model_parallel as MP
-from synthpart.train import schedules as S
 from synthpart.train import problem as P
-from tiny import tiny_config, tiny_dataset
+from synthpart.train import schedules as S
 
 QUIET = Progress(quiet=True)
 

@@ -1,13 +1,14 @@
 import jax
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny import tiny_config, tiny_dataset
 
 from synthpart.progress import Progress
+from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.driver import start_loop
-from synthpart.train import problem as P
-from tiny import tiny_config, tiny_dataset
 
 QUIET = Progress(quiet=True)
 
@@ -127,3 +128,19 @@ def test_standardisation_uses_training_statistics_only():
   assert _problem(jax.devices()[:2]).pixel_mean is None
   _, result = S.train_sequential(problem, QUIET)
   assert result.test_accuracy > 0.9
+
+
+def test_an_epoch_in_chunks_trains_exactly_as_the_whole_epoch():
+  problem = P.make_problem(tiny_config(), tiny_dataset())
+  whole, chunked = S.parallel_loop(problem, 0), S.parallel_loop(problem, 0)
+  steps = whole.result.steps_per_epoch
+  losses = [whole.dispatch(e) for e in range(2)]
+  pieces = []
+  for e in range(2):
+    first = 0
+    for count in (1, 2, steps - 3):
+      pieces.append(chunked.dispatch_steps(e, first, count))
+      first += count
+  np.testing.assert_array_equal(np.concatenate(losses), np.concatenate(pieces))
+  for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(chunked.state)):
+    np.testing.assert_array_equal(a, b)

@@ -44,7 +44,8 @@ def _abstract(tree: Any) -> Any:
 def _abstract_state(spec: SegmentSpec, param_dtype: str,
                     optimizer: optax.GradientTransformation) -> TrainState:
   """The shapes of a segment's parameters and optimizer state."""
-  init = functools.partial(init_segment, spec=spec, param_dtype=param_dtype)
+  del param_dtype  # the blocks carry their dtypes
+  init = functools.partial(init_segment, spec=spec)
 
   def make(key: jax.Array) -> TrainState:
     params = init(key)
@@ -79,7 +80,7 @@ def _features_memory(problem: Problem, spec: SegmentSpec) -> MemoryUse:
   """Memory of the sequential hand-over: segment `spec`'s outputs over the training set."""
   m = problem.config.model
   n = len(problem.train_y)
-  params = jax.eval_shape(functools.partial(init_segment, spec=spec, param_dtype=m.param_dtype),
+  params = jax.eval_shape(functools.partial(init_segment, spec=spec),
                           jax.random.key(0))
   consts = _cpu_constants(problem) if spec.is_first else Constants()
   if spec.is_first:
@@ -88,8 +89,8 @@ def _features_memory(problem: Problem, spec: SegmentSpec) -> MemoryUse:
     x = jax.ShapeDtypeStruct((n, spec.widths[0]), jnp.float32)
 
   def apply(p: Any, xb: jax.Array) -> jax.Array:
-    inputs = preprocess_pixels(xb, consts) if spec.is_first else xb
-    return apply_segment(p, inputs, spec, m.activation, m.dtype)
+    inputs = preprocess_pixels(xb, consts, problem.input_scale) if spec.is_first else xb
+    return apply_segment(p, inputs, spec)
   compiled = _compile(make_predict(apply), params, x)
   # Its output is the next segment's training set: data too, like the pixels it reads.
   return compiled_memory(compiled, data=tree_bytes(x) + n * spec.widths[-1] * 4)

@@ -19,6 +19,7 @@ curve resumes from the loop that got least far.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from synthpart.model import Params
 from synthpart.placement import device_name, key_on
 from synthpart.progress import Progress
 from synthpart.results import MethodResult, SegmentResult
-from synthpart.train.loop import TrainState, make_epoch
+from synthpart.train.loop import TrainState, make_epoch, make_steps
 from synthpart.train.objectives import Constants, Task, make_loss
 from synthpart.train.optim import make_optimizer
 
@@ -57,6 +58,8 @@ class Loop:
   consts: Constants
   key: jax.Array
   last_checkpoint: str | None = None
+  # chunk(num_steps) -> jitted steps of the epoch in chunks (`make_steps`), compiled on first use
+  chunk: Callable[[int], jax.stages.Wrapped] | None = None
 
   @property
   def done(self) -> int:
@@ -68,6 +71,18 @@ class Loop:
     epoch_index = jax.device_put(np.uint32(epoch), self.device)
     self.state, losses = self.epoch_fn(self.state, self.data, self.consts, self.key, epoch_index)
     checkpoint.crash_point(f"epoch-dispatched:{method}/{self.result.name}:{epoch + 1}")
+    return losses
+
+  def dispatch_steps(self, epoch: int, first: int, count: int) -> jax.Array:
+    """Enqueues steps first .. first+count-1 of `epoch` (exactly as the whole epoch would run
+    them) and returns their losses [count] without waiting; `count` steps to the epoch's end
+    complete it."""
+    if self.chunk is None:
+      raise ValueError(f"{self.result.name}: this loop does not run epochs in chunks")
+    index = jax.device_put(np.uint32(epoch), self.device)
+    start = jax.device_put(np.int32(first), self.device)
+    self.state, losses = self.chunk(count)(self.state, self.data, self.consts, self.key, index,
+                                           start)
     return losses
 
   def resume(self, policy: checkpoint.Policy | None, method: str) -> dict[str, Any]:
@@ -128,6 +143,8 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
     num_examples = len(data["y"])
     loss = groups_lib.shard_batches(make_loss(task), device)
     epoch = make_epoch(loss, optimizer, train.batch_size, num_examples)
+    chunk = functools.lru_cache(maxsize=None)(
+        functools.partial(make_steps, loss, optimizer, train.batch_size, num_examples))
     start = time.perf_counter()
     compiled = epoch.lower(state, data, consts, key, jax.device_put(np.uint32(0), device)).compile()
     compile_seconds = time.perf_counter() - start
@@ -139,7 +156,7 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
       memory=compiled_memory(compiled, data=tree_bytes(data)).to_dict(),
       flops_per_step=segment_step_flops(task.spec, train.batch_size, train.optimizer),
       forward_flops=segment_flops(task.spec).forward)
-  return Loop(result, device, compiled, state, data, consts, key)
+  return Loop(result, device, compiled, state, data, consts, key, chunk=chunk)
 
 
 def _examples(result: MethodResult) -> list[int]:

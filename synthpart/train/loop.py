@@ -24,6 +24,24 @@ class TrainState(NamedTuple):
   opt_state: optax.OptState
 
 
+Carry = tuple[TrainState, dict, Constants]
+
+
+def _step(loss_fn: LossFn, optimizer: optax.GradientTransformation
+          ) -> Callable[[Carry, tuple[jax.Array, jax.Array]], tuple[Carry, jax.Array]]:
+  """One optimizer step on the minibatch `idx` [batch] gathered from the data on the device."""
+  def step(carry: tuple[TrainState, dict, Constants], xs: tuple[jax.Array, jax.Array]):
+    state, data, consts = carry
+    idx, key = xs
+    batch = {name: array[idx] for name, array in data.items()}
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, consts, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return (TrainState(params, opt_state), data, consts), loss
+
+  return step
+
+
 def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
                num_examples: int) -> jax.stages.Wrapped:
   """Returns jitted epoch(state, data, consts, key, epoch) -> (state, losses [steps]).
@@ -35,14 +53,7 @@ def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_s
   """
   steps = num_examples // batch_size
 
-  def step(carry: tuple[TrainState, dict, Constants], xs: tuple[jax.Array, jax.Array]):
-    state, data, consts = carry
-    idx, key = xs
-    batch = {name: array[idx] for name, array in data.items()}
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, consts, key)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return (TrainState(params, opt_state), data, consts), loss
+  step = _step(loss_fn, optimizer)
 
   def epoch(state: TrainState, data: dict, consts: Constants, key: jax.Array,
             epoch_index: jax.Array) -> tuple[TrainState, jax.Array]:
@@ -54,6 +65,29 @@ def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_s
     return state, losses
 
   return jax.jit(epoch, donate_argnums=0)
+
+
+def make_steps(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
+               num_examples: int, num_steps: int) -> jax.stages.Wrapped:
+  """Returns jitted steps(state, data, consts, key, epoch, first) -> (state, losses [num_steps]):
+  steps first .. first+num_steps-1 of the epoch `make_epoch` runs whole, with the same order and
+  step keys, so an epoch run in chunks trains exactly as the whole epoch does."""
+  steps = num_examples // batch_size
+  if not 1 <= num_steps <= steps:
+    raise ValueError(f"a chunk of {num_steps} steps does not fit an epoch of {steps}")
+
+  step = _step(loss_fn, optimizer)
+
+  def chunk(state: TrainState, data: dict, consts: Constants, key: jax.Array,
+            epoch_index: jax.Array, first: jax.Array) -> tuple[TrainState, jax.Array]:
+    order_key, step_key = jax.random.split(jax.random.fold_in(key, epoch_index))
+    order = jax.random.permutation(order_key, num_examples)[:steps * batch_size]
+    order = jax.lax.dynamic_slice_in_dim(order.reshape(steps, batch_size), first, num_steps)
+    step_keys = jax.lax.dynamic_slice_in_dim(jax.random.split(step_key, steps), first, num_steps)
+    (state, _, _), losses = jax.lax.scan(step, (state, data, consts), (order, step_keys))
+    return state, losses
+
+  return jax.jit(chunk, donate_argnums=0)
 
 
 def make_predict(apply_fn: Callable[[Params, jax.Array], jax.Array],
