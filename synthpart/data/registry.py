@@ -5,13 +5,18 @@ has, how stored labels map to 0..num_classes-1 (`label_offset`), whether images 
 transposed (EMNIST), its TFDS name and where to download it. Published checksums come from the
 TFDS checksum registry (`tensorflow_datasets/url_checksums/*.txt`); a checksum that is not known
 for certain is `None`, and then only the size is checked.
+
+Besides the built-in datasets, a name may be `npz:PATH` (arrays in a `.npz` file) or a name given
+to `register_dataset` (arrays from a Python function); neither has a `DatasetSpec`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from synthpart.errors import DataError
 
@@ -23,6 +28,8 @@ CIFAR100 = "cifar100"  # cifar-100-binary.tar.gz, fixed-size records
 SKLEARN = "sklearn"    # bundled with scikit-learn
 
 DEFAULT_DATASET = "digits"
+
+NPZ_PREFIX = "npz:"  # "npz:PATH" names a .npz file holding x_train, y_train, x_test, y_test
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 
@@ -192,21 +199,97 @@ ALIASES: Mapping[str, str] = types.MappingProxyType({
 })
 
 
+# Datasets registered from Python: canonical name -> zero-argument loader.
+_REGISTERED: dict[str, Callable[[], Any]] = {}
+
+_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
 def dataset_names() -> list[str]:
-  """Canonical names of all known datasets, in registry order."""
-  return list(REGISTRY)
+  """Canonical names of all known datasets: built-in ones in registry order, then registered ones.
+
+  `npz:PATH` names are accepted too but not listed.
+  """
+  return [*REGISTRY, *_REGISTERED]
+
+
+def npz_path(name: str) -> str | None:
+  """The PATH of an `npz:PATH` name (prefix in any case, PATH as given); None for other names.
+
+  Raises:
+    DataError: the name is `npz:` with no path.
+  """
+  stripped = name.strip()
+  if stripped[:len(NPZ_PREFIX)].lower() != NPZ_PREFIX:
+    return None
+  path = stripped[len(NPZ_PREFIX):].strip()
+  if not path:
+    raise DataError(f"dataset {name!r} names no file; write npz:PATH, e.g. npz:data/mine.npz")
+  return path
+
+
+def register_dataset(name: str, loader: Callable[[], Any]) -> str:
+  """Makes `name` loadable by `load_dataset` (and so usable as the config's `data.name`).
+
+  Args:
+    name: letters, digits, ".", "_" and "-", starting with a letter or digit; case is ignored.
+      Built-in names and their aliases are refused; registering a name again replaces its loader.
+    loader: called with no arguments by every `load_dataset(name)`; returns a `Dataset`, the
+      tuple (x_train, y_train, x_test, y_test), or a dict with those keys and optionally
+      "num_classes" (see `from_arrays`).
+
+  Returns:
+    The canonical (lower-case) name.
+
+  Raises:
+    DataError: a malformed or built-in name, or a loader that is not callable.
+  """
+  key = name.strip().lower() if isinstance(name, str) else None
+  if key is None or not _NAME_PATTERN.fullmatch(key):
+    raise DataError(f"cannot register dataset {name!r}: a name is letters, digits, '.', '_' "
+                    f"and '-', starting with a letter or digit")
+  if key in REGISTRY or key in ALIASES:
+    raise DataError(f"cannot register dataset {name!r}: {canonical_name(key)} is built in; "
+                    f"choose another name")
+  if not callable(loader):
+    raise DataError(f"cannot register dataset {name!r}: the loader must be a function of no "
+                    f"arguments, got {type(loader).__name__}")
+  _REGISTERED[key] = loader
+  return key
+
+
+def registered_loader(name: str) -> Callable[[], Any] | None:
+  """The loader registered under a canonical name, or None."""
+  return _REGISTERED.get(name)
 
 
 def canonical_name(name: str) -> str:
-  """Maps a name or alias ("emnist/letters", "fashion_mnist") to its canonical name."""
+  """Maps a name or alias ("emnist/letters", "fashion_mnist") to its canonical name.
+
+  `npz:PATH` names map to "npz:" + PATH, keeping PATH as given; registered names to lower case.
+  """
+  if not isinstance(name, str):
+    raise DataError(f"a dataset name must be a string, got {type(name).__name__}")
+  path = npz_path(name)
+  if path is not None:
+    return NPZ_PREFIX + path
   key = name.strip().lower()
-  if key in REGISTRY:
+  if key in REGISTRY or key in _REGISTERED:
     return key
   if key in ALIASES:
     return ALIASES[key]
-  raise DataError(f"unknown dataset {name!r}; known: {', '.join(REGISTRY)}")
+  raise DataError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}; "
+                  f"or npz:PATH for arrays in a .npz file")
 
 
 def get_spec(name: str) -> DatasetSpec:
-  """The spec for a name or alias; `DataError` for an unknown one."""
-  return REGISTRY[canonical_name(name)]
+  """The spec for a built-in name or alias.
+
+  Raises:
+    DataError: an unknown name, or an `npz:PATH` or registered name (those have no spec).
+  """
+  key = canonical_name(name)
+  if key not in REGISTRY:
+    raise DataError(f"{key}: not a built-in dataset, so it has no published files or facts to "
+                    f"check; built-in: {', '.join(REGISTRY)}")
+  return REGISTRY[key]

@@ -23,6 +23,11 @@ Sources are tried in this order; the first complete copy wins:
 
 `digits`, the offline default, always comes from scikit-learn's bundled copy; `data_dir` does not
 apply to it.
+
+Two kinds of names bypass the search, and `data_dir` and `download` do not apply to them:
+`npz:PATH` reads the arrays `x_train, y_train, x_test, y_test` (and optionally `num_classes`) from
+a `.npz` file at PATH (`read_npz`, relative to the working directory), and a name registered with
+`register_dataset` calls its loader (`load_registered`).
 """
 
 from __future__ import annotations
@@ -30,12 +35,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from synthpart.data import download as download_lib
 from synthpart.data import formats
-from synthpart.data.dataset import Dataset, read_only
+from synthpart.data.dataset import Dataset, as_array, from_arrays, read_only
 from synthpart.data.registry import (
   CIFAR10,
   CIFAR100,
@@ -337,3 +346,117 @@ def load_spec(spec: DatasetSpec, data_dir: str | os.PathLike | None = None, *,
   """Finds (or downloads) and reads `spec`'s data. See the module docstring for the order."""
   location = locate(spec, data_dir, download=download, progress=progress, mirror=mirror)
   return read_location(spec, location)
+
+
+ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _one_line(error: BaseException) -> str:
+  return " ".join(str(error).split())[:200] or type(error).__name__
+
+
+def _num_classes_value(value: Any, where: str) -> int:
+  """A stored `num_classes` (an int, or an integer array of one element) as an int."""
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    return int(value)
+  array = as_array(value, f"{where}: num_classes")
+  if not np.issubdtype(array.dtype, np.integer) or array.size != 1:
+    shape = "x".join(map(str, array.shape)) or "scalar"
+    raise DataError(f"{where}: num_classes must be one integer, got {array.dtype} {shape}")
+  return int(array.reshape(()))
+
+
+def arrays_to_dataset(name: str, arrays: Mapping[str, Any], where: str, source: str) -> Dataset:
+  """A `Dataset` from a mapping holding `ARRAY_KEYS` and optionally "num_classes".
+
+  Other keys are ignored. `where` names the mapping (a file, a loader) in messages.
+
+  Raises:
+    DataError: a key is missing, or an array is unusable (see `from_arrays`).
+  """
+  missing = [key for key in ARRAY_KEYS if key not in arrays]
+  if missing:
+    raise DataError(f"{where}: no {', '.join(missing)}; a dataset needs the arrays "
+                    f"{', '.join(ARRAY_KEYS)} (and optionally num_classes)")
+  num_classes = arrays.get("num_classes")
+  if num_classes is not None:
+    num_classes = _num_classes_value(num_classes, where)
+  return from_arrays(name, *(arrays[key] for key in ARRAY_KEYS), num_classes=num_classes,
+                     source=source)
+
+
+def _npz_member(archive: Mapping[str, np.ndarray], key: str, where: str) -> np.ndarray:
+  """One array of an open .npz archive, never unpickled."""
+  try:
+    return archive[key]
+  except ValueError as e:
+    if "allow_pickle" in str(e):
+      raise DataError(f"{where}: {key} holds pickled Python objects (dtype object), which are "
+                      f"never loaded; save numeric arrays") from None
+    raise DataError(f"{where}: cannot read {key} ({_one_line(e)})") from None
+  except (OSError, EOFError, zipfile.BadZipFile) as e:
+    raise DataError(f"{where}: cannot read {key} ({_one_line(e)})") from None
+
+
+def read_npz(path: str | os.PathLike, name: str) -> Dataset:
+  """Reads a dataset from a .npz file, as `np.savez(path, x_train=..., y_train=..., ...)` writes.
+
+  Args:
+    path: the file; `~` is expanded, relative paths start at the working directory.
+    name: the dataset's name, e.g. "npz:data/mine.npz".
+
+  Returns:
+    The dataset from the arrays `x_train, y_train, x_test, y_test` (shapes and dtypes as
+    `from_arrays` accepts) and the optional integer `num_classes` (default: largest label + 1).
+    Other keys are ignored; nothing is ever unpickled.
+
+  Raises:
+    DataError: naming the file (and the key): unreadable, not an .npz archive, a key missing,
+      holding pickled objects, or an unusable array.
+  """
+  file = Path(path).expanduser()
+  where = os.fspath(file)
+  try:
+    with open(file, "rb") as f:
+      magic = f.read(4)
+  except FileNotFoundError:
+    raise DataError(f"{where}: no such file (given as {name})") from None
+  except IsADirectoryError:
+    raise DataError(f"{where}: a directory, not an .npz file (given as {name})") from None
+  except OSError as e:
+    raise DataError(f"{where}: cannot read ({e.strerror or _one_line(e)})") from None
+  if not magic.startswith(b"PK"):
+    raise DataError(f"{where}: not an .npz archive (no zip header); write it with np.savez")
+  try:
+    with np.load(file, allow_pickle=False) as archive:
+      arrays = {key: _npz_member(archive, key, where)
+                for key in (*ARRAY_KEYS, "num_classes") if key in archive.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise DataError(f"{where}: cannot read as .npz ({_one_line(e)})") from None
+  return arrays_to_dataset(name, arrays, where, source=os.fspath(file.absolute()))
+
+
+def _describe_loader(loader: Callable[[], Any]) -> str:
+  qualname = getattr(loader, "__qualname__", type(loader).__qualname__)
+  module = getattr(loader, "__module__", None)
+  return f"{module}.{qualname}" if module else qualname
+
+
+def load_registered(name: str, loader: Callable[[], Any]) -> Dataset:
+  """Calls a loader given to `register_dataset` and makes its result a `Dataset` named `name`.
+
+  Raises:
+    DataError: the loader returned something else than a Dataset, the four arrays
+      (x_train, y_train, x_test, y_test) or a dict with them, or unusable arrays.
+  """
+  source = f"registered loader {_describe_loader(loader)}"
+  where = f"{name} ({source})"
+  result = loader()
+  if isinstance(result, Dataset):
+    return result if result.name == name else dataclasses.replace(result, name=name)
+  if isinstance(result, Mapping):
+    return arrays_to_dataset(name, result, where, source=source)
+  if isinstance(result, (tuple, list)) and len(result) == len(ARRAY_KEYS):
+    return from_arrays(name, *result, source=source)
+  raise DataError(f"{where} returned a value of type {type(result).__name__}; it must return "
+                  f"a Dataset, (x_train, y_train, x_test, y_test) or a dict with those keys")

@@ -32,8 +32,10 @@ def test_properties_and_flat():
 
 
 @pytest.mark.parametrize("change, message", [
-  (dict(train_images=np.zeros((20, 3, 2, 1), np.float32)), "train images must be uint8"),
-  (dict(test_labels=np.zeros(5, np.int64)), "test labels must be int32"),
+  (dict(train_images=np.zeros((20, 3, 2, 1), np.int64)), "train images must be uint8 or float"),
+  (dict(train_images=np.zeros((20, 3, 2, 1), np.float32)),
+   "train images are float32 but test images are uint8"),
+  (dict(test_labels=np.zeros(5, np.float32)), r"test labels must be integers .* got float32 5"),
   (dict(train_labels=np.zeros(19, np.int32)), "20 train images but 19 labels"),
   (dict(test_labels=np.full(5, 4, np.int32)), r"test labels span 4\.\.4, outside 0\.\.3"),
   (dict(test_images=np.zeros((5, 2, 3, 1), np.uint8)), "train images are 3x2x1 but test"),
