@@ -281,17 +281,12 @@ def fetch_dataset(spec: DatasetSpec, directory: Path, *, progress: bool = True,
     dest = directory / remote.filename
     if dest.is_file():
       continue  # Only verified files ever get their final name.
-    errors = []
-    for url in download_lib.urls_for(remote.filename, remote.urls, mirror):
-      try:
-        download_lib.fetch(url, dest, size=remote.size, sha256=remote.sha256, progress=progress)
-        break
-      except DataError as e:
-        errors.append(str(e))
-    else:
-      raise DataError(
-          f"cannot download {spec.name}: {errors[-1]}; if offline, put "
-          f"{', '.join(expected_files(spec))} in {directory}")
+    try:
+      download_lib.fetch_any(download_lib.urls_for(remote.filename, remote.urls, mirror), dest,
+                             size=remote.size, sha256=remote.sha256, progress=progress)
+    except DataError as e:
+      raise DataError(f"cannot download {spec.name}: {e}; if offline, put "
+                      f"{', '.join(expected_files(spec))} in {directory}") from None
   return directory
 
 
