@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import flax.linen as nn
 import jax
@@ -95,6 +95,11 @@ def output_shape(block: Block, input_shape: Shape) -> Shape:
   return tuple(jax.eval_shape(block.apply, params, x).shape[1:])
 
 
+def _run(module: nn.Module, params: Params, x: jax.Array) -> jax.Array:
+  """A linen module's output for `params` (its `params` collection)."""
+  return cast(jax.Array, module.apply({"params": params}, x))
+
+
 def _activate(activation: str | None) -> Callable[[jax.Array], jax.Array]:
   return ACTIVATIONS[activation or "linear"]
 
@@ -123,7 +128,7 @@ def dense(width: int, activation: str | None = None, dtype: str = "float32",
     if x.ndim > 2:
       x = x.reshape(x.shape[0], -1)
     layer = nn.Dense(width, dtype=jnp.dtype(dtype), param_dtype=params["kernel"].dtype)
-    return act(layer.apply({"params": params}, x))
+    return act(_run(layer, params, x))
 
   def flops(shape: Shape) -> Flops:
     i, o = math.prod(shape), width
@@ -153,7 +158,7 @@ def conv(features: int, kernel: int = 3, stride: int = 1, padding: str = "SAME",
     return _linen_init(module(param_dtype), param_dtype)(key, shape)
 
   def apply(params: Params, x: jax.Array) -> jax.Array:
-    return act(module(dtype).apply({"params": params}, x))
+    return act(_run(module(dtype), params, x))
 
   def flops(shape: Shape) -> Flops:
     h, w, c = shape
@@ -226,7 +231,7 @@ def layer_norm(dtype: str = "float32", param_dtype: str = "float32") -> Block:
     return nn.LayerNorm(dtype=jnp.dtype(compute), param_dtype=jnp.dtype(param_dtype))
 
   def apply(params: Params, x: jax.Array) -> jax.Array:
-    return module(dtype).apply({"params": params}, x)
+    return _run(module(dtype), params, x)
 
   def flops(shape: Shape) -> Flops:
     n = math.prod(shape)
@@ -245,7 +250,7 @@ def from_linen(module: nn.Module, activation: str | None = None, name: str | Non
   act = _activate(activation)
 
   def apply(params: Params, x: jax.Array) -> jax.Array:
-    return act(module.apply({"params": params}, x))
+    return act(_run(module, params, x))
 
   return Block(_linen_init(module, dtype), apply, name or type(module).__name__, None,
                activation or "linear")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +76,7 @@ def _restore_params(run_dir: Path, config: Config, method: str, like: Params) ->
   parts = [checkpoint.load_params(policy, method, loop)["params"] for loop in loops]
   leaves = jax.tree.leaves(compose(parts) if len(parts) > 1 else parts[0])
   structure = jax.tree.structure(like)
-  if len(leaves) != structure.num_leaves:
+  if len(leaves) != len(jax.tree.leaves(like)):
     raise CheckpointError(f"the checkpoints of {method} in {run_dir} do not match its network")
   return jax.tree.unflatten(structure, [jnp.asarray(x) for x in leaves])
 
@@ -115,7 +115,11 @@ def export_model(run_dir: str | Path, method: str, out: str | Path) -> Path:
   with ocp.StandardCheckpointer() as saver:
     saver.save((out / "params").absolute(), params, force=True)
   blob = exported.serialize()
-  write_atomic(out / "model.jax", lambda f: f.write(blob))
+
+  def write(f: BinaryIO) -> None:
+    f.write(blob)
+
+  write_atomic(out / "model.jax", write)
   write_json_atomic(out / "model.json", {
       "method": method, "run": str(run_dir), "dataset": data["name"],
       "input_shape": list(input_shape), "input_dtype": data["input_dtype"],
@@ -132,7 +136,8 @@ def load_model(directory: str | Path) -> Callable[[Any], jax.Array]:
       params = loader.restore((directory / "params").absolute())
   except FileNotFoundError as e:
     raise CheckpointError(f"{directory} holds no exported model ({e.filename} missing)") from None
-  structure = exported.in_tree.children()[0].children()[0]
+  (args, _) = jax.tree_util.treedef_children(exported.in_tree)  # ((params, x), kwargs)
+  structure = jax.tree_util.treedef_children(args)[0]
   params = jax.tree.unflatten(structure, jax.tree.leaves(params))
 
   def model(x: Any) -> jax.Array:

@@ -17,7 +17,7 @@ class SegmentSpec(NamedTuple):
   cuts it starts after and ends at (None at the network's input and output); they key the SIL
   tables.
   """
-  index: int
+  index: int  # type: ignore[assignment]
   start: int
   stop: int
   shapes: tuple[Shape, ...]
