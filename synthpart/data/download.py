@@ -96,7 +96,7 @@ def _resumes_at(response, offset: int) -> bool:
   if not offset or response.status != 206:
     return False
   match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-  return bool(match) and int(match.group(1)) == offset
+  return match is not None and int(match.group(1)) == offset
 
 
 def _transfer(url: str, part: Path, size: int | None, timeout: float, progress: bool,

@@ -17,7 +17,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, cast
 
 import numpy as np
 
@@ -170,14 +170,14 @@ def check_batch_size(size: int, records: int, spec: DatasetSpec, source: str) ->
     raise idx.limit_error(source, f"batch file of {size} bytes", limit)
 
 
-def read_batch(stream: BinaryIO, size: int, source: str) -> np.ndarray:
+def read_batch(stream: io.BufferedIOBase, size: int, source: str) -> np.ndarray:
   """Reads a batch file of `size` bytes (already checked) into uint8 [size], a chunk at a time.
 
   Raises:
     DataError: the stream ends before `size` bytes.
   """
   data = np.empty(size, np.uint8)
-  view, filled = memoryview(data), 0
+  view, filled = data.data, 0
   while filled < size:
     got = stream.readinto(view[filled:filled + idx.CHUNK])
     if not got:
@@ -201,7 +201,7 @@ def parse_cifar_records(data: bytes | np.ndarray, spec: DatasetSpec, source: str
   h, w, c = spec.image_shape
   label_bytes = 2 if spec.layout == CIFAR100 else 1
   record = record_bytes(spec)
-  size = memoryview(data).nbytes
+  size = data.nbytes if isinstance(data, np.ndarray) else len(data)
   if size % record:
     raise DataError(f"{source}: {size} bytes is not a whole number of {record}-byte records")
   rows = np.frombuffer(data, np.uint8).reshape(-1, record)
@@ -244,13 +244,19 @@ def read_cifar_tar(path: Path, spec: DatasetSpec) -> tuple[Split, Split]:
     with open(path, "rb") as raw:
       stream = idx.ChunkReader(_tar_chunks(raw, os.fspath(path)),
                                (limit, functools.partial(_archive_too_long, path, spec, limit)))
-      with tarfile.open(fileobj=stream, mode="r|", bufsize=idx.CHUNK) as archive:
+      # A stream ("r|") is only ever read; the stub wants a seekable, writable file object.
+      with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|",
+                        bufsize=idx.CHUNK) as archive:
         for member in archive:
           base = member.name.rsplit("/", 1)[-1]
           if member.isfile() and base in records and base not in batches:
             source = f"{path}:{member.name}"
             check_batch_size(member.size, records[base], spec, source)
-            data = read_batch(archive.extractfile(member), member.size, source)
+            member_stream = archive.extractfile(member)
+            if member_stream is None:  # Only for members that are not files: ruled out above.
+              raise DataError(f"{path}: corrupt tar archive ({member.name} is not a file)")
+            # The stub says IO[bytes]; a member's stream is an io.BufferedReader.
+            data = read_batch(cast(io.BufferedIOBase, member_stream), member.size, source)
             try:
               batches[base] = parse_cifar_records(data, spec, source)
             except DataError as e:
@@ -265,10 +271,13 @@ def read_cifar_tar(path: Path, spec: DatasetSpec) -> tuple[Split, Split]:
   missing = sorted(set(records) - set(batches))
   if missing:
     raise DataError(f"{path}: no member {missing[0]} (expected CIFAR's binary archive)")
+  parts: dict[str, Split] = {}
   for name in records:
-    if isinstance(batches[name], DataError):
-      raise batches[name]
-  train, test = (_join([batches[name] for name in members[split]]) for split in ("train", "test"))
+    batch = batches[name]
+    if isinstance(batch, DataError):
+      raise batch
+    parts[name] = batch
+  train, test = (_join([parts[name] for name in members[split]]) for split in ("train", "test"))
   return train, test
 
 
@@ -356,17 +365,18 @@ def _tfds_split(source, spec: DatasetSpec, name: str) -> Split:
   """Reads every record of one TFDS split into arrays, a chunk of records at a time."""
   h, w, c = spec.image_shape
   getitems = getattr(source, "__getitems__", None)
-  images, labels = [np.zeros((0, h, w, c), np.uint8)], [np.zeros(0, np.int64)]
+  image_parts: list[np.ndarray] = [np.zeros((0, h, w, c), np.uint8)]
+  label_parts: list[np.ndarray] = [np.zeros(0, np.int64)]
   for start in range(0, len(source), _TFDS_CHUNK):
     keys = list(range(start, min(start + _TFDS_CHUNK, len(source))))
     records = getitems(keys) if getitems else [source[i] for i in keys]
     try:
-      images.append(np.stack([np.asarray(r["image"], np.uint8).reshape(h, w, c)
-                              for r in records]))
+      image_parts.append(np.stack([np.asarray(r["image"], np.uint8).reshape(h, w, c)
+                                   for r in records]))
     except ValueError:
       raise DataError(f"{name}: records are not {h}x{w}x{c} images") from None
-    labels.append(np.asarray([int(r["label"]) for r in records], np.int64))
-  images, labels = np.concatenate(images), np.concatenate(labels)
+    label_parts.append(np.asarray([int(r["label"]) for r in records], np.int64))
+  images, labels = np.concatenate(image_parts), np.concatenate(label_parts)
   if c == 1:
     # Through the IDX path so that EMNIST is transposed back as from NIST's files.
     images = images_from_idx(images[..., 0], spec, name)

@@ -24,7 +24,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Generator, Iterator
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
@@ -90,7 +90,7 @@ def is_gzip(data: bytes | memoryview) -> bool:
   return bytes(data[:2]) == GZIP_MAGIC
 
 
-def _read_at_least(raw: BinaryIO, data: bytes, n: int) -> bytes:
+def _read_at_least(raw: IO[bytes], data: bytes, n: int) -> bytes:
   """`data` extended from `raw` to `n` bytes, or to the end of `raw` if it ends first."""
   while len(data) < n:
     more = raw.read(CHUNK)
@@ -100,7 +100,7 @@ def _read_at_least(raw: BinaryIO, data: bytes, n: int) -> bytes:
   return data
 
 
-def _inflate_member(raw: BinaryIO, data: bytes, source: str) -> Generator[bytes, None, bytes]:
+def _inflate_member(raw: IO[bytes], data: bytes, source: str) -> Generator[bytes, None, bytes]:
   """Decompresses one gzip member that starts with `data` and continues in `raw`.
 
   Yields pieces of at most CHUNK bytes and returns the bytes read past the member's end.
@@ -122,7 +122,7 @@ def _inflate_member(raw: BinaryIO, data: bytes, source: str) -> Generator[bytes,
   return decomp.unused_data
 
 
-def _next_member(raw: BinaryIO, rest: bytes, source: str) -> bytes | None:
+def _next_member(raw: IO[bytes], rest: bytes, source: str) -> bytes | None:
   """The start of the gzip member after `rest`, or None if only zero padding follows.
 
   Raises:
@@ -140,7 +140,7 @@ def _next_member(raw: BinaryIO, rest: bytes, source: str) -> bytes | None:
   return None
 
 
-def gzip_chunks(raw: BinaryIO, source: str, head: bytes = b"") -> Iterator[bytes]:
+def gzip_chunks(raw: IO[bytes], source: str, head: bytes = b"") -> Iterator[bytes]:
   """Decompresses a gzip stream, every member, a piece at a time.
 
   Args:
@@ -161,7 +161,7 @@ def gzip_chunks(raw: BinaryIO, source: str, head: bytes = b"") -> Iterator[bytes
     data = _next_member(raw, rest, source)
 
 
-def decompressed_chunks(raw: BinaryIO, source: str) -> Iterator[bytes]:
+def decompressed_chunks(raw: IO[bytes], source: str) -> Iterator[bytes]:
   """A stream's content in pieces of at most CHUNK bytes, gunzipped if it starts like gzip."""
   head = _read_at_least(raw, b"", 2)
   if is_gzip(head):
@@ -204,7 +204,7 @@ class ChunkReader:
   def read(self, n: int = -1) -> bytes:
     """The next `n` bytes (all the rest if `n` < 0); fewer only at the end of the stream."""
     parts, need = [], n if n >= 0 else math.inf
-    while need and (piece := self._take(min(need, CHUNK))):
+    while need and (piece := self._take(int(min(need, CHUNK)))):
       parts.append(piece)
       need -= len(piece)
     return b"".join(parts)
@@ -363,7 +363,7 @@ def read_idx_bytes(data: bytes | memoryview, source: str = "<bytes>") -> np.ndar
   return read_idx_stream(decompressed_chunks(io.BytesIO(data), source), source)
 
 
-def read_idx_file(raw: BinaryIO, source: str) -> np.ndarray:
+def read_idx_file(raw: IO[bytes], source: str) -> np.ndarray:
   """Reads an IDX file, gzipped or not, from an open binary stream (a file, an archive member)."""
   return read_idx_stream(decompressed_chunks(raw, source), source)
 

@@ -238,8 +238,10 @@ def search(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> Sear
     root = Path(data_dir).expanduser()
     if _listdir(root) is None:
       raise DataError(f"{root}: no such directory (given as data_dir for {spec.name})")
-  searched, incomplete = [], []
-  dirs = [(d, probe) for d in candidate_dirs(spec, data_dir)]
+  searched: list[Path] = []
+  incomplete: list[tuple[Path, str]] = []
+  dirs: list[tuple[Path, Callable[[DatasetSpec, Path], Location | str | None]]] = [
+      (d, probe) for d in candidate_dirs(spec, data_dir)]
   tfds_roots = [Path(data_dir).expanduser()] if data_dir is not None else [tfds_root()]
   dirs += [(r, probe_tfds) for r in tfds_roots]
   for directory, probe_fn in dirs:
