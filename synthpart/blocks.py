@@ -88,9 +88,15 @@ class Block(NamedTuple):
   activation: str = "linear"
 
 
+def abstract_params(block: Block, input_shape: Shape) -> Params:
+  """The shapes and dtypes of the block's params (`jax.ShapeDtypeStruct`s), computing nothing
+  and moving nothing to a device (the key is made inside the trace)."""
+  return jax.eval_shape(lambda: block.init(jax.random.key(0), input_shape)[0])
+
+
 def output_shape(block: Block, input_shape: Shape) -> Shape:
   """The block's output shape for `input_shape`, traced from its `apply`, computing nothing."""
-  params = jax.eval_shape(lambda k: block.init(k, input_shape)[0], jax.random.key(0))
+  params = abstract_params(block, input_shape)
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   return tuple(jax.eval_shape(block.apply, params, x).shape[1:])
 
@@ -197,7 +203,7 @@ def pool(window: int = 2, stride: int | None = None, kind: str = "max") -> Block
     del params
     return fn(x, (window, window), strides=(step, step), padding="VALID")
 
-  def init(key: jax.Array, shape: Shape) -> tuple[Params, Shape]:
+  def init(key: jax.Array | None, shape: Shape) -> tuple[Params, Shape]:
     del key
     if len(shape) != 3:
       raise ConfigError(f"a pool block needs image inputs [H, W, C], got {list(shape)}")
@@ -205,7 +211,7 @@ def pool(window: int = 2, stride: int | None = None, kind: str = "max") -> Block
     return {}, ((h - window) // step + 1, (w - window) // step + 1, c)
 
   def flops(shape: Shape) -> Flops:
-    _, out = init(jax.random.key(0), shape)
+    _, out = init(None, shape)
     n = window * window * math.prod(out)
     return Flops(forward=n, input_grads=n)
 

@@ -96,7 +96,7 @@ def export_model(run_dir: str | Path, method: str, out: str | Path) -> Path:
   input_shape = tuple(data["input_shape"])
   network = build_network(config.model, input_shape, data["num_classes"])
   (whole,) = plan_segments(network, network_shapes(network, input_shape), ())
-  like = jax.eval_shape(lambda k: init_segment(k, whole), jax.random.key(0))
+  like = jax.eval_shape(lambda: init_segment(jax.random.key(0), whole))
   params = _restore_params(run_dir, config, method, like)
   consts = Constants()
   if config.data.standardize:  # the statistics of the run's own training split

@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from synthpart.blocks import Block, Flops, Shape
+from synthpart.blocks import Block, Flops, Shape, abstract_params
 from synthpart.partition import SegmentSpec
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def block_flops(block: Block, shape: Shape) -> Flops:
   input gradients (exact on CPU)."""
   if block.flops is not None:
     return block.flops(shape)
-  params = jax.eval_shape(lambda k: block.init(k, shape)[0], jax.random.key(0))
+  params = abstract_params(block, shape)
   x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
 
   def count(fn: Callable[..., Any]) -> int:
@@ -96,9 +96,7 @@ def segment_flops(spec: SegmentSpec, input_grads: bool = False) -> Flops:
 def segment_params(spec: SegmentSpec) -> int:
   """Parameters of the segment's blocks."""
   return sum(math.prod(leaf.shape) for offset, block in enumerate(spec.blocks)
-             for leaf in jax.tree.leaves(jax.eval_shape(
-                 lambda k, b=block, o=offset: b.init(k, spec.shapes[o])[0],
-                 jax.random.key(0))))
+             for leaf in jax.tree.leaves(abstract_params(block, spec.shapes[offset])))
 
 
 def segment_step_flops(spec: SegmentSpec, batch_size: int, optimizer: str,

@@ -22,7 +22,8 @@ def test_compare_writes_every_method(tmp_path, capsys):
     assert 0.5 < r["test_accuracy"] <= 1 and r["wall_seconds"] > 0
   assert doc["dataset"] == {"name": "digits", "source": doc["dataset"]["source"],
                             "num_classes": 10, "num_train": 1437, "num_test": 360,
-                            "num_features": 64}
+                            "num_features": 64, "input_shape": [8, 8, 1],
+                            "input_dtype": "uint8", "input_scale": 255.0}
   assert doc["config"]["model"]["hidden"] == [32, 32, 32] and doc["versions"]["jax"]
   table = capsys.readouterr().out
   assert "pnn-parallel+recovery" in table and "test acc" in table

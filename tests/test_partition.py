@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 
 from synthpart.errors import ConfigError
 from synthpart.model import dense_plan
-from synthpart.partition import network_widths
+from synthpart.partition import network_widths, plan_segments
 
 
 def test_paper_cut():
@@ -20,10 +20,12 @@ def test_no_cut_is_one_segment():
   assert spec.is_first and spec.is_last and spec.num_layers == 2
 
 
+WHOLE = dense_plan(tuple(range(10, 19)), ())[0]  # 8 dense blocks
+
+
 @given(st.lists(st.integers(1, 7), unique=True, max_size=7).map(sorted))
 def test_segments_tile_the_network(cuts):
-  widths = tuple(range(10, 19))  # 8 layers
-  specs = dense_plan(widths, tuple(cuts))
+  specs = plan_segments(WHOLE.blocks, WHOLE.shapes, tuple(cuts))
   assert len(specs) == len(cuts) + 1
   assert specs[0].start == 0 and specs[-1].stop == 8
   for a, b in zip(specs, specs[1:]):
