@@ -118,6 +118,9 @@ class TrainConfig:
   epochs: int = 10
   weight_decay: float = 0.0
   momentum: float = 0.9
+  # One jitted lax.scan per epoch (fastest for dense networks); false: a Python loop over a
+  # jitted step, for convolutional networks on CPU (`synthpart.train.loop.StepwiseEpoch`).
+  scan: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

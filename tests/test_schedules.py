@@ -144,3 +144,18 @@ def test_an_epoch_in_chunks_trains_exactly_as_the_whole_epoch():
   np.testing.assert_array_equal(np.concatenate(losses), np.concatenate(pieces))
   for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(chunked.state)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_stepwise_epoch_trains_as_the_scanned_epoch():
+  scanned = S.parallel_loop(P.make_problem(tiny_config(), tiny_dataset()), 0)
+  stepwise = S.parallel_loop(P.make_problem(tiny_config(**{"train.scan": False}),
+                                            tiny_dataset()), 0)
+  for e in range(2):
+    np.testing.assert_allclose(scanned.dispatch(e), stepwise.dispatch(e), rtol=1e-5, atol=1e-6)
+  half = stepwise.result.steps_per_epoch // 2
+  np.testing.assert_allclose(
+      np.concatenate([stepwise.dispatch_steps(2, 0, half),
+                      stepwise.dispatch_steps(2, half, stepwise.result.steps_per_epoch - half)]),
+      scanned.dispatch(2), rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(scanned.state), jax.tree.leaves(stepwise.state)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -37,7 +37,7 @@ from synthpart.model import Params
 from synthpart.placement import device_name, key_on
 from synthpart.progress import Progress
 from synthpart.results import MethodResult, SegmentResult
-from synthpart.train.loop import TrainState, make_epoch, make_steps
+from synthpart.train.loop import StepwiseEpoch, TrainState, make_epoch, make_steps
 from synthpart.train.objectives import Constants, Task, make_loss
 from synthpart.train.optim import make_optimizer
 
@@ -58,8 +58,8 @@ class Loop:
   consts: Constants
   key: jax.Array
   last_checkpoint: str | None = None
-  # chunk(num_steps) -> jitted steps of the epoch in chunks (`make_steps`), compiled on first use
-  chunk: Callable[[int], jax.stages.Wrapped] | None = None
+  # chunk(num_steps) -> steps of the epoch in chunks (`make_steps`), compiled on first use
+  chunk: Callable[[int], Callable[..., tuple[TrainState, jax.Array]]] | None = None
 
   @property
   def done(self) -> int:
@@ -142,11 +142,19 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
     key = key_on(key, device)
     num_examples = len(data["y"])
     loss = groups_lib.shard_batches(make_loss(task), device)
-    epoch = make_epoch(loss, optimizer, train.batch_size, num_examples)
-    chunk = functools.lru_cache(maxsize=None)(
-        functools.partial(make_steps, loss, optimizer, train.batch_size, num_examples))
     start = time.perf_counter()
-    compiled = epoch.lower(state, data, consts, key, jax.device_put(np.uint32(0), device)).compile()
+    if train.scan:
+      epoch = make_epoch(loss, optimizer, train.batch_size, num_examples)
+      chunk = functools.lru_cache(maxsize=None)(
+          functools.partial(make_steps, loss, optimizer, train.batch_size, num_examples))
+      compiled = epoch.lower(state, data, consts, key,
+                             jax.device_put(np.uint32(0), device)).compile()
+      run: Callable[..., tuple[TrainState, jax.Array]] = compiled
+    else:
+      run = stepwise = StepwiseEpoch(loss, optimizer, train.batch_size, num_examples)
+      chunk = functools.lru_cache(maxsize=None)(
+          lambda count: functools.partial(stepwise, count=count))
+      compiled = stepwise.compile(state, data, consts, key)
     compile_seconds = time.perf_counter() - start
   result = SegmentResult(
       name=name, layers=(task.spec.start, task.spec.stop), objective=objective(task),
@@ -156,7 +164,7 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
       memory=compiled_memory(compiled, data=tree_bytes(data)).to_dict(),
       flops_per_step=segment_step_flops(task.spec, train.batch_size, train.optimizer),
       forward_flops=segment_flops(task.spec).forward)
-  return Loop(result, device, compiled, state, data, consts, key, chunk=chunk)
+  return Loop(result, device, run, state, data, consts, key, chunk=chunk)
 
 
 def _examples(result: MethodResult) -> list[int]:

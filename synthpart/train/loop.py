@@ -67,6 +67,55 @@ def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_s
   return jax.jit(epoch, donate_argnums=0)
 
 
+class StepwiseEpoch:
+  """An epoch as a Python loop over one jitted step, with `make_epoch`'s order and step keys.
+
+  XLA's CPU backend runs convolutions inside a loop body (a `lax.scan`) about ten times slower
+  than the same convolutions at the top level of a program (measured in benchmarks/RESULTS.md),
+  so loops over convolutional blocks dispatch one step at a time (`train.scan = false`). Called
+  as epoch(state, data, consts, key, epoch, first=0, count=None) -> (state, losses [count]);
+  steps first .. first+count-1 run, the whole epoch by default.
+  """
+
+  def __init__(self, loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
+               num_examples: int):
+    self.steps = steps = num_examples // batch_size
+    step = _step(loss_fn, optimizer)
+
+    def plan(key: jax.Array, epoch_index: jax.Array) -> tuple[jax.Array, jax.Array]:
+      order_key, step_key = jax.random.split(jax.random.fold_in(key, epoch_index))
+      order = jax.random.permutation(order_key, num_examples)[:steps * batch_size]
+      return order.reshape(steps, batch_size), jax.random.split(step_key, steps)
+
+    def one(state: TrainState, data: dict, consts: Constants, idx: jax.Array,
+            key: jax.Array) -> tuple[TrainState, jax.Array]:
+      (state, _, _), loss = step((state, data, consts), (idx, key))
+      return state, loss
+
+    self.plan = jax.jit(plan)
+    self.one = jax.jit(one, donate_argnums=0)
+
+  def compile(self, state: TrainState, data: dict, consts: Constants,
+              key: jax.Array) -> jax.stages.Compiled:
+    """Compiles the step (and the plan) for these arguments; returns the compiled step."""
+    order, keys = jax.eval_shape(self.plan, key, jax.ShapeDtypeStruct((), jnp.uint32))
+    self.plan.lower(key, jax.ShapeDtypeStruct((), jnp.uint32)).compile()
+    idx = jax.ShapeDtypeStruct(order.shape[1:], order.dtype)
+    step_key = jax.ShapeDtypeStruct(keys.shape[1:], keys.dtype)
+    return self.one.lower(state, data, consts, idx, step_key).compile()
+
+  def __call__(self, state: TrainState, data: dict, consts: Constants, key: jax.Array,
+               epoch_index: jax.Array, first: int | jax.Array = 0,
+               count: int | None = None) -> tuple[TrainState, jax.Array]:
+    order, keys = self.plan(key, epoch_index)
+    first = int(first)
+    losses = []
+    for i in range(first, first + (self.steps if count is None else count)):
+      state, loss = self.one(state, data, consts, order[i], keys[i])
+      losses.append(loss)
+    return state, jnp.stack(losses)
+
+
 def make_steps(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
                num_examples: int, num_steps: int) -> jax.stages.Wrapped:
   """Returns jitted steps(state, data, consts, key, epoch, first) -> (state, losses [num_steps]):
