@@ -140,15 +140,24 @@ class Loop:
                                                self.state, meta))
 
   def record(self, losses: jax.Array, seconds: float) -> bool:
-    """Stores an epoch's mean loss; returns False (and marks the loop diverged, saying why) where
-    the loss or the parameters are not finite, or the loss stayed at chance (module docstring)."""
-    loss = float(np.mean(jax.device_get(losses)))
-    self.result.loss_per_epoch.append(loss)
+    """Stores an epoch's mean loss and time, then `judge`s it; returns False if it diverged."""
+    self.store(losses, seconds)
+    return self.judge()
+
+  def store(self, losses: jax.Array, seconds: float) -> None:
+    """Stores an epoch's mean loss and time."""
+    self.result.loss_per_epoch.append(float(np.mean(jax.device_get(losses))))
     self.result.epoch_seconds.append(seconds)
-    reason = self._divergence(loss)
-    if reason:
-      self.result.diverged = True
-      self.result.divergence = reason
+
+  def judge(self) -> bool:
+    """Marks the loop diverged, saying why, where after its last epoch the loss or the parameters
+    are not finite or the loss stayed at chance (module docstring); returns False then. The
+    parameters are checked on their device, outside the timed part of a round."""
+    if not self.result.diverged:
+      reason = self._divergence(self.result.loss_per_epoch[-1])
+      if reason:
+        self.result.diverged = True
+        self.result.divergence = reason
     return not self.result.diverged
 
   def _divergence(self, loss: float) -> str | None:
@@ -248,7 +257,7 @@ def _resume(loops: Sequence[Loop], result: MethodResult,
 
 
 def _diverged(loop: Loop, method: str, epoch: int, progress: Progress) -> bool:
-  if loop.result.diverged:
+  if not loop.judge():
     progress.message(f"{method} {loop.result.name} diverged at epoch {epoch + 1} "
                      f"({loop.result.divergence}); last good checkpoint: "
                      f"{loop.last_checkpoint or 'none'}")
@@ -295,7 +304,7 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
       except Exception as e:
         _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
         continue
-      loops[i].record(losses, time.perf_counter() - start)
+      loops[i].store(losses, time.perf_counter() - start)
       ran.append(i)
     result.wall_seconds += time.perf_counter() - start
     for i in ran:
