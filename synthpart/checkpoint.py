@@ -370,8 +370,24 @@ def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwri
     shutil.rmtree(trash, ignore_errors=True)
 
 
+# What a run (and `synthpart report` on it) writes into its directory: all that --overwrite
+# moves aside. Anything else in the directory is the user's and stays where it is.
+RUN_FILES = ("config.json", "results.json", "log.txt", "checkpoints", "tensorboard", "report.md",
+             "figures")
+
+
+def _run_entries(root: Path) -> list[Path]:
+  """The run's entries of `root`: config.json first and results.json next, then the others and
+  the temporary files of interrupted atomic writes of them."""
+  order = {name: i for i, name in enumerate(RUN_FILES)}
+  temporary = tuple(f".{name}." for name in RUN_FILES)
+  entries = [p for p in root.iterdir()
+             if p.name in order or (p.name.startswith(temporary) and p.name.endswith(".tmp"))]
+  return sorted(entries, key=lambda p: (order.get(p.name, len(order)), p.name))
+
+
 def move_aside(root: Path) -> Path | None:
-  """Renames every entry of `root` but its lock into a fresh `root/.trash-<time>-<pid>/`.
+  """Renames the run's entries of `root` (`RUN_FILES`) into a fresh `root/.trash-<time>-<pid>/`.
 
   config.json goes first and results.json next, so a process killed midway leaves a directory
   that `--resume` refuses and a plain run calls occupied; `--overwrite` finishes the job. Each
@@ -379,10 +395,7 @@ def move_aside(root: Path) -> Path | None:
   """
   if not root.is_dir():
     return None
-  order = {"config.json": 0, "results.json": 1}
-  entries = sorted((p for p in root.iterdir()
-                    if p.name != LOCK_FILE and not p.name.startswith(TRASH_PREFIX)),
-                   key=lambda p: (order.get(p.name, 2), p.name))
+  entries = _run_entries(root)
   if not entries:
     return None
   trash = root / f"{TRASH_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"

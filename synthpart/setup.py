@@ -74,7 +74,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", default=None, metavar="DIR",
                       help="run directory for results.json (default runs/<command>-<time>)")
   parser.add_argument("--overwrite", action="store_true",
-                      help="replace the earlier run in --out")
+                      help="replace the earlier run in --out: its files are set aside before "
+                           "anything new is written, and deleted once the new run has begun")
   parser.add_argument("--resume", action="store_true",
                       help="continue the interrupted run in --out from its checkpoints")
   parser.add_argument("--devices", type=int, default=0, metavar="N",

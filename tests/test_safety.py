@@ -65,11 +65,12 @@ for k in range(rounds):
 """
 
 
+@pytest.mark.slow
 def test_concurrent_runs_into_one_directory_one_wins(tmp_path):
   """Processes started together on one --out, round after round (every other round into an
   existing empty directory): exactly one trains, the others exit 2 having touched nothing, and
   the settings in config.json are those results.json was trained with."""
-  workers, rounds = 3, 8
+  workers, rounds = 3, 6
   procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(tmp_path), str(rounds), str(seed),
                              *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=ENV) for seed in range(workers)]
@@ -153,6 +154,7 @@ def _train(out: Path, *extra: str, crash_at: str | None = None) -> subprocess.Co
                          str(out)], capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_overwrite_killed_early_never_mixes_runs(tmp_path):
   out = tmp_path / "run"
   assert cli.main(["train", *TINY, "--seed", "1", "--out", str(out)]) == 0
@@ -177,6 +179,16 @@ def test_overwrite_killed_early_never_mixes_runs(tmp_path):
   assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
+def test_overwrite_moves_only_the_runs_files(tmp_path):
+  root = tmp_path / "run"
+  (root / "checkpoints" / "m").mkdir(parents=True)
+  for name in ("config.json", "results.json", "log.txt", ".results.json.x1.tmp", "notes.txt"):
+    (root / name).write_text("{}")
+  checkpoint.prepare_run_dir(root, {"seed": 5}, resume=False, overwrite=True)
+  assert sorted(p.name for p in root.iterdir()) == ["config.json", "notes.txt"]
+  assert json.loads((root / "config.json").read_text()) == {"seed": 5}
+
+
 # ---------------------------------------------------------------------------------------------
 # Divergence
 
@@ -184,7 +196,7 @@ def test_overwrite_killed_early_never_mixes_runs(tmp_path):
 def test_a_diverged_method_is_flagged_and_the_others_kept(tmp_path, capsys):
   out = tmp_path / "run"
   # Segment 1 of both schedules at Adam's lr 1e3; the conventional network at 0.01.
-  rc = cli.main(["compare", *TINY[:-1], "--epochs", "3", "--set", "segments.1.learning_rate=1e3",
+  rc = cli.main(["compare", *TINY[:-1], "--epochs", "2", "--set", "segments.1.learning_rate=1e3",
                  "--set", "train.chance_epochs=2", "-q", "--out", str(out)])
   captured = capsys.readouterr()
   assert rc == cli.EXIT_DIVERGED == 3
