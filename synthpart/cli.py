@@ -96,9 +96,10 @@ def _run(args: argparse.Namespace, experiment: exp.Experiment) -> int:
       raise
     except Exception as e:
       if is_out_of_memory(e):  # outside any loop: initialising or evaluating a network
-        raise ResourceError(f"out of memory: the network (model.hidden {list(config.model.hidden)}"
-                            f", {config.model.num_segments} segments) does not fit on "
-                            f"{jax.default_backend()}: {_first_line(e)}") from None
+        raise ResourceError(f"out of memory: the network of {config.model.num_segments} "
+                            f"segments does not fit on {jax.default_backend()} "
+                            f"({_first_line(e)}); try smaller model.hidden (or model.layers) "
+                            "or train.batch_size") from None
       raise
 
 
