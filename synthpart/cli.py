@@ -11,33 +11,53 @@
   synthpart export  RUN_DIR --method M --out DIR one trained network, for `synthpart.load_model`
 
 Settings come from the TOML file, then the flags, then `--set KEY=VALUE` (any dotted setting).
-User errors print one line and exit with status 2.
+
+Exit status: 0 done; 2 a user error (a bad setting or file, a run directory in use by another
+process, too little memory or disk), printed as one line; 3 (`train` and `compare`) a method
+diverged: its loss or parameters stopped being finite, or its loss stayed at chance level (see
+`synthpart.train.driver`); every method's results are still written, with "status": "diverged"
+for that one; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
+import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax
+
 from synthpart import checkpoint
 from synthpart import experiment as exp
 from synthpart.bench import add_bench_command
+from synthpart.config import Config
 from synthpart.data.cli import add_data_commands
 from synthpart.distributed import add_launch_command
-from synthpart.errors import ConfigError, SynthpartError
+from synthpart.errors import ConfigError, DiskFullError, ResourceError, SynthpartError
 from synthpart.export import export_model
-from synthpart.files import write_json_atomic
+from synthpart.files import is_disk_full, write_json_atomic
 from synthpart.progress import Progress
 from synthpart.report import add_report_commands
-from synthpart.results import MethodResult, format_table, results_document
+from synthpart.results import (
+  MethodResult,
+  check_document,
+  divergence_reason,
+  format_table,
+  results_document,
+)
 from synthpart.setup import add_run_arguments, load_config, prepare_dataset, select_devices
 from synthpart.sweep import add_sweep_commands
 from synthpart.tblog import write_tensorboard
+from synthpart.train.driver import is_out_of_memory
 from synthpart.train.problem import make_problem
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -46,14 +66,47 @@ def _out_dir(args: argparse.Namespace) -> Path:
     raise ConfigError("--resume and --overwrite exclude each other")
   if args.resume and not args.out:
     raise ConfigError("--resume needs --out DIR, the run to continue")
-  if out.exists() and not out.is_dir():
-    raise ConfigError(f"--out {out} exists and is not a directory")
+  try:
+    if out.exists() and not out.is_dir():
+      raise ConfigError(f"--out {out} exists and is not a directory")
+  except OSError as e:  # a name too long, a loop of links: the lock below says which
+    if e.errno != errno.ENAMETOOLONG:
+      raise ConfigError(f"--out {out} cannot be used: {e.strerror}") from None
   return out
 
 
 def _run(args: argparse.Namespace, experiment: exp.Experiment) -> int:
+  """Trains into the run directory `--out`, which it holds locked throughout.
+
+  Returns 0, or `EXIT_DIVERGED` where a method diverged (its results are kept all the same).
+  """
   config = load_config(args)
   out = _out_dir(args)
+  with checkpoint.lock_run_dir(out):
+    try:
+      return _run_locked(args, experiment, config, out)
+    except DiskFullError as e:
+      raise DiskFullError(f"{e}; free some space, then --resume continues from the last "
+                          "complete checkpoint") from None
+    except SynthpartError:
+      raise
+    except OSError as e:
+      if is_disk_full(e):  # appending to log.txt
+        raise DiskFullError(f"no space left on the device writing {e.filename or out}; free "
+                            "some space, then --resume continues from the last complete "
+                            "checkpoint") from None
+      raise
+    except Exception as e:
+      if is_out_of_memory(e):  # outside any loop: initialising or evaluating a network
+        raise ResourceError(f"out of memory: the network of {config.model.num_segments} "
+                            f"segments does not fit on {jax.default_backend()} "
+                            f"({_first_line(e)}); try smaller model.hidden (or model.layers) "
+                            "or train.batch_size") from None
+      raise
+
+
+def _run_locked(args: argparse.Namespace, experiment: exp.Experiment, config: Config,
+                out: Path) -> int:
   # Checked before any work: a run directory holding another run is never touched.
   checkpoint.prepare_run_dir(out, config.to_dict(), resume=args.resume,
                              overwrite=args.overwrite, dry_run=True)
@@ -85,7 +138,16 @@ def _run(args: argparse.Namespace, experiment: exp.Experiment) -> int:
     print("This ran on the bundled 8x8 digits (scikit-learn), a small offline default. The "
           "paper's experiment: synthpart compare experiments/emnist_balanced.toml --download",
           file=sys.stderr)
-  return 0
+  diverged = [r for r in runs if r.diverged]
+  for r in diverged:  # quiet or not: a diverged method must not pass for a result
+    print(f"synthpart: {r.method} diverged ({divergence_reason(r)}); kept in results.json with "
+          f"status \"diverged\"", file=sys.stderr)
+  return EXIT_DIVERGED if diverged else 0
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,14 +181,52 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _read_text(path: Path, what: str) -> str | None:
+  """The text of a file a command is about to read, or None where it does not exist (the command
+  says so itself); `ConfigError` where it is a directory, unreadable or not UTF-8."""
+  try:
+    raw = path.read_bytes()
+  except FileNotFoundError:
+    return None
+  except IsADirectoryError:
+    raise ConfigError(f"{what} {path} is a directory; give a file") from None
+  except OSError as e:
+    raise ConfigError(f"{what} {path} cannot be read: {e.strerror}") from None
+  try:
+    return raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start} is "
+                      f"{raw[e.start]:#04x})") from None
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+  """Checks the files `sweep` and `report` read before they read them, so that a directory, a
+  binary file or a results.json without its keys is one line, not a traceback."""
+  if args.command == "sweep":
+    _read_text(Path(args.file), "sweep file")
+  elif args.command == "report" and Path(args.directory).is_dir():
+    directory = Path(args.directory)
+    # A run's results.json, or those of a sweep's runs (DIR/<point>/seed-<s>/results.json).
+    for path in [directory / "results.json", *sorted(directory.glob("*/seed-*/results.json"))]:
+      text = _read_text(path, "results file")
+      if text is None:
+        continue
+      try:
+        document = json.loads(text)
+      except ValueError:
+        continue  # `report` names the file and the JSON error itself
+      check_document(document, str(path))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   try:
+    _check_inputs(args)
     return args.func(args)
   except SynthpartError as e:
     print(f"synthpart: error: {e}", file=sys.stderr)
-    return 2
+    return EXIT_USER_ERROR
   except KeyboardInterrupt:
     print("synthpart: interrupted", file=sys.stderr)
     return 130

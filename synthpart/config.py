@@ -21,6 +21,7 @@ A config file mirrors the dataclasses::
   learning_rate = 1e-3
   batch_size = 128
   epochs = 10
+  chance_epochs = 5                   # stop a loop at chance level this long (0: never)
 
   [[segments]]                        # optional per-segment overrides, in order
   epochs = 5
@@ -121,6 +122,9 @@ class TrainConfig:
   # One jitted lax.scan per epoch (fastest for dense networks); false: a Python loop over a
   # jitted step, for convolutional networks on CPU (`synthpart.train.loop.StepwiseEpoch`).
   scan: bool = True
+  # A classifying loop whose epoch loss stays no better than chance for this many epochs in a row
+  # is stopped as diverged (`synthpart.train.driver`); 0 never stops one for that.
+  chance_epochs: int = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,8 +249,8 @@ def parse_layers(path: str, value: Any) -> tuple[dict[str, Any], ...]:
                           f"{', '.join(allowed) or 'none'}")
       if isinstance(option, bool) or not isinstance(option, (int, str)):
         raise ConfigError(f"{path}[{i}].{key} must be an integer or a string, got {option!r}")
-      if isinstance(option, int) and option < 1:
-        raise ConfigError(f"{path}[{i}].{key} must be at least 1, got {option}")
+      if isinstance(option, int) and not 1 <= option <= MAX_SIZE:
+        raise ConfigError(f"{path}[{i}].{key} must be in 1..{MAX_SIZE}, got {option}")
     if "activation" in options:
       ACTIVATIONS.check(options["activation"], f"{path}[{i}].activation")
     layers.append(dict(layer))
@@ -341,7 +345,8 @@ def load(path: str | Path | None = None, overrides: Mapping[str, Any] | None = N
   values: dict[str, Any] = {}
   if path is not None:
     try:
-      values = tomllib.loads(Path(path).read_text())
+      # utf-8-sig: a byte order mark, as some editors write, is not part of the TOML.
+      values = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
       raise ConfigError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -353,27 +358,47 @@ def load(path: str | Path | None = None, overrides: Mapping[str, Any] | None = N
   return from_dict(values)
 
 
+# Bounds that keep a setting inside what the machine can represent: seeds are 64-bit signed,
+# array dimensions fit XLA's 32-bit sizes, and epochs past a million are a typo, not a plan.
+MAX_SEED = 2**63 - 1
+MAX_SIZE = 2**31 - 1
+MAX_EPOCHS = 10**6
+# SIL tables are float32 and losses square their entries: past this kappa they overflow, and long
+# before it no optimizer step size fits both the targets and the weights.
+MAX_KAPPA = 1e6
+
+
 def _check_train(path: str, t: TrainConfig, allow_zero_epochs: bool = False) -> None:
   OPTIMIZERS.check(t.optimizer, f"{path}.optimizer")
   if not (t.learning_rate > 0 and math.isfinite(t.learning_rate)):
     raise ConfigError(f"{path}.learning_rate must be a positive number, got {t.learning_rate}")
-  if t.batch_size < 1:
-    raise ConfigError(f"{path}.batch_size must be at least 1, got {t.batch_size}")
-  if t.epochs < (0 if allow_zero_epochs else 1):
-    raise ConfigError(f"{path}.epochs must be at least {0 if allow_zero_epochs else 1}, "
+  if not 1 <= t.batch_size <= MAX_SIZE:
+    raise ConfigError(f"{path}.batch_size must be in 1..{MAX_SIZE}, got {t.batch_size}")
+  least = 0 if allow_zero_epochs else 1
+  if not least <= t.epochs <= MAX_EPOCHS:
+    raise ConfigError(f"{path}.epochs must be an integer in {least}..{MAX_EPOCHS}, "
                       f"got {t.epochs}")
-  if t.weight_decay < 0:
-    raise ConfigError(f"{path}.weight_decay must be >= 0, got {t.weight_decay}")
+  if not 0 <= t.chance_epochs <= MAX_EPOCHS:
+    raise ConfigError(f"{path}.chance_epochs must be an integer in 0..{MAX_EPOCHS} (0: never "
+                      f"stop at chance level), got {t.chance_epochs}")
+  if not (t.weight_decay >= 0 and math.isfinite(t.weight_decay)):
+    raise ConfigError(f"{path}.weight_decay must be a number >= 0, got {t.weight_decay}")
+  if not math.isfinite(t.momentum):
+    raise ConfigError(f"{path}.momentum must be a finite number, got {t.momentum}")
 
 
 def validate(config: Config) -> None:
   """Checks everything that does not depend on the data; raises `ConfigError`."""
+  if not 0 <= config.seed <= MAX_SEED:
+    raise ConfigError(f"seed must be an integer in 0..2^63-1, got {config.seed}")
   SCHEDULES.check(config.schedule)
   m = config.model
   if not m.hidden:
     raise ConfigError("model.hidden must list at least one hidden width")
   if any(w < 1 for w in m.hidden):
     raise ConfigError(f"model.hidden widths must be positive, got {list(m.hidden)}")
+  if any(w > MAX_SIZE for w in m.hidden):
+    raise ConfigError(f"model.hidden widths must be at most {MAX_SIZE}, got {list(m.hidden)}")
   ACTIVATIONS.check(m.activation)
   DTYPES.check(m.dtype)
   DTYPES.check(m.param_dtype, "model.param_dtype")
@@ -387,8 +412,10 @@ def validate(config: Config) -> None:
     raise ConfigError(f"model.cuts {cuts} must be strictly increasing, without repeats")
   SIL_KINDS.check(config.sil.kind)
   SIL_LOSSES.check(config.sil.loss)
-  if not (config.sil.scale > 0 and math.isfinite(config.sil.scale)):
-    raise ConfigError(f"sil.scale (kappa) must be > 0, got {config.sil.scale}")
+  if not 0 < config.sil.scale <= MAX_KAPPA:
+    raise ConfigError(f"sil.scale (kappa) must be > 0 and at most {MAX_KAPPA:g} (float32 SIL "
+                      f"targets and their squared errors overflow past it), got "
+                      f"{config.sil.scale}")
   if not (config.sil.noise >= 0 and math.isfinite(config.sil.noise)):
     raise ConfigError(f"sil.noise must be >= 0, got {config.sil.noise}")
   _check_train("train", config.train)
@@ -418,8 +445,8 @@ def _check_placement(p: PlacementConfig, num_segments: int) -> None:
   if len(p.groups) != num_segments:
     raise ConfigError(f"placement.groups {list(p.groups)} must give one size per segment: "
                       f"{num_segments} segments")
-  if any(size < 1 for size in p.groups):
-    raise ConfigError(f"placement.groups sizes must be at least 1, got {list(p.groups)}")
+  if any(not 1 <= size <= MAX_SIZE for size in p.groups):
+    raise ConfigError(f"placement.groups sizes must be in 1..{MAX_SIZE}, got {list(p.groups)}")
 
 
 def validate_for_data(config: Config, num_train: int) -> None:

@@ -19,3 +19,11 @@ class DataError(SynthpartError):
 
 class CheckpointError(SynthpartError):
   """A checkpoint or run directory cannot be used."""
+
+
+class ResourceError(SynthpartError):
+  """The machine lacks what a run needs: memory for the network, or space on the disk."""
+
+
+class DiskFullError(ResourceError):
+  """No space was left on the device while writing a named file."""

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from synthpart.errors import DiskFullError
+
+# The errors of a device with no space (or quota) left.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(e: BaseException) -> bool:
+  """Whether `e` says a device had no space left: an OSError, or a library's error that only
+  carries the system's message (orbax and tensorstore re-raise in their own types)."""
+  if isinstance(e, OSError) and e.errno in _FULL:
+    return True
+  return any(os.strerror(code) in str(e) for code in _FULL)
+
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-  """Calls `write` on a temporary file beside `path`, fsyncs it, then renames it into place."""
+  """Calls `write` on a temporary file beside `path`, fsyncs it, then renames it into place.
+
+  A full disk raises `DiskFullError` naming `path`; the old file, if any, is left as it was.
+  """
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -21,11 +39,30 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     Path(tmp).unlink(missing_ok=True)
+    if isinstance(e, OSError) and is_disk_full(e):
+      raise DiskFullError(f"no space left on the device writing {path}") from None
     raise
 
 
+def finite(document: Any) -> Any:
+  """`document` with every NaN or infinite float replaced by None (JSON's null)."""
+  if isinstance(document, float):
+    return document if math.isfinite(document) else None
+  if isinstance(document, dict):
+    return {key: finite(value) for key, value in document.items()}
+  if isinstance(document, (list, tuple)):
+    return [finite(value) for value in document]
+  return document
+
+
 def write_json_atomic(path: str | os.PathLike, document: Any) -> None:
-  """Writes `document` as indented JSON (NaN allowed, as Python's json writes it), atomically."""
-  write_atomic(path, lambda f: f.write(json.dumps(document, indent=1, allow_nan=True).encode()))
+  """Writes `document` as indented strict JSON, atomically: NaN and infinities become null, so
+  every JSON parser reads the file."""
+  data = json.dumps(finite(document), indent=1, allow_nan=False).encode()
+
+  def write(f: BinaryIO) -> None:
+    f.write(data)
+
+  write_atomic(path, write)

@@ -15,13 +15,15 @@ results.json (schema version 1)::
       {
         "method": "conventional" | "pnn-sequential" | "pnn-parallel"
                   | "pnn-sequential+recovery" | "pnn-parallel+recovery" | "model-parallel",
-        "test_accuracy": fraction in [0, 1],
+        "status": "ok" | "diverged",
+        "test_accuracy": fraction in [0, 1]; null where the method diverged,
         "wall_seconds": training time after compilation (evaluation excluded),
         "compile_seconds": total compile time of its loops,
         "segments": [{"name", "layers": [start, stop), "objective", "device", "optimizer",
                       "learning_rate", "batch_size", "epochs", "steps_per_epoch",
                       "loss_per_epoch": [...], "epoch_seconds": [...], "compile_seconds",
-                      "diverged", "memory": {"argument", "output", "alias", "temp",
+                      "diverged", "divergence": why (null if it did not),
+                      "memory": {"argument", "output", "alias", "temp",
                       "resident", "data", "peak", "peak_without_data"} (bytes),
                       "flops_per_step", "forward_flops"}],
         "curve": [{"epoch", "seconds", "examples": [per loop], "accuracy"?}],
@@ -29,6 +31,8 @@ results.json (schema version 1)::
       }
     ]
   }
+
+The file is strict JSON: a number that is not finite (a diverged loop's last loss) is null.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ import platform
 from typing import Any
 
 import jax
-import numpy as np
 
+from synthpart.errors import DataError
 from synthpart.placement import Transfer
 from synthpart.train.problem import Problem
 
@@ -66,6 +70,7 @@ class SegmentResult:
   epoch_seconds: list[float] = dataclasses.field(default_factory=list)
   compile_seconds: float = 0.0
   diverged: bool = False
+  divergence: str | None = None  # why the loop was stopped as diverged
   # XLA's buffer assignment of the compiled epoch (`synthpart.memory.MemoryUse.to_dict()`),
   # the training data on the device counted as `data`; None where not recorded.
   memory: dict[str, int] | None = None
@@ -99,8 +104,26 @@ class MethodResult:
   def diverged(self) -> bool:
     return any(s.diverged for s in self.segments)
 
+  @property
+  def status(self) -> str:
+    """"diverged" where a loop diverged (its accuracy is no result), else "ok"."""
+    return "diverged" if self.diverged else "ok"
+
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """The results.json entry: with its status, and no accuracy where it diverged."""
+    out = dataclasses.asdict(self)
+    out["status"] = self.status
+    if self.diverged:
+      out["test_accuracy"] = math.nan
+    return out
+
+
+def divergence_reason(result: MethodResult) -> str:
+  """Which loop of a method diverged and why, in a few words."""
+  for s in result.segments:
+    if s.diverged:
+      return f"{s.name}: {s.divergence or 'diverged'}"
+  return "no loop diverged"
 
 
 def versions() -> dict[str, str]:
@@ -123,7 +146,7 @@ def results_document(command: str, problem: Problem, dataset_source: str,
       "dataset": {"name": problem.dataset, "source": dataset_source,
                   "num_classes": problem.num_classes, "num_train": len(problem.train_y),
                   "num_test": len(problem.test_y),
-                  "num_features": int(np.prod(problem.train_x.shape[1:])),
+                  "num_features": math.prod(problem.train_x.shape[1:]),
                   "input_shape": list(problem.train_x.shape[1:]),
                   "input_dtype": str(problem.train_x.dtype), "input_scale": problem.input_scale},
       "config": problem.config.to_dict(),
@@ -134,19 +157,73 @@ def results_document(command: str, problem: Problem, dataset_source: str,
   }
 
 
+def _number(value: float | None) -> float:
+  return math.nan if value is None else value
+
+
 def method_from_dict(d: dict[str, Any]) -> MethodResult:
-  """A `MethodResult` back from its results.json entry."""
-  segments = [SegmentResult(**{**s, "layers": tuple(s["layers"])}) for s in d["segments"]]
-  return MethodResult(**{**d, "segments": segments,
-                         "transfers": [Transfer(**t) for t in d["transfers"]]})
+  """A `MethodResult` back from its results.json entry (null numbers come back as NaN)."""
+  segments = [SegmentResult(**{**s, "layers": tuple(s["layers"]),
+                               "loss_per_epoch": [_number(v) for v in s["loss_per_epoch"]]})
+              for s in d["segments"]]
+  fields = {k: v for k, v in d.items() if k != "status"}
+  return MethodResult(**{**fields, "test_accuracy": _number(d["test_accuracy"]),
+                         "segments": segments,
+                         "transfers": [Transfer(**t) for t in d.get("transfers", [])]})
+
+
+# The keys every results.json holds (see the module docstring), by where they sit.
+_REQUIRED = {
+    "": ("schema", "command", "dataset", "config", "runs"),
+    "dataset": ("name", "num_classes", "num_train", "num_test", "num_features"),
+    "runs[]": ("method", "test_accuracy", "wall_seconds", "compile_seconds", "segments", "curve"),
+    "segments[]": ("name", "layers", "epochs", "batch_size", "steps_per_epoch",
+                   "loss_per_epoch"),
+    "curve[]": ("epoch", "seconds"),
+}
+
+
+def check_document(document: Any, source: str) -> None:
+  """Raises `DataError` naming the first key a results.json document lacks (or holds as the
+  wrong kind of value): commands that read results fail on one line, not deep inside."""
+  def table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+      raise DataError(f"{source} is not a synthpart results document: {where or 'the document'} "
+                      f"must be a JSON object")
+    return value
+
+  def require(value: Any, kind: str, where: str) -> dict[str, Any]:
+    value = table(value, where)
+    for key in _REQUIRED[kind]:
+      if key not in value:
+        raise DataError(f"{source} is not a synthpart results document: "
+                        f"{where + '.' if where else ''}{key} is missing")
+    return value
+
+  def items(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+      raise DataError(f"{source} is not a synthpart results document: {where} must be a list")
+    return value
+
+  document = require(document, "", "")
+  require(document["dataset"], "dataset", "dataset")
+  table(document["config"], "config")
+  for i, run in enumerate(items(document["runs"], "runs")):
+    run = require(run, "runs[]", f"runs[{i}]")
+    for j, segment in enumerate(items(run["segments"], f"runs[{i}].segments")):
+      require(segment, "segments[]", f"runs[{i}].segments[{j}]")
+    for j, point in enumerate(items(run["curve"], f"runs[{i}].curve")):
+      require(point, "curve[]", f"runs[{i}].curve[{j}]")
 
 
 def format_table(runs: list[MethodResult]) -> str:
-  """A plain-text table: method, test accuracy, wall and compile seconds, epochs per loop."""
+  """A plain-text table: method, test accuracy (DIVERGED where it diverged), wall and compile
+  seconds, epochs per loop."""
   header = f"{'method':<26} {'test acc':>8} {'wall s':>8} {'compile s':>9}  epochs per loop"
   lines = [header, "-" * len(header)]
   for r in runs:
     epochs = " + ".join(str(len(s.loss_per_epoch)) for s in r.segments)
-    lines.append(f"{r.method:<26} {100 * r.test_accuracy:>7.2f}% {r.wall_seconds:>8.1f} "
+    accuracy = "DIVERGED" if r.diverged else f"{100 * r.test_accuracy:>7.2f}%"
+    lines.append(f"{r.method:<26} {accuracy:>8} {r.wall_seconds:>8.1f} "
                  f"{r.compile_seconds:>9.1f}  {epochs}")
   return "\n".join(lines)

@@ -17,7 +17,7 @@ import jax
 from synthpart import config as config_lib
 from synthpart.blocks import ACTIVATIONS
 from synthpart.data import Dataset, load_dataset, split_validation
-from synthpart.errors import ConfigError
+from synthpart.errors import ConfigError, DataError
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
 from synthpart.train.optim import OPTIMIZERS
 
@@ -74,7 +74,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", default=None, metavar="DIR",
                       help="run directory for results.json (default runs/<command>-<time>)")
   parser.add_argument("--overwrite", action="store_true",
-                      help="replace the earlier run in --out")
+                      help="replace the earlier run in --out: its files are set aside before "
+                           "anything new is written, and deleted once the new run has begun")
   parser.add_argument("--resume", action="store_true",
                       help="continue the interrupted run in --out from its checkpoints")
   parser.add_argument("--devices", type=int, default=0, metavar="N",
@@ -151,5 +152,11 @@ def with_validation(dataset: Dataset, config: config_lib.Config) -> Dataset:
 
 
 def prepare_dataset(config: config_lib.Config, progress: bool = True) -> Dataset:
-  """The dataset a run trains and evaluates on, validation split applied."""
-  return with_validation(read_dataset(config.data, progress), config)
+  """The dataset a run trains and evaluates on, validation split applied; `DataError` where a
+  split holds no images (nothing to train on, or nothing to measure accuracy on)."""
+  dataset = read_dataset(config.data, progress)
+  for split, labels in (("training", dataset.train_labels), ("test", dataset.test_labels)):
+    if len(labels) == 0:
+      raise DataError(f"dataset {dataset.name} from {dataset.source}: its {split} split holds "
+                      "no images; a run needs at least one in each split")
+  return with_validation(dataset, config)

@@ -44,10 +44,34 @@ def test_comma_lists_from_flags():
     ("schedule", "async", "schedule"),
     ("model.width", 3, "unknown setting model.width"),
     ("bogus", 1, "unknown setting bogus"),
+    ("seed", -1, "seed must be an integer in 0"),
+    ("seed", 2**63, "seed must be an integer in 0"),
+    ("train.epochs", 1e23, "train.epochs must be an integer"),
+    ("train.epochs", 10**6 + 1, "train.epochs must be an integer in 1..1000000"),
+    ("recovery.epochs", -1, "recovery.epochs must be an integer in 0..1000000"),
+    ("train.chance_epochs", -1, "train.chance_epochs must be an integer in 0..1000000"),
+    ("sil.scale", 1e308, "kappa"),
+    ("sil.scale", float("nan"), "kappa"),
+    ("model.hidden", [2**40], "at most"),
+    ("train.weight_decay", float("nan"), "weight_decay"),
+    ("train.momentum", float("inf"), "momentum"),
 ])
 def test_bad_settings_name_the_culprit(key, value, words):
   with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
     config_lib.load(overrides={key: value})
+
+
+def test_limits_are_inclusive():
+  c = config_lib.load(overrides={"seed": 2**63 - 1, "train.epochs": 10**6, "sil.scale": 1e6,
+                                 "train.chance_epochs": 0})
+  assert c.seed == 2**63 - 1 and c.train.epochs == 10**6 and c.train.chance_epochs == 0
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+  path = tmp_path / "bom.toml"
+  path.write_bytes("\ufeffseed = 4\n[train]\nepochs = 2\n".encode())
+  c = config_lib.load(path)
+  assert c.seed == 4 and c.train.epochs == 2
 
 
 def test_batch_larger_than_data():

@@ -3,10 +3,10 @@
 A `Loop` is one optax loop live on its device (or device group): its compiled epoch, its state,
 its data and its key. `drive` trains a list of loops together, epoch by epoch: each round
 dispatches one epoch of every unfinished loop before waiting on any of them (so loops on distinct
-devices run concurrently), then records each loop's mean loss, stops a loop whose loss is no
-longer finite, appends a point to the method's curve (with the composed network's accuracy where
-asked), checkpoints and reports progress. Resuming, checkpointing, curves, divergence and progress
-are defined here once:
+devices run concurrently), then records each loop's mean loss, stops a loop that diverged,
+appends a point to the method's curve (with the composed network's accuracy where asked),
+checkpoints and reports progress. Resuming, checkpointing, curves, divergence and progress are
+defined here once:
 
 - conventional training and recovery epochs drive one loop;
 - the sequential schedule drives each segment's loop alone, one after another;
@@ -14,6 +14,22 @@ are defined here once:
 
 Loops restored from checkpoints at different epochs each resume from their own; the method's
 curve resumes from the loop that got least far.
+
+A loop diverges, and stops without checkpointing that epoch, where after an epoch
+
+- its mean loss is not finite, or its parameters are not (an update overflowed);
+- it classifies (its objective is the labels) and its mean loss has been no better than chance
+  for the last `train.chance_epochs` epochs (default 5; 0: never). Chance is the cross-entropy
+  of predicting the training labels' frequencies, log(num_classes) for balanced classes; "no
+  better" means within `CHANCE_TOLERANCE` of it, or above it (a loss in the thousands, from a
+  step size far too large, is no result either). One class alone has no chance level.
+
+Loops regressing onto SIL targets are not judged against chance: their loss scale follows kappa
+and the SIL loss, and a loop that starts far from its targets is legitimately worse than the
+mean predictor for several epochs. A collapsed regression segment shows in the classifying loop
+it feeds (sequential) or in the method's accuracy (parallel).
+
+Running out of device or host memory raises `ResourceError` naming the loop and its size.
 """
 
 from __future__ import annotations
@@ -26,11 +42,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from synthpart import checkpoint
 from synthpart import groups as groups_lib
 from synthpart.config import TrainConfig
+from synthpart.errors import ResourceError
 from synthpart.flops import segment_flops, segment_step_flops
 from synthpart.memory import compiled_memory, tree_bytes
 from synthpart.model import Params
@@ -45,6 +63,31 @@ from synthpart.train.optim import make_optimizer
 Evaluate = Callable[[list[Params]], float]
 # on_error(loop, error): a caller's failure policy; without one, errors propagate
 OnError = Callable[["Loop", Exception], None]
+# A loss within this fraction of chance (or above it) is no better than chance.
+CHANCE_TOLERANCE = 0.01
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+  """Whether `e` is the host or XLA running out of memory (XLA reports RESOURCE_EXHAUSTED on
+  accelerators and "Out of memory allocating" on CPU)."""
+  text = str(e)
+  return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in text or "Out of memory" in text
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  flags = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+           if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
+
+
+def chance_loss(labels: Any) -> float | None:
+  """The cross-entropy of predicting the labels' frequencies (log C for C balanced classes);
+  None for fewer than two classes, where there is no chance level to judge."""
+  counts = np.bincount(np.asarray(jax.device_get(labels)).ravel())
+  p = counts[counts > 0] / counts.sum() if counts.sum() else np.zeros(0)
+  entropy = float(-(p * np.log(p)).sum())
+  return entropy if len(p) > 1 else None
 
 
 @dataclasses.dataclass
@@ -60,6 +103,8 @@ class Loop:
   last_checkpoint: str | None = None
   # chunk(num_steps) -> steps of the epoch in chunks (`make_steps`), compiled on first use
   chunk: Callable[[int], Callable[..., tuple[TrainState, jax.Array]]] | None = None
+  chance: float | None = None  # a classifying loop's chance-level loss (`chance_loss`)
+  chance_epochs: int = 0  # epochs in a row at chance that stop it (0: never)
 
   @property
   def done(self) -> int:
@@ -111,13 +156,37 @@ class Loop:
                                                self.state, meta))
 
   def record(self, losses: jax.Array, seconds: float) -> bool:
-    """Stores an epoch's mean loss; returns False (and marks divergence) if it is not finite."""
-    loss = float(np.mean(jax.device_get(losses)))
-    self.result.loss_per_epoch.append(loss)
+    """Stores an epoch's mean loss and time, then `judge`s it; returns False if it diverged."""
+    self.store(losses, seconds)
+    return self.judge()
+
+  def store(self, losses: jax.Array, seconds: float) -> None:
+    """Stores an epoch's mean loss and time."""
+    self.result.loss_per_epoch.append(float(np.mean(jax.device_get(losses))))
     self.result.epoch_seconds.append(seconds)
-    if not math.isfinite(loss):
-      self.result.diverged = True
+
+  def judge(self) -> bool:
+    """Marks the loop diverged, saying why, where after its last epoch the loss or the parameters
+    are not finite or the loss stayed at chance (module docstring); returns False then. The
+    parameters are checked on their device, outside the timed part of a round."""
+    if not self.result.diverged:
+      reason = self._divergence(self.result.loss_per_epoch[-1])
+      if reason:
+        self.result.diverged = True
+        self.result.divergence = reason
     return not self.result.diverged
+
+  def _divergence(self, loss: float) -> str | None:
+    if not math.isfinite(loss):
+      return f"loss {loss} at epoch {self.done}"
+    if not bool(_all_finite(self.state.params)):
+      return f"parameters not finite after epoch {self.done}"
+    n, recent = self.chance_epochs, self.result.loss_per_epoch[-self.chance_epochs:]
+    if (self.chance is not None and n and len(recent) == n
+        and all(l >= (1 - CHANCE_TOLERANCE) * self.chance for l in recent)):
+      return (f"loss no better than chance ({self.chance:.4g}) for {n} epochs in a row, last "
+              f"{loss:.4g}")
+    return None
 
 
 def objective(task: Task) -> str:
@@ -135,27 +204,37 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
   replicated over the group and each minibatch split over it (`synthpart.groups`).
   """
   optimizer = make_optimizer(train)
-  with jax.default_device(groups_lib.lead_device(device)):
-    params = jax.device_put(params, device)
-    state = jax.jit(lambda p: TrainState(p, optimizer.init(p)))(params)
-    data = jax.device_put(data, device)
-    key = key_on(key, device)
-    num_examples = len(data["y"])
-    loss = groups_lib.shard_batches(make_loss(task), device)
-    start = time.perf_counter()
-    if train.scan:
-      epoch = make_epoch(loss, optimizer, train.batch_size, num_examples)
-      chunk = functools.lru_cache(maxsize=None)(
-          functools.partial(make_steps, loss, optimizer, train.batch_size, num_examples))
-      compiled = epoch.lower(state, data, consts, key,
-                             jax.device_put(np.uint32(0), device)).compile()
-      run: Callable[..., tuple[TrainState, jax.Array]] = compiled
-    else:
-      run = stepwise = StepwiseEpoch(loss, optimizer, train.batch_size, num_examples)
-      chunk = functools.lru_cache(maxsize=None)(
-          lambda count: functools.partial(stepwise, count=count))
-      compiled = stepwise.compile(state, data, consts, key)
-    compile_seconds = time.perf_counter() - start
+  classifies = task.spec.is_last or consts.sil_out is None  # as `make_loss` decides
+  chance = chance_loss(data["y"]) if classifies else None
+  try:
+    with jax.default_device(groups_lib.lead_device(device)):
+      params = jax.device_put(params, device)
+      state = jax.jit(lambda p: TrainState(p, optimizer.init(p)))(params)
+      data = jax.device_put(data, device)
+      key = key_on(key, device)
+      num_examples = len(data["y"])
+      loss = groups_lib.shard_batches(make_loss(task), device)
+      start = time.perf_counter()
+      if train.scan:
+        epoch = make_epoch(loss, optimizer, train.batch_size, num_examples)
+        chunk = functools.lru_cache(maxsize=None)(
+            functools.partial(make_steps, loss, optimizer, train.batch_size, num_examples))
+        compiled = epoch.lower(state, data, consts, key,
+                               jax.device_put(np.uint32(0), device)).compile()
+        run: Callable[..., tuple[TrainState, jax.Array]] = compiled
+      else:
+        run = stepwise = StepwiseEpoch(loss, optimizer, train.batch_size, num_examples)
+        chunk = functools.lru_cache(maxsize=None)(
+            lambda count: functools.partial(stepwise, count=count))
+        compiled = stepwise.compile(state, data, consts, key)
+      compile_seconds = time.perf_counter() - start
+  except Exception as e:
+    if is_out_of_memory(e):
+      raise ResourceError(f"out of memory starting {name} on {device_name(device)}: its "
+                          f"parameters take {_mib(tree_bytes(params))} and its data "
+                          f"{_mib(tree_bytes(data))}; try smaller model.hidden or fewer "
+                          f"examples") from None
+    raise
   result = SegmentResult(
       name=name, layers=(task.spec.start, task.spec.stop), objective=objective(task),
       device=device_name(device), optimizer=train.optimizer, learning_rate=train.learning_rate,
@@ -164,7 +243,24 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
       memory=compiled_memory(compiled, data=tree_bytes(data)).to_dict(),
       flops_per_step=segment_step_flops(task.spec, train.batch_size, train.optimizer),
       forward_flops=segment_flops(task.spec).forward)
-  return Loop(result, device, run, state, data, consts, key, chunk=chunk)
+  return Loop(result, device, run, state, data, consts, key, chunk=chunk, chance=chance,
+              chance_epochs=train.chance_epochs)
+
+
+def _mib(size: int) -> str:
+  return f"{size / 2**20:,.1f} MiB"
+
+
+def _resource_error(loop: Loop, method: str, e: Exception) -> Exception:
+  """An out-of-memory error of a loop's epoch as a `ResourceError` naming the loop and its size;
+  any other error as it is."""
+  if not is_out_of_memory(e):
+    return e
+  r = loop.result
+  peak = (r.memory or {}).get("peak")
+  return ResourceError(f"out of memory training {method} {r.name} on {r.device} (batch size "
+                       f"{r.batch_size}, compiled peak {_mib(peak) if peak else 'unknown'}): try "
+                       f"smaller model.hidden or train.batch_size")
 
 
 def _examples(result: MethodResult) -> list[int]:
@@ -188,9 +284,9 @@ def _resume(loops: Sequence[Loop], result: MethodResult,
 
 
 def _diverged(loop: Loop, method: str, epoch: int, progress: Progress) -> bool:
-  if loop.result.diverged:
-    progress.message(f"{method} {loop.result.name} diverged at epoch {epoch + 1} (loss "
-                     f"{loop.result.loss_per_epoch[-1]}); last good checkpoint: "
+  if not loop.judge():
+    progress.message(f"{method} {loop.result.name} diverged at epoch {epoch + 1} "
+                     f"({loop.result.divergence}); last good checkpoint: "
                      f"{loop.last_checkpoint or 'none'}")
   return loop.result.diverged
 
@@ -204,8 +300,9 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
   every unfinished loop, then waits for each; `result.wall_seconds` grows by the round's time
   and each loop's `epoch_seconds` by the time until its own losses were ready. After a round,
   `evaluate` (if given, and if no loop diverged or failed) gives the curve point's accuracy.
-  A loop whose loss is not finite is marked diverged and stops; the others go on. `on_error`
-  takes a loop whose dispatch or epoch raised, and that loop stops; without it, errors propagate.
+  A loop that diverges (module docstring) is marked so and stops; the others go on. `on_error`
+  takes a loop whose dispatch or epoch raised, and that loop stops; without it, errors propagate
+  (running out of memory as `ResourceError`).
   """
   loops = list(loops)
   start_epoch = _resume(loops, result, checkpoints)
@@ -226,15 +323,15 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
         try:
           pending.append((i, loops[i].dispatch(epoch, result.method)))
         except Exception as e:
-          _fail(on_error, loops[i], e, failed, i)
+          _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
     ran = []
     for i, losses in pending:
       try:
         jax.block_until_ready(losses)
       except Exception as e:
-        _fail(on_error, loops[i], e, failed, i)
+        _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
         continue
-      loops[i].record(losses, time.perf_counter() - start)
+      loops[i].store(losses, time.perf_counter() - start)
       ran.append(i)
     result.wall_seconds += time.perf_counter() - start
     for i in ran:
