@@ -104,8 +104,8 @@ def time_to_accuracy(document: Document, fraction: float = 0.9,
   """
   curves = accuracy_curves(document)
   runs = {run["method"]: run for run in document["runs"]}
-  if baseline not in runs:
-    raise KeyError(f"no {baseline!r} run in the document; methods: {', '.join(runs)}")
+  if baseline not in runs or runs[baseline].get("test_accuracy") is None:
+    raise KeyError(f"no finished {baseline!r} run in the document; methods: {', '.join(runs)}")
   target = fraction * runs[baseline]["test_accuracy"]
   base = first_reaching(curves[baseline], target)
   methods = {}

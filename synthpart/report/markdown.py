@@ -64,13 +64,15 @@ def _runs_table(document: Mapping[str, Any]) -> list[str]:
   lines = [("| method | test accuracy (%) | Δ vs conventional (points) | training wall s | "
             "compile s | training TFLOP | MiB moved between devices |"),
            "|---|---|---|---|---|---|---|"]
+  base = None if conventional is None else conventional.get("test_accuracy")
   for run in document["runs"]:
-    delta = ("" if conventional is None
-             else f"{100 * (run['test_accuracy'] - conventional['test_accuracy']):+.2f}")
+    accuracy = run.get("test_accuracy")
+    shown = "DIVERGED" if accuracy is None else f"{100 * accuracy:.2f}"
+    delta = "" if accuracy is None or base is None else f"{100 * (accuracy - base):+.2f}"
     curve = curves[run["method"]]
     total = curve[-1]["flops"] / 1e12 if curve else 0.0
     moved = ledger_bytes(run.get("transfers", [])) / 2**20
-    lines.append(f"| {run['method']} | {100 * run['test_accuracy']:.2f} | {delta} | "
+    lines.append(f"| {run['method']} | {shown} | {delta} | "
                  f"{run['wall_seconds']:.1f} | {run['compile_seconds']:.1f} | {total:.2f} | "
                  f"{moved:,.1f} |")
   return lines + [""]

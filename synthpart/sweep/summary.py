@@ -36,6 +36,8 @@ def _point_stats(out: Path, point: Mapping[str, Any]) -> dict[str, dict[str, lis
       continue
     for run in json.loads(path.read_text())["runs"]:
       stats = per_method.setdefault(run["method"], {"accuracy": [], "wall": []})
+      if run.get("test_accuracy") is None:  # diverged: no accuracy to average
+        continue
       stats["accuracy"].append(run["test_accuracy"])
       stats["wall"].append(run["wall_seconds"])
   return per_method
