@@ -32,7 +32,7 @@ from pathlib import Path
 
 import jax
 
-from synthpart import checkpoint
+from synthpart import checkpoint, rundir
 from synthpart import experiment as exp
 from synthpart.bench import add_bench_command
 from synthpart.config import Config
@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace, experiment: exp.Experiment) -> int:
   """
   config = load_config(args)
   out = _out_dir(args)
-  with checkpoint.lock_run_dir(out):
+  with rundir.lock_run_dir(out):
     try:
       return _run_locked(args, experiment, config, out)
     except DiskFullError as e:
@@ -108,13 +108,13 @@ def _run(args: argparse.Namespace, experiment: exp.Experiment) -> int:
 def _run_locked(args: argparse.Namespace, experiment: exp.Experiment, config: Config,
                 out: Path) -> int:
   # Checked before any work: a run directory holding another run is never touched.
-  checkpoint.prepare_run_dir(out, config.to_dict(), resume=args.resume,
+  rundir.prepare_run_dir(out, config.to_dict(), resume=args.resume,
                              overwrite=args.overwrite, dry_run=True)
   # One device per segment by default; segment groups need the sum of their sizes.
   devices = select_devices(args.devices, config.num_devices)
   dataset = prepare_dataset(config, progress=not args.quiet)
   problem = make_problem(config, dataset, devices)
-  checkpoint.prepare_run_dir(out, config.to_dict(), resume=args.resume,
+  rundir.prepare_run_dir(out, config.to_dict(), resume=args.resume,
                              overwrite=args.overwrite)
   progress = Progress(quiet=args.quiet, log_path=out / "log.txt")
   policy = checkpoint.Policy(out, config.checkpoint.every, config.checkpoint.keep)

@@ -17,7 +17,7 @@ import jax
 from synthpart import config as config_lib
 from synthpart.blocks import ACTIVATIONS
 from synthpart.data import Dataset, load_dataset, split_validation
-from synthpart.errors import ConfigError, DataError
+from synthpart.errors import ConfigError
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
 from synthpart.train.optim import OPTIMIZERS
 
@@ -152,11 +152,6 @@ def with_validation(dataset: Dataset, config: config_lib.Config) -> Dataset:
 
 
 def prepare_dataset(config: config_lib.Config, progress: bool = True) -> Dataset:
-  """The dataset a run trains and evaluates on, validation split applied; `DataError` where a
-  split holds no images (nothing to train on, or nothing to measure accuracy on)."""
-  dataset = read_dataset(config.data, progress)
-  for split, labels in (("training", dataset.train_labels), ("test", dataset.test_labels)):
-    if len(labels) == 0:
-      raise DataError(f"dataset {dataset.name} from {dataset.source}: its {split} split holds "
-                      "no images; a run needs at least one in each split")
-  return with_validation(dataset, config)
+  """The dataset a run trains and evaluates on, validation split applied (a `Dataset` has no
+  empty split: it refuses one when it is made)."""
+  return with_validation(read_dataset(config.data, progress), config)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from synthpart import checkpoint
+from synthpart import checkpoint, rundir
 from synthpart.errors import CheckpointError
 from synthpart.train.loop import TrainState
 
@@ -41,15 +41,15 @@ def test_round_trip_onto_a_chosen_device(tmp_path):
 
 def test_a_different_run_dir_is_refused_and_nothing_written(tmp_path):
   root = tmp_path / "run"
-  checkpoint.prepare_run_dir(root, {"seed": 0, "model": {"cuts": [3]}}, resume=False,
+  rundir.prepare_run_dir(root, {"seed": 0, "model": {"cuts": [3]}}, resume=False,
                              overwrite=False)
   with pytest.raises(CheckpointError, match="holds another run"):
-    checkpoint.prepare_run_dir(root, {"seed": 0}, resume=False, overwrite=False)
+    rundir.prepare_run_dir(root, {"seed": 0}, resume=False, overwrite=False)
   with pytest.raises(CheckpointError, match="model.cuts, seed"):
-    checkpoint.prepare_run_dir(root, {"seed": 1, "model": {"cuts": [2]}}, resume=True,
+    rundir.prepare_run_dir(root, {"seed": 1, "model": {"cuts": [2]}}, resume=True,
                                overwrite=False)
   with pytest.raises(CheckpointError, match="no run to resume"):
-    checkpoint.prepare_run_dir(tmp_path / "empty", {}, resume=True, overwrite=False)
+    rundir.prepare_run_dir(tmp_path / "empty", {}, resume=True, overwrite=False)
   assert not (tmp_path / "empty").exists()
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from synthpart import checkpoint, cli
+from synthpart import checkpoint, cli, rundir
 from synthpart.data.idx import write_idx
 from synthpart.errors import DiskFullError, ResourceError
 from synthpart.progress import Progress
@@ -116,28 +116,28 @@ def test_concurrent_runs_into_one_directory_one_wins(tmp_path):
 
 def test_a_held_directory_is_refused_and_untouched(tmp_path, capsys):
   out = tmp_path / "run"
-  with checkpoint.lock_run_dir(out):
-    assert (out / checkpoint.LOCK_FILE).read_text().strip() == str(os.getpid())
+  with rundir.lock_run_dir(out):
+    assert (out / rundir.LOCK_FILE).read_text().strip() == str(os.getpid())
     assert cli.main(["train", *TINY, "--out", str(out)]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert f"in use by another synthpart run (pid {os.getpid()})" in line
-    assert [p.name for p in out.iterdir()] == [checkpoint.LOCK_FILE]
+    assert [p.name for p in out.iterdir()] == [rundir.LOCK_FILE]
   assert not out.exists()  # the lock created it, nothing else was written: removed again
 
 
 def test_a_lock_dies_with_its_process(tmp_path):
   out = tmp_path / "run"
   holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
-                             "from synthpart import checkpoint; "
-                             "checkpoint.lock_run_dir(Path(sys.argv[1])); print(1, flush=True); "
+                             "from synthpart import rundir; "
+                             "rundir.lock_run_dir(Path(sys.argv[1])); print(1, flush=True); "
                              "input()", str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, env=ENV)
   assert holder.stdout.readline().strip() == "1"
   with pytest.raises(Exception, match=f"pid {holder.pid}"):
-    checkpoint.lock_run_dir(out)
+    rundir.lock_run_dir(out)
   holder.send_signal(signal.SIGKILL)
   holder.wait()
-  with checkpoint.lock_run_dir(out):  # the system released it
+  with rundir.lock_run_dir(out):  # the system released it
     pass
 
 
@@ -184,7 +184,7 @@ def test_overwrite_moves_only_the_runs_files(tmp_path):
   (root / "checkpoints" / "m").mkdir(parents=True)
   for name in ("config.json", "results.json", "log.txt", ".results.json.x1.tmp", "notes.txt"):
     (root / name).write_text("{}")
-  checkpoint.prepare_run_dir(root, {"seed": 5}, resume=False, overwrite=True)
+  rundir.prepare_run_dir(root, {"seed": 5}, resume=False, overwrite=True)
   assert sorted(p.name for p in root.iterdir()) == ["config.json", "notes.txt"]
   assert json.loads((root / "config.json").read_text()) == {"seed": 5}
 
@@ -293,7 +293,7 @@ def test_a_split_without_images(tmp_path, capsys):
   out = tmp_path / "run"
   assert cli.main(["train", *TINY, "--dataset", "mnist", "--data-dir", str(data), "--batch-size",
                    "8", "--out", str(out)]) == 2
-  assert "test split holds no images" in _one_error_line(capsys.readouterr().err)
+  assert "test images has 0 examples" in _one_error_line(capsys.readouterr().err)
   assert not out.exists()
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from synthpart.checkpoint import holds_run
+from synthpart.rundir import holds_run
 from synthpart.config import Config
 from synthpart.errors import ConfigError, SynthpartError
 from synthpart.files import write_atomic, write_json_atomic
