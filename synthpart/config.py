@@ -34,6 +34,9 @@ A config file mirrors the dataclasses::
 
 Overrides use dotted keys (``train.learning_rate=3e-4``, ``segments.1.epochs=4``), so every
 setting is reachable from the command line without a flag of its own.
+
+This module is longer than most (over 400 lines) on purpose: every setting, its parsing and its
+validation are one source that the command line, sweeps, reports and launches all read.
 """
 
 from __future__ import annotations

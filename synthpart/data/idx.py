@@ -12,6 +12,9 @@ bytes: 4 GiB unless the environment variable SYNTHPART_MAX_DECOMPRESSED gives an
 
 Every malformed input raises `DataError` with a one-line message naming the file; the reader
 never raises anything else, whatever the bytes.
+
+This module is longer than most (over 400 lines): the bounded, streaming decompression and the
+IDX parser it feeds must be read together to see that no input decompresses past its header.
 """
 
 from __future__ import annotations

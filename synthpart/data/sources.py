@@ -28,6 +28,9 @@ Two kinds of names bypass the search, and `data_dir` and `download` do not apply
 `npz:PATH` reads the arrays `x_train, y_train, x_test, y_test` (and optionally `num_classes`) from
 a `.npz` file at PATH (`read_npz`, relative to the working directory), and a name registered with
 `register_dataset` calls its loader (`load_registered`).
+
+This module is longer than most (over 400 lines): the search order above, and reading from each
+kind of place it names, are one piece of behaviour that must read as a whole.
 """
 
 from __future__ import annotations
