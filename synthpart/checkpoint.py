@@ -44,11 +44,13 @@ def crash_point(name: str, directory: Path | None = None) -> None:
     return
   if directory is None:
     os.kill(os.getpid(), signal.SIGKILL)
+    return
+  watched = directory
 
   def kill_when_writing() -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-      if directory.exists() and any("tmp" in p.name for p in directory.iterdir()):
+      if watched.exists() and any("tmp" in p.name for p in watched.iterdir()):
         os.kill(os.getpid(), signal.SIGKILL)
       time.sleep(0.0005)
 
@@ -154,7 +156,7 @@ def restore(policy: Policy, method: str, loop: str, like: Any,
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     state, meta = restored["state"], dict(restored["meta"])
-    if jax.tree.structure(state) != jax.tree.structure(like):
+    if str(jax.tree.structure(state)) != str(jax.tree.structure(like)):
       raise ValueError("its arrays do not match the loop's parameters")
     if not isinstance(meta.get("epoch"), int) or meta["epoch"] != step:
       raise ValueError("its meta has no matching epoch")

@@ -27,8 +27,12 @@ class Transfer:
 def device_name(device: jax.Device | jax.sharding.Sharding) -> str:
   """`platform:id`; for a sharding over a device group, its devices' names joined by commas."""
   if isinstance(device, jax.sharding.Sharding):
-    return ",".join(device_name(d) for d in sorted(device.device_set, key=lambda d: d.id))
-  return f"{device.platform}:{device.id}"
+    return ",".join(device_name(d) for d in sorted(device.device_set, key=_device_id))
+  return f"{device.platform}:{_device_id(device)}"
+
+
+def _device_id(device: jax.Device) -> int:
+  return int(device.id)
 
 
 def _devices(target: jax.Device | jax.sharding.Sharding) -> set[jax.Device]:

@@ -215,6 +215,7 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
       num_examples = len(data["y"])
       loss = groups_lib.shard_batches(make_loss(task), device)
       start = time.perf_counter()
+      chunk: Callable[[int], Callable[..., tuple[TrainState, jax.Array]]]
       if train.scan:
         epoch = make_epoch(loss, optimizer, train.batch_size, num_examples)
         chunk = functools.lru_cache(maxsize=None)(
@@ -224,8 +225,7 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
         run: Callable[..., tuple[TrainState, jax.Array]] = compiled
       else:
         run = stepwise = StepwiseEpoch(loss, optimizer, train.batch_size, num_examples)
-        chunk = functools.lru_cache(maxsize=None)(
-            lambda count: functools.partial(stepwise, count=count))
+        chunk = functools.lru_cache(maxsize=None)(stepwise.chunk)
         compiled = stepwise.compile(state, data, consts, key)
       compile_seconds = time.perf_counter() - start
   except Exception as e:

@@ -6,6 +6,7 @@ differ only in what data and objective they hand it and on which device they pla
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -103,6 +104,10 @@ class StepwiseEpoch:
     idx = jax.ShapeDtypeStruct(order.shape[1:], order.dtype)
     step_key = jax.ShapeDtypeStruct(keys.shape[1:], keys.dtype)
     return self.one.lower(state, data, consts, idx, step_key).compile()
+
+  def chunk(self, count: int) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """The epoch's steps first .. first+count-1, called as (state, ..., epoch, first)."""
+    return functools.partial(self, count=count)
 
   def __call__(self, state: TrainState, data: dict, consts: Constants, key: jax.Array,
                epoch_index: jax.Array, first: int | jax.Array = 0,
