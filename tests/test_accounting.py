@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from tiny import tiny_config, tiny_dataset
 
 from synthpart import curves as C
 from synthpart import flops as F
@@ -17,6 +16,8 @@ from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.loop import TrainState, make_epoch
 from synthpart.train.objectives import Constants, Task, make_loss
+
+from tiny import tiny_config, tiny_dataset
 
 QUIET = Progress(quiet=True)
 WIDTHS = (64, 48, 48, 48, 10)

@@ -3,7 +3,6 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tiny import tiny_config, tiny_dataset
 
 from synthpart import bench
 from synthpart.cli import main
@@ -14,6 +13,8 @@ from synthpart.train import schedules as S
 from synthpart.train.loop import TrainState, make_epoch
 from synthpart.train.objectives import Constants, make_loss
 from synthpart.train.optim import make_optimizer
+
+from tiny import tiny_config, tiny_dataset
 
 
 def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):

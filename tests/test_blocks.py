@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from tiny import tiny_config, tiny_dataset
 
 from synthpart import blocks as B
 from synthpart.config import load as load_config
@@ -20,7 +19,10 @@ from synthpart.progress import Progress
 from synthpart.train import schedules as S
 from synthpart.train.problem import make_problem
 
-CNN = "conv:features=4:kernel=3,pool:window=2,conv:features=4:kernel=3:stride=2,flatten,dense:width=8"
+from tiny import tiny_config, tiny_dataset
+
+CNN = ("conv:features=4:kernel=3,pool:window=2,conv:features=4:kernel=3:stride=2,flatten,"
+       "dense:width=8")
 
 
 def test_default_dense_blocks_are_the_plain_mlp():

@@ -7,7 +7,8 @@ import pytest
 
 from synthpart.cli import main
 
-SMALL = ["--hidden", "32,32,32", "--cuts", "2", "--epochs", "4", "--batch-size", "32", "--lr", "0.01",
+SMALL = ["--hidden", "32,32,32", "--cuts", "2", "--epochs", "4", "--batch-size", "32",
+         "--lr", "0.01",
          "--recovery-epochs", "1", "-q"]
 
 

@@ -359,9 +359,9 @@ def test_a_failed_upstream_stops_the_wait(tmp_path):
 
 
 def test_curves_follow_the_schedule():
-  seg = lambda seconds: SegmentResult("s", (0, 1), "", "cpu:0", "adam", 0.1, 10, len(seconds),
-                                        2, loss_per_epoch=[1.0] * len(seconds),
-                                        epoch_seconds=seconds)
+  def seg(seconds):
+    return SegmentResult("s", (0, 1), "", "cpu:0", "adam", 0.1, 10, len(seconds), 2,
+                         loss_per_epoch=[1.0] * len(seconds), epoch_seconds=seconds)
   a, b = seg([1.0, 1.0]), seg([3.0])
   assert D.curve("parallel", [a, b], [0, 0]) == [
       {"epoch": 1, "seconds": 3.0, "examples": [20, 20]},

@@ -11,6 +11,7 @@ from synthpart.data import load_dataset
 from synthpart.train import schedules as S
 from synthpart.train.objectives import Constants, preprocess_pixels
 from synthpart.train.problem import make_problem
+
 from tiny import tiny_config
 
 FLAGS = ["--hidden", "16,16,16", "--cuts", "2", "--epochs", "2", "--recovery-epochs", "1", "-q"]

@@ -5,7 +5,6 @@ import re
 import jax
 import numpy as np
 import pytest
-from tiny import tiny_config, tiny_dataset
 
 from synthpart import config as config_lib
 from synthpart import groups
@@ -16,6 +15,8 @@ from synthpart.setup import load_config
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.driver import start_loop
+
+from tiny import tiny_config, tiny_dataset
 
 QUIET = Progress(quiet=True)
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")

@@ -1,7 +1,6 @@
 import jax
 import numpy as np
 import pytest
-from tiny import tiny_config, tiny_dataset
 
 from synthpart import curves, flops
 from synthpart.errors import ConfigError
@@ -10,6 +9,8 @@ from synthpart.progress import Progress
 from synthpart.train import model_parallel as MP
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
+
+from tiny import tiny_config, tiny_dataset
 
 QUIET = Progress(quiet=True)
 

@@ -7,6 +7,7 @@ import sys
 from synthpart.progress import Progress
 from synthpart.train import schedules as S
 from synthpart.train.problem import make_problem
+
 from tiny import tiny_config, tiny_dataset
 
 README = pathlib.Path(__file__).parent.parent / "README.md"

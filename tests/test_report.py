@@ -7,7 +7,6 @@ import json
 
 import jax
 import pytest
-from tiny import tiny_config, tiny_dataset
 
 from synthpart import curves
 from synthpart import experiment as exp
@@ -19,6 +18,8 @@ from synthpart.files import write_json_atomic
 from synthpart.progress import Progress
 from synthpart.tblog import write_tensorboard
 from synthpart.train.problem import make_problem
+
+from tiny import tiny_config, tiny_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

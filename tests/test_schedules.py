@@ -3,12 +3,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny import tiny_config, tiny_dataset
 
 from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.driver import start_loop
+
+from tiny import tiny_config, tiny_dataset
 
 QUIET = Progress(quiet=True)
 

@@ -7,11 +7,12 @@ import math
 import os
 
 import pytest
-from tiny import tiny_dataset
 
 from synthpart import sweep as sweep_lib
 from synthpart.errors import ConfigError
 from synthpart.sweep import run as sweep_run
+
+from tiny import tiny_dataset
 
 TINY_BASE = {"data": {"name": "tiny"}, "model": {"hidden": [8, 8, 8], "cuts": [2]},
              "train": {"epochs": 1, "batch_size": 64, "learning_rate": 0.01},

@@ -78,7 +78,6 @@ def _epoch_memory(problem: Problem, spec: SegmentSpec, inputs: str,
 
 def _features_memory(problem: Problem, spec: SegmentSpec) -> MemoryUse:
   """Memory of the sequential hand-over: segment `spec`'s outputs over the training set."""
-  m = problem.config.model
   n = len(problem.train_y)
   params = jax.eval_shape(functools.partial(init_segment, spec=spec),
                           jax.random.key(0))

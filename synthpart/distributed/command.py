@@ -60,7 +60,8 @@ def parse_segments(text: str | None, num_segments: int) -> tuple[int, ...]:
   try:
     segments = tuple(sorted({int(v) for v in text.replace(" ", "").split(",") if v}))
   except ValueError:
-    raise ConfigError(f"--only-segment must list segment numbers, e.g. 1 or 1,2; got {text!r}")
+    raise ConfigError(f"--only-segment must list segment numbers, e.g. 1 or 1,2; got {text!r}") \
+        from None
   if not segments or any(k < 0 or k >= num_segments for k in segments):
     raise ConfigError(f"--only-segment {text} is outside segments 0..{num_segments - 1}")
   return segments

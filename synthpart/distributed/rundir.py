@@ -28,11 +28,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from synthpart.rundir import holds_run
 from synthpart.config import Config
 from synthpart.errors import ConfigError, SynthpartError
 from synthpart.files import write_atomic, write_json_atomic
 from synthpart.model import Params
+from synthpart.rundir import holds_run
 
 Status = dict[str, Any]  # one segment's status document (segment-<k>.json)
 
