@@ -80,7 +80,7 @@ def test_group_sizes_from_settings(values, sizes):
 
 @pytest.mark.parametrize("values,words", [
     ({"placement.groups": [2]}, "one size per segment"),
-    ({"placement.groups": [2, 0]}, "at least 1"),
+    ({"placement.groups": [2, 0]}, "sizes must be in 1\\.\\."),
     ({"placement.devices_per_segment": 0}, "at least 1"),
     ({"placement.groups": [2, 2], "placement.devices_per_segment": 2}, "exclude each other"),
     ({"placement.group": [2, 2]}, "unknown setting placement.group"),
