@@ -14,14 +14,18 @@ left). Checkpoints are arrays and JSON: never pickles. The run directory around 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
+import logging
 import os
 import re
 import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +89,7 @@ def save(policy: Policy, method: str, loop: str, epoch: int, state: Any,
   meta = {**meta, "digest": state_digest(state)}
   crash_point(f"checkpoint-write:{method}/{loop}:{epoch}", directory)
   try:
-    with _manager(directory, policy.keep) as manager:
+    with _quiet_disk_full(), _manager(directory, policy.keep) as manager:
       manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   meta=ocp.args.JsonSave(meta)), force=True)
       manager.wait_until_finished()
@@ -96,6 +100,25 @@ def save(policy: Policy, method: str, loop: str, epoch: int, state: Any,
     raise
   crash_point(f"checkpoint-saved:{method}/{loop}:{epoch}")
   return directory / str(epoch)
+
+
+class _DiskFullRecords(logging.Filter):
+  """Drops log records that report a full disk: orbax logs its writer threads' errors with
+  their tracebacks, and `save` reports a full disk itself, in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not any(os.strerror(code) in record.getMessage()
+                   for code in (errno.ENOSPC, errno.EDQUOT))
+
+
+@contextlib.contextmanager
+def _quiet_disk_full() -> Iterator[None]:
+  logger, drop = logging.getLogger("absl"), _DiskFullRecords()
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
 
 
 def state_digest(state: Any) -> str:

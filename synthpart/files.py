@@ -25,7 +25,7 @@ def is_disk_full(e: BaseException) -> bool:
   return any(os.strerror(code) in str(e) for code in _FULL)
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
   """Calls `write` on a temporary file beside `path`, fsyncs it, then renames it into place.
 
   A full disk raises `DiskFullError` naming `path`; the old file, if any, is left as it was.
@@ -66,3 +66,8 @@ def write_json_atomic(path: str | os.PathLike, document: Any) -> None:
     f.write(data)
 
   write_atomic(path, write)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+  """Writes `text` as UTF-8, atomically."""
+  write_atomic(path, lambda f: f.write(text.encode()))

@@ -411,3 +411,40 @@ def test_bad_setting_values_are_one_line(case, tmp_path, capsys):
   _one_error_line(capsys.readouterr().err)
   assert not out.exists(), (flag, value)
   assert time.perf_counter() - start < 20, (flag, value)
+
+
+@pytest.mark.slow
+def test_a_run_on_a_full_tmpfs_resumes_bit_identical(tmp_path):
+  """A real full disk: a small tmpfs filled up mid-run, then space freed and --resume."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "none", str(mount)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a tmpfs here")
+  try:
+    flags = ["train", "--hidden", "64,64", "--cuts", "1", "--epochs", "4",
+             "--recovery-epochs", "1", "-q"]
+    filler = mount / "filler"
+    with open(filler, "wb") as f:  # leave about 300 KB: enough to start, not to finish
+      f.write(b"\0" * (4 * 2**20 - 300 * 2**10))
+    out = mount / "run"
+    full = subprocess.run([sys.executable, "-m", "synthpart", *flags, "--out", str(out)],
+                          capture_output=True, text=True, env=ENV)
+    # orbax's and tensorstore's writer threads may print their own noise; none from synthpart
+    assert full.returncode == 2 and "synthpart/" not in full.stderr, full.stderr
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("synthpart: error: no space left") and "--resume" in last
+    filler.unlink()
+    resumed = subprocess.run([sys.executable, "-m", "synthpart", *flags, "--resume", "--out",
+                              str(out)], capture_output=True, text=True, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    reference = tmp_path / "reference"
+    assert subprocess.run([sys.executable, "-m", "synthpart", *flags, "--out", str(reference)],
+                          capture_output=True, env=ENV).returncode == 0
+    a, b = _strict(out / "results.json"), _strict(reference / "results.json")
+    for x, y in zip(a["runs"], b["runs"]):
+      assert x["test_accuracy"] == y["test_accuracy"]
+      assert [s["loss_per_epoch"] for s in x["segments"]] == [
+          s["loss_per_epoch"] for s in y["segments"]]
+  finally:
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)

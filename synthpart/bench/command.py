@@ -25,7 +25,7 @@ from synthpart.bench.loops import (
   synthetic_dataset,
 )
 from synthpart.errors import ConfigError
-from synthpart.files import write_json_atomic
+from synthpart.files import write_json_atomic, write_text_atomic
 from synthpart.setup import select_devices
 from synthpart.train.problem import make_problem
 
@@ -163,7 +163,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
   out = Path(args.out or f"runs/bench-{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}")
   write_json_atomic(out / "bench.json", document)
   markdown = format_markdown(document)
-  (out / "bench.md").write_text(markdown)
+  write_text_atomic(out / "bench.md", markdown)
   print(markdown)
   print(f"results: {out / 'bench.json'}")
   return 0

@@ -15,6 +15,7 @@ from synthpart.curves import (
   time_to_accuracy,
 )
 from synthpart.errors import ConfigError
+from synthpart.files import write_text_atomic
 from synthpart.report.figures import (
   axis_label,
   plot_accuracy_per_epoch,
@@ -53,7 +54,7 @@ def write_report(directory: str | Path, out: str | Path | None = None,
     raise ConfigError(f"{directory} holds neither results.json (a run) nor sweep.json (a sweep)")
   out.mkdir(parents=True, exist_ok=True)
   path = out / "report.md"
-  path.write_text(text)
+  write_text_atomic(path, text)
   return path
 
 
