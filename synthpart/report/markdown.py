@@ -15,6 +15,7 @@ from synthpart.curves import (
   time_to_accuracy,
 )
 from synthpart.errors import ConfigError
+from synthpart.report.budget import budget_report
 from synthpart.report.figures import (
   axis_label,
   plot_accuracy_per_epoch,
@@ -45,12 +46,15 @@ def write_report(directory: str | Path, out: str | Path | None = None,
   if not directory.is_dir():
     raise ConfigError(f"{directory} is not a directory")
   out = Path(out) if out is not None else directory
-  if (directory / "sweep.json").exists():
+  if (directory / "budget.json").exists():
+    text = budget_report(directory, out)
+  elif (directory / "sweep.json").exists():
     text = sweep_report(directory, out, memory)
   elif (directory / "results.json").exists():
     text = run_report(directory, out, memory)
   else:
-    raise ConfigError(f"{directory} holds neither results.json (a run) nor sweep.json (a sweep)")
+    raise ConfigError(f"{directory} holds none of results.json (a run), sweep.json (a sweep) "
+                      "or budget.json (a budget search)")
   out.mkdir(parents=True, exist_ok=True)
   path = out / "report.md"
   path.write_text(text)
