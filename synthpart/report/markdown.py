@@ -53,8 +53,8 @@ def write_report(directory: str | Path, out: str | Path | None = None,
   elif (directory / "results.json").exists():
     text = run_report(directory, out, memory)
   else:
-    raise ConfigError(f"{directory} holds none of results.json (a run), sweep.json (a sweep) "
-                      "or budget.json (a budget search)")
+    raise ConfigError(f"{directory} holds neither results.json (a run), sweep.json (a sweep) "
+                      "nor budget.json (a budget search)")
   out.mkdir(parents=True, exist_ok=True)
   path = out / "report.md"
   path.write_text(text)
@@ -88,7 +88,11 @@ def run_report(directory: Path, out: Path, memory: bool = True) -> str:
            f"`synthpart {document['command']}` — {settings_line(document)}.", ""]
   lines += _runs_table(document)
   if any(r["method"] == "conventional" for r in document["runs"]):
-    lines += ["## Compute and time to 90% of conventional accuracy", "",
+    lines += ["## Compute and time to 90% of conventional accuracy, at curve points", "",
+              ("Read at each curve's first point at the target: once per epoch unless the run "
+               "evaluated within epochs (`eval.every_steps`), and against this run's own "
+               "conventional accuracy. `synthpart budget` measures compute to a fixed target, "
+               "interpolated between evaluations, over budgets and seeds."), "",
               format_time_to_accuracy(time_to_accuracy(document)), ""]
   lines += ["## Figures", ""]
   fig = plot_accuracy_per_epoch([document], f"Test accuracy per epoch — {directory.name}")

@@ -150,7 +150,7 @@ class Loop:
     self.last_checkpoint = str(checkpoint.save(policy, method, self.result.name, epoch,
                                                self.state, meta))
 
-  def record(self, losses: jax.Array, seconds: float) -> bool:
+  def record(self, losses: jax.Array | np.ndarray, seconds: float) -> bool:
     """Stores an epoch's mean loss; returns False (and marks divergence) if it is not finite."""
     loss = float(np.mean(jax.device_get(losses)))
     self.result.loss_per_epoch.append(loss)
