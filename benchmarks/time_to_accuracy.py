@@ -7,6 +7,10 @@ reach 90% of conventional training's final accuracy, as a reduction vs conventio
 FLOPs are analytic (`synthpart.flops`, `synthpart.curves`); seconds are each run's training time after
 compilation, evaluation excluded; both are read at the first epoch whose composed network reaches
 the target. Also prints the bytes each method moved between devices (from its ledger).
+
+Read once per epoch and against the run's own final conventional accuracy, this cannot resolve
+a method that reaches the target inside its first epoch: `synthpart budget` measures compute to
+a fixed target, interpolated between evaluations within epochs, over budgets and seeds.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
   synthpart launch  [CONFIG] [flags] --out DIR   one configuration, one process per segment
                                                  group (jax.distributed; --local N to test)
   synthpart sweep   SWEEP.toml --out DIR         a grid of configurations, resumable
+  synthpart budget  BUDGET.toml --out DIR        compute to a target accuracy, per method, over
+                                                 grids of per-loop budgets and seeds, resumable
   synthpart report  DIR                          report.md and figures of a run or a sweep
   synthpart data list | verify NAME              the datasets and where they are
   synthpart bench   SUITE [flags] --out DIR      throughput, FLOP/s, compile time, memory
@@ -35,6 +37,7 @@ import jax
 from synthpart import checkpoint, rundir
 from synthpart import experiment as exp
 from synthpart.bench import add_bench_command
+from synthpart.budget import add_budget_command
 from synthpart.config import Config
 from synthpart.data.cli import add_data_commands
 from synthpart.distributed import add_launch_command
@@ -175,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=lambda a: print(f"model: {export_model(a.run, a.method, a.out)}") or 0)
   add_data_commands(sub)
   add_sweep_commands(sub)
+  add_budget_command(sub)
   add_report_commands(sub)
   add_bench_command(sub)
   add_launch_command(sub)

@@ -29,6 +29,10 @@ A config file mirrors the dataclasses::
   [recovery]
   epochs = 2
 
+  [eval]                              # the composed network's accuracy inside epochs too
+  every_steps = 25                    # after every 25 steps of a loop (0: at epoch ends only)
+  log_spaced = true                   # and after steps 1, 2, 4, 8, ... before that
+
   [placement]                         # devices per segment, data-parallel inside each group
   groups = [2, 2]                     # or devices_per_segment = 2; default one device each
 
@@ -128,6 +132,8 @@ class TrainConfig:
   # A classifying loop whose epoch loss stays no better than chance for this many epochs in a row
   # is stopped as diverged (`synthpart.train.driver`); 0 never stops one for that.
   chance_epochs: int = 5
+  # > 0: exactly this many steps instead of `epochs` epochs (the last epoch cut short)
+  steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +149,15 @@ class PlacementConfig:
   def sizes(self, num_segments: int) -> tuple[int, ...]:
     """The group size of every segment."""
     return self.groups or (self.devices_per_segment,) * num_segments
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """When the composed network is evaluated (`synthpart.train.stops`): always after every epoch;
+  with `every_steps` also after every that many steps of a loop, with `log_spaced` also after
+  steps 1, 2, 4, 8, ... (below `every_steps` where it is set)."""
+  every_steps: int = 0
+  log_spaced: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +181,7 @@ class Config:
   recovery: TrainConfig = TrainConfig(epochs=2, learning_rate=1e-4)
   checkpoint: CheckpointConfig = CheckpointConfig()
   placement: PlacementConfig = PlacementConfig()
+  eval: EvalConfig = EvalConfig()
 
   def segment_train(self, index: int) -> TrainConfig:
     """The training settings of segment `index`: `train` with that segment's overrides."""
@@ -186,7 +202,7 @@ class Config:
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "sil": SILConfig, "train": TrainConfig,
              "recovery": TrainConfig, "checkpoint": CheckpointConfig,
-             "placement": PlacementConfig}
+             "placement": PlacementConfig, "eval": EvalConfig}
 
 
 def _coerce(path: str, value: Any, default: Any) -> Any:
@@ -388,6 +404,9 @@ def _check_train(path: str, t: TrainConfig, allow_zero_epochs: bool = False) -> 
     raise ConfigError(f"{path}.weight_decay must be a number >= 0, got {t.weight_decay}")
   if not math.isfinite(t.momentum):
     raise ConfigError(f"{path}.momentum must be a finite number, got {t.momentum}")
+  if not 0 <= t.steps <= MAX_EPOCHS * 10**4:
+    raise ConfigError(f"{path}.steps must be an integer in 0..{MAX_EPOCHS * 10**4} (0: whole "
+                      f"epochs), got {t.steps}")
 
 
 def validate(config: Config) -> None:
@@ -431,6 +450,8 @@ def validate(config: Config) -> None:
   if config.checkpoint.every < 1 or config.checkpoint.keep < 1:
     raise ConfigError(f"checkpoint.every and checkpoint.keep must be at least 1, got "
                       f"{config.checkpoint.every} and {config.checkpoint.keep}")
+  if config.eval.every_steps < 0:
+    raise ConfigError(f"eval.every_steps must be >= 0, got {config.eval.every_steps}")
   if config.data.validation_size < 0:
     raise ConfigError(f"data.validation_size must be >= 0, got {config.data.validation_size}")
   _check_placement(config.placement, m.num_segments)

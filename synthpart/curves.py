@@ -2,7 +2,15 @@
 
 Every function here is pure and takes the dicts `synthpart.results.results_document` writes
 (results.json), so reports use them without anything else. FLOPs along a run are the analytic
-counts of `synthpart.flops`, times the examples each loop has seen.
+counts of `synthpart.flops`, times the examples each loop has seen, plus the sequential
+hand-over's forward pass; evaluating the composed network is not in them (a run records that
+cost apart, `eval_flops`).
+
+`crossing` reads where a curve reaches a target accuracy, linear in FLOPs between the evaluated
+points around it; `pareto_front` keeps the points no cheaper point matches. `first_reaching` and
+`time_to_accuracy` read a curve at its first point at the target, which resolves nothing finer
+than the curve's points: once per epoch unless the run evaluated within epochs (`eval`
+settings); `synthpart budget` measures compute to a target with `crossing`.
 """
 
 from __future__ import annotations
@@ -18,9 +26,10 @@ Document = Mapping[str, Any]
 
 
 def accuracy_points(run: Document) -> list[tuple[int, float]]:
-  """(epoch round, test accuracy) of a run's curve; rounds count every loop of the method."""
-  return [(i, p["accuracy"]) for i, p in enumerate(run.get("curve", []), start=1)
-          if "accuracy" in p]
+  """(epoch round, test accuracy) of a run's curve at the end of every round (points inside
+  rounds left out); rounds count every loop of the method."""
+  ends = [p for p in run.get("curve", []) if not p.get("partial")]
+  return [(i, p["accuracy"]) for i, p in enumerate(ends, start=1) if "accuracy" in p]
 
 
 def document_widths(document: Document) -> tuple[int, ...]:
@@ -67,8 +76,9 @@ def accuracy_curve(run: Document, widths: Sequence[int], num_train: int) -> list
     flops += sum(_handover_flops(run, i, widths, num_train)
                  for i, e in enumerate(examples) if e > 0 and i > 0)
     entry = {"epoch": point["epoch"], "seconds": point["seconds"], "flops": float(flops)}
-    if "accuracy" in point:
-      entry["accuracy"] = point["accuracy"]
+    for key in ("accuracy", "partial", "steps"):
+      if key in point:
+        entry[key] = point[key]
     out.append(entry)
   return out
 
@@ -81,11 +91,46 @@ def accuracy_curves(document: Document) -> dict[str, list[dict[str, Any]]]:
 
 
 def first_reaching(curve: Iterable[Document], target: float) -> Document | None:
-  """The first point of a curve whose accuracy is at least `target` (epoch granularity)."""
+  """The first point of a curve whose accuracy is at least `target` (no finer than the curve's
+  points; `crossing` interpolates between them)."""
   for point in curve:
     if point.get("accuracy", -1.0) >= target:
       return point
   return None
+
+
+def crossing(curve: Iterable[Document], target: float) -> dict[str, Any] | None:
+  """Where a curve (`accuracy_curve`) first reaches `target`: {"flops", "seconds",
+  "interpolated"}, or None if it never does.
+
+  Between the last evaluated point below the target and the first at or above it, FLOPs are
+  interpolated linearly in accuracy, and seconds at the same fraction of the way. A curve whose
+  first evaluated point is already at the target crosses there (nothing earlier was measured:
+  for the sequential schedule, its first composed network).
+  """
+  previous = None
+  for point in curve:
+    if "accuracy" not in point:
+      continue
+    if point["accuracy"] >= target:
+      if previous is None:
+        return {"flops": point["flops"], "seconds": point["seconds"], "interpolated": False}
+      share = (target - previous["accuracy"]) / (point["accuracy"] - previous["accuracy"])
+      return {key: previous[key] + share * (point[key] - previous[key])
+              for key in ("flops", "seconds")} | {"interpolated": True}
+    previous = point
+  return None
+
+
+def pareto_front(points: Iterable[Mapping[str, Any]], cost: str = "flops") -> list[Document]:
+  """The points no other point beats: each one more accurate than every point costing at most
+  as much (`cost`: "flops" or "seconds"), cheapest first. Points without accuracy are ignored."""
+  front: list[Document] = []
+  for point in sorted((p for p in points if "accuracy" in p),
+                      key=lambda p: (p[cost], -p["accuracy"])):
+    if not front or point["accuracy"] > front[-1]["accuracy"]:
+      front.append(point)
+  return front
 
 
 def _reduction(value: float, baseline: float) -> float | None:
@@ -94,7 +139,10 @@ def _reduction(value: float, baseline: float) -> float | None:
 
 def time_to_accuracy(document: Document, fraction: float = 0.9,
                      baseline: str = "conventional") -> dict[str, Any]:
-  """The paper's headline: compute and wall time to reach `fraction` of the baseline's accuracy.
+  """Compute and wall time to reach `fraction` of the baseline's final accuracy, read at each
+  curve's first point at the target. With one point per epoch this cannot resolve a method that
+  gets there inside its first epoch, and the target moves with the baseline's epoch budget:
+  `synthpart budget` is the measure of the paper's headline.
 
   Returns {"target_accuracy", "baseline", "methods": {method: {"reached", "epoch", "flops",
   "seconds", "flops_reduction_pct", "seconds_reduction_pct", "final_accuracy", "total_flops",

@@ -19,16 +19,24 @@ results.json (schema version 1)::
         "test_accuracy": fraction in [0, 1]; null where the method diverged,
         "wall_seconds": training time after compilation (evaluation excluded),
         "compile_seconds": total compile time of its loops,
+        "evaluations", "eval_seconds", "eval_flops": the composed network's evaluations along
+                      the curve and what they cost, apart from the training's time and FLOPs,
         "segments": [{"name", "layers": [start, stop), "objective", "device", "optimizer",
                       "learning_rate", "batch_size", "epochs", "steps_per_epoch",
-                      "loss_per_epoch": [...], "epoch_seconds": [...], "compile_seconds",
+                      "max_steps" (0: whole epochs), "loss_per_epoch": [...],
+                      "epoch_seconds": [...], "compile_seconds",
                       "diverged", "divergence": why (null if it did not),
                       "memory": {"argument", "output", "alias", "temp",
                       "resident", "data", "peak", "peak_without_data"} (bytes),
                       "flops_per_step", "forward_flops"}],
-        "curve": [{"epoch", "seconds", "examples": [per loop], "accuracy"?}],
+        "curve": [{"epoch", "seconds", "examples": [per loop], "accuracy"?,
+                   "steps": [per loop]?, "partial": true?}],
         "transfers": [{"what", "source", "destination", "bytes"}]
       }
+
+A curve point follows every epoch round; with `eval.every_steps` or `eval.log_spaced`, points
+inside a round follow too (`partial`: true, `epoch` the round in progress), and every point
+records the steps each loop has trained.
     ]
   }
 
@@ -78,24 +86,37 @@ class SegmentResult:
   # the optimizer update), and one example's forward pass through the loop's blocks.
   flops_per_step: int | None = None
   forward_flops: int | None = None
+  # The loop's budget in steps (`train.steps`); 0: `epochs` whole epochs.
+  max_steps: int = 0
+
+  @property
+  def steps(self) -> int:
+    """Steps this loop has trained in the epochs it finished."""
+    steps = len(self.loss_per_epoch) * self.steps_per_epoch
+    return min(steps, self.max_steps) if self.max_steps else steps
 
   @property
   def examples(self) -> int:
     """Training examples this loop has seen so far."""
-    return len(self.loss_per_epoch) * self.steps_per_epoch * self.batch_size
+    return self.steps * self.batch_size
 
 
 @dataclasses.dataclass
 class MethodResult:
   """One method's outcome: test accuracy, time, every loop, and its accuracy along the way.
 
-  `curve` holds one point per epoch round: cumulative training seconds, examples seen by each
-  loop so far, and the test accuracy of the network composed at that point (where tracked).
+  `curve` holds one point per epoch round (and, evaluating within epochs, points inside rounds):
+  cumulative training seconds, examples seen by each loop so far, and the test accuracy of the
+  network composed at that point (where tracked). Evaluating costs `eval_seconds` and
+  `eval_flops` over `evaluations`, counted apart from the training's seconds and FLOPs.
   """
   method: str
   test_accuracy: float = math.nan
   wall_seconds: float = 0.0
   compile_seconds: float = 0.0
+  evaluations: int = 0
+  eval_seconds: float = 0.0
+  eval_flops: float = 0.0
   segments: list[SegmentResult] = dataclasses.field(default_factory=list)
   curve: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   transfers: list[Transfer] = dataclasses.field(default_factory=list)

@@ -50,6 +50,12 @@ def _figure(rows: int = 1, cols: int = 1, width: float = 6.4,
   return fig, axes
 
 
+def new_figure(width: float = 6.4, height: float = 4.2) -> tuple[Figure, Axes]:
+  """A Figure with one axes, on the Agg canvas."""
+  fig, axes = _figure(width=width, height=height)
+  return fig, axes[0][0]
+
+
 def save(fig: Figure, path: Path) -> Path:
   """Writes the figure as a PNG, making its folder."""
   path.parent.mkdir(parents=True, exist_ok=True)

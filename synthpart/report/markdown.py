@@ -16,6 +16,7 @@ from synthpart.curves import (
 )
 from synthpart.errors import ConfigError
 from synthpart.files import write_text_atomic
+from synthpart.report.budget import budget_report
 from synthpart.report.figures import (
   axis_label,
   plot_accuracy_per_epoch,
@@ -46,12 +47,15 @@ def write_report(directory: str | Path, out: str | Path | None = None,
   if not directory.is_dir():
     raise ConfigError(f"{directory} is not a directory")
   out = Path(out) if out is not None else directory
-  if (directory / "sweep.json").exists():
+  if (directory / "budget.json").exists():
+    text = budget_report(directory, out)
+  elif (directory / "sweep.json").exists():
     text = sweep_report(directory, out, memory)
   elif (directory / "results.json").exists():
     text = run_report(directory, out, memory)
   else:
-    raise ConfigError(f"{directory} holds neither results.json (a run) nor sweep.json (a sweep)")
+    raise ConfigError(f"{directory} holds neither results.json (a run), sweep.json (a sweep) "
+                      "nor budget.json (a budget search)")
   out.mkdir(parents=True, exist_ok=True)
   path = out / "report.md"
   write_text_atomic(path, text)
@@ -87,7 +91,11 @@ def run_report(directory: Path, out: Path, memory: bool = True) -> str:
            f"`synthpart {document['command']}` — {settings_line(document)}.", ""]
   lines += _runs_table(document)
   if any(r["method"] == "conventional" for r in document["runs"]):
-    lines += ["## Compute and time to 90% of conventional accuracy", "",
+    lines += ["## Compute and time to 90% of conventional accuracy, at curve points", "",
+              ("Read at each curve's first point at the target: once per epoch unless the run "
+               "evaluated within epochs (`eval.every_steps`), and against this run's own "
+               "conventional accuracy. `synthpart budget` measures compute to a fixed target, "
+               "interpolated between evaluations, over budgets and seeds."), "",
               format_time_to_accuracy(time_to_accuracy(document)), ""]
   lines += ["## Figures", ""]
   fig = plot_accuracy_per_epoch([document], f"Test accuracy per epoch — {directory.name}")

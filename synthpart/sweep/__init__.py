@@ -66,6 +66,7 @@ from synthpart.sweep.run import (
     is_done,
     job_experiment,
     jobs,
+    run_job,
     run_sweep,
     stored_config,
 )
@@ -75,6 +76,6 @@ __all__ = [
     "Job", "Point", "RunOptions", "Sweep", "add_sweep_commands", "baseline_config", "baseline_name",
     "default_cache_dir", "enable_compile_cache", "expand", "flatten", "format_value", "freeze",
     "is_done", "job_experiment", "jobs", "load_sweep", "mean_std", "non_default", "parse_sweep",
-    "point_config", "point_name", "read_document", "run_sweep", "stored_config", "summarize",
-    "summary_markdown", "sweep_document", "thaw", "value_label", "write_summary",
+    "point_config", "point_name", "read_document", "run_job", "run_sweep", "stored_config",
+    "summarize", "summary_markdown", "sweep_document", "thaw", "value_label", "write_summary",
 ]

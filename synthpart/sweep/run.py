@@ -131,21 +131,29 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
              dynamic_ncols=True, file=sys.stderr, disable=not options.show_progress)
   for job in pending:
     bar.set_postfix_str(job.directory, refresh=True)
-    dataset = _dataset(job.config, datasets, load)
-    wanted = options.devices or job.config.model.num_segments
-    problem = make_problem(job.config, dataset, devices[:wanted])
-    command, experiment = job_experiment(job)
-    runs = experiment(problem, Progress(quiet=not options.verbose))
-    document = results_document(command, problem, dataset.source, runs)
-    run_dir = out / job.directory
-    write_json_atomic(run_dir / "results.json", document)
-    if options.tensorboard:
-      write_tensorboard(document, run_dir / "tensorboard")
+    run_job(job, out, devices, options, datasets, load)
     bar.update(1)
   bar.close()
   summary = summarize(out)
   write_summary(out, summary)
   return summary
+
+
+def run_job(job: Job, out: Path, devices: Sequence[Any], options: RunOptions,
+            datasets: dict[tuple[Any, ...], Dataset], load: Loader | None = None) -> None:
+  """Trains one job and writes its results.json (and TensorBoard logs) under `out`.
+
+  `datasets` caches each distinct dataset source across jobs."""
+  dataset = _dataset(job.config, datasets, load)
+  wanted = options.devices or job.config.model.num_segments
+  problem = make_problem(job.config, dataset, devices[:wanted])
+  command, experiment = job_experiment(job)
+  runs = experiment(problem, Progress(quiet=not options.verbose))
+  document = results_document(command, problem, dataset.source, runs)
+  run_dir = out / job.directory
+  write_json_atomic(run_dir / "results.json", document)
+  if options.tensorboard:
+    write_tensorboard(document, run_dir / "tensorboard")
 
 
 def _dataset(config: config_lib.Config, cache: dict[tuple[Any, ...], Dataset],

@@ -4,16 +4,19 @@ A `Loop` is one optax loop live on its device (or device group): its compiled ep
 its data and its key. `drive` trains a list of loops together, epoch by epoch: each round
 dispatches one epoch of every unfinished loop before waiting on any of them (so loops on distinct
 devices run concurrently), then records each loop's mean loss, stops a loop that diverged,
-appends a point to the method's curve (with the composed network's accuracy where asked),
-checkpoints and reports progress. Resuming, checkpointing, curves, divergence and progress are
-defined here once:
+appends a point to the method's curve (with the composed network's accuracy where
+asked), checkpoints and reports progress. Resuming, checkpointing, curves, divergence and progress
+are defined here once:
 
 - conventional training and recovery epochs drive one loop;
 - the sequential schedule drives each segment's loop alone, one after another;
 - the parallel schedule drives every segment's loop at once.
 
-Loops restored from checkpoints at different epochs each resume from their own; the method's
-curve resumes from the loop that got least far.
+With an `Evaluation` schedule inside epochs, or a loop whose budget in steps (`train.steps`) ends
+inside an epoch, a round runs in chunks (`Loop.dispatch_steps`, bit-identical to the whole epoch)
+that pause where `synthpart.train.stops` says: the composed network is evaluated there and a
+point inside the round joins the curve. Its evaluation is timed and counted apart (`eval_seconds`,
+`eval_flops`), never in the training's seconds.
 
 A loop diverges, and stops without checkpointing that epoch, where after an epoch
 
@@ -30,6 +33,12 @@ mean predictor for several epochs. A collapsed regression segment shows in the c
 it feeds (sequential) or in the method's accuracy (parallel).
 
 Running out of device or host memory raises `ResourceError` naming the loop and its size.
+
+Loops restored from checkpoints at different epochs each resume from their own; the method's
+curve resumes from the loop that got least far.
+
+This module is longer than most (over 400 lines) on purpose: it is the one place that defines
+what an epoch round is (resume, chunks, evaluation points, divergence, checkpoints, progress).
 """
 
 from __future__ import annotations
@@ -58,11 +67,29 @@ from synthpart.results import MethodResult, SegmentResult
 from synthpart.train.loop import StepwiseEpoch, TrainState, make_epoch, make_steps
 from synthpart.train.objectives import Constants, Task, make_loss
 from synthpart.train.optim import make_optimizer
+from synthpart.train.stops import (
+  EvalSchedule,
+  chunks,
+  epochs_for,
+  positions,
+  round_stops,
+  steps_in_epoch,
+)
 
 # evaluate(params of every driven loop, in order) -> accuracy of the network they compose
 Evaluate = Callable[[list[Params]], float]
 # on_error(loop, error): a caller's failure policy; without one, errors propagate
 OnError = Callable[["Loop", Exception], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """When the composed network is evaluated besides every epoch's end, and what one evaluation
+  costs: the composed network's forward pass over the evaluated split, in FLOPs."""
+  schedule: EvalSchedule = EvalSchedule()
+  flops: float = 0.0
+
+
 # A loss within this fraction of chance (or above it) is no better than chance.
 CHANCE_TOLERANCE = 0.01
 
@@ -103,6 +130,7 @@ class Loop:
   last_checkpoint: str | None = None
   # chunk(num_steps) -> steps of the epoch in chunks (`make_steps`), compiled on first use
   chunk: Callable[[int], Callable[..., tuple[TrainState, jax.Array]]] | None = None
+  compiled_chunks: dict[int, Any] = dataclasses.field(default_factory=dict)
   chance: float | None = None  # a classifying loop's chance-level loss (`chance_loss`)
   chance_epochs: int = 0  # epochs in a row at chance that stop it (0: never)
 
@@ -122,13 +150,30 @@ class Loop:
     """Enqueues steps first .. first+count-1 of `epoch` (exactly as the whole epoch would run
     them) and returns their losses [count] without waiting; `count` steps to the epoch's end
     complete it."""
+    index, start = self._chunk_args(epoch, first)
+    self.prepare_chunk(count)
+    self.state, losses = self.compiled_chunks[count](self.state, self.data, self.consts, self.key,
+                                                     index, start)
+    return losses
+
+  def _chunk_args(self, epoch: int, first: int) -> tuple[jax.Array, jax.Array]:
+    return (jax.device_put(np.uint32(epoch), self.device),
+            jax.device_put(np.int32(first), self.device))
+
+  def prepare_chunk(self, count: int) -> float:
+    """Compiles the chunk of `count` steps unless done before; returns the seconds it took."""
+    if count in self.compiled_chunks:
+      return 0.0
     if self.chunk is None:
       raise ValueError(f"{self.result.name}: this loop does not run epochs in chunks")
-    index = jax.device_put(np.uint32(epoch), self.device)
-    start = jax.device_put(np.int32(first), self.device)
-    self.state, losses = self.chunk(count)(self.state, self.data, self.consts, self.key, index,
-                                           start)
-    return losses
+    start = time.perf_counter()
+    chunk = self.chunk(count)
+    lower = getattr(chunk, "lower", None)  # a stepwise epoch's chunks are compiled already
+    self.compiled_chunks[count] = chunk if lower is None else lower(
+        self.state, self.data, self.consts, self.key, *self._chunk_args(0, 0)).compile()
+    seconds = time.perf_counter() - start
+    self.result.compile_seconds += seconds
+    return seconds
 
   def resume(self, policy: checkpoint.Policy | None, method: str) -> dict[str, Any]:
     """Restores this loop's newest checkpoint, if any; returns its meta ({} if none)."""
@@ -151,16 +196,18 @@ class Loop:
     meta = {"epoch": epoch, "key": jax.device_get(jax.random.key_data(self.key)).tolist(),
             "loss_per_epoch": self.result.loss_per_epoch,
             "epoch_seconds": self.result.epoch_seconds,
-            "curve": progress.curve, "wall_seconds": progress.wall_seconds}
+            "curve": progress.curve, "wall_seconds": progress.wall_seconds,
+            "evaluations": progress.evaluations, "eval_seconds": progress.eval_seconds,
+            "eval_flops": progress.eval_flops}
     self.last_checkpoint = str(checkpoint.save(policy, method, self.result.name, epoch,
                                                self.state, meta))
 
-  def record(self, losses: jax.Array, seconds: float) -> bool:
+  def record(self, losses: jax.Array | np.ndarray, seconds: float) -> bool:
     """Stores an epoch's mean loss and time, then `judge`s it; returns False if it diverged."""
     self.store(losses, seconds)
     return self.judge()
 
-  def store(self, losses: jax.Array, seconds: float) -> None:
+  def store(self, losses: jax.Array | np.ndarray, seconds: float) -> None:
     """Stores an epoch's mean loss and time."""
     self.result.loss_per_epoch.append(float(np.mean(jax.device_get(losses))))
     self.result.epoch_seconds.append(seconds)
@@ -235,11 +282,12 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
                           f"{_mib(tree_bytes(data))}; try smaller model.hidden or fewer "
                           f"examples") from None
     raise
+  steps_per_epoch = num_examples // train.batch_size
   result = SegmentResult(
       name=name, layers=(task.spec.start, task.spec.stop), objective=objective(task),
       device=device_name(device), optimizer=train.optimizer, learning_rate=train.learning_rate,
-      batch_size=train.batch_size, epochs=train.epochs,
-      steps_per_epoch=num_examples // train.batch_size, compile_seconds=compile_seconds,
+      batch_size=train.batch_size, epochs=epochs_for(steps_per_epoch, train.epochs, train.steps),
+      steps_per_epoch=steps_per_epoch, max_steps=train.steps, compile_seconds=compile_seconds,
       memory=compiled_memory(compiled, data=tree_bytes(data)).to_dict(),
       flops_per_step=segment_step_flops(task.spec, train.batch_size, train.optimizer),
       forward_flops=segment_flops(task.spec).forward)
@@ -277,9 +325,13 @@ def _resume(loops: Sequence[Loop], result: MethodResult,
   first = min(range(len(loops)), key=lambda i: loops[i].done, default=None)
   if first is None or not metas[first]:
     return 0
-  start = loops[first].done
-  result.curve = list(metas[first]["curve"])[:len(result.curve) + start]
-  result.wall_seconds = metas[first]["wall_seconds"]
+  start, meta, prior = loops[first].done, metas[first], len(result.curve)
+  # Points of earlier drives, then this drive's up to the end of the round resumed from.
+  result.curve = meta["curve"][:prior] + [p for p in meta["curve"][prior:] if p["epoch"] <= start]
+  result.wall_seconds = meta["wall_seconds"]
+  result.evaluations = meta.get("evaluations", result.evaluations)
+  result.eval_seconds = meta.get("eval_seconds", result.eval_seconds)
+  result.eval_flops = meta.get("eval_flops", result.eval_flops)
   return start
 
 
@@ -293,22 +345,26 @@ def _diverged(loop: Loop, method: str, epoch: int, progress: Progress) -> bool:
 
 def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
           label: str, checkpoints: checkpoint.Policy | None = None,
-          evaluate: Evaluate | None = None, on_error: OnError | None = None) -> None:
-  """Trains `loops` together to their epoch budgets, recording into `result`.
+          evaluate: Evaluate | None = None, on_error: OnError | None = None,
+          evaluation: Evaluation = Evaluation()) -> None:
+  """Trains `loops` together to their budgets (epochs, or steps), recording into `result`.
 
   The loops' results must already be in `result.segments`. Each round dispatches one epoch of
   every unfinished loop, then waits for each; `result.wall_seconds` grows by the round's time
   and each loop's `epoch_seconds` by the time until its own losses were ready. After a round,
-  `evaluate` (if given, and if no loop diverged or failed) gives the curve point's accuracy.
-  A loop that diverges (module docstring) is marked so and stops; the others go on. `on_error`
-  takes a loop whose dispatch or epoch raised, and that loop stops; without it, errors propagate
-  (running out of memory as `ResourceError`).
+  `evaluate` (if given, and if no loop diverged or failed) gives the curve point's accuracy;
+  with `evaluation.schedule` inside epochs, points inside the round too (see the module
+  docstring). A loop that diverges (module docstring) is marked so and stops; the others go on.
+  `on_error` takes a loop whose dispatch or epoch raised, and that loop stops; without it, errors
+  propagate (running out of memory as `ResourceError`).
   """
   loops = list(loops)
   start_epoch = _resume(loops, result, checkpoints)
   bars = [progress.bar(f"{label} {loop.result.name}" if label else loop.result.name,
                        loop.result.epochs, position=i, done=loop.done)
           for i, loop in enumerate(loops)]
+  chunked = ((evaluate is not None and evaluation.schedule.within_epochs)
+             or any(loop.result.max_steps % loop.result.steps_per_epoch for loop in loops))
   failed: set[int] = set()
   stopped: set[int] = set()
   for epoch in range(start_epoch, max((loop.result.epochs for loop in loops), default=0)):
@@ -316,31 +372,20 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
               if i not in failed | stopped and epoch < loop.result.epochs]
     if not active:
       break
-    start = time.perf_counter()
-    pending = []
-    for i in active:
-      if epoch >= loops[i].done:
-        try:
-          pending.append((i, loops[i].dispatch(epoch, result.method)))
-        except Exception as e:
-          _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
-    ran = []
-    for i, losses in pending:
-      try:
-        jax.block_until_ready(losses)
-      except Exception as e:
-        _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
-        continue
-      loops[i].store(losses, time.perf_counter() - start)
-      ran.append(i)
-    result.wall_seconds += time.perf_counter() - start
+    if chunked:
+      ran = _chunked_round(loops, active, epoch, result, failed, on_error, evaluate,
+                           evaluation)
+    else:
+      ran = _whole_round(loops, active, epoch, result, failed, on_error)
     for i in ran:
       if _diverged(loops[i], result.method, epoch, progress):
         stopped.add(i)
     point: dict[str, Any] = {"epoch": epoch + 1, "seconds": result.wall_seconds,
                              "examples": _examples(result)}
+    if chunked:
+      point["steps"] = [s.steps for s in result.segments]
     if evaluate is not None and not failed and not any(l.result.diverged for l in loops):
-      point["accuracy"] = evaluate([loop.state.params for loop in loops])
+      point["accuracy"] = _evaluate(evaluate, loops, result, evaluation)
     if len(loops) == 1 and loops[0].result.diverged:
       pass  # a lone loop that diverged ends the method without a point
     else:
@@ -354,6 +399,121 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
         bars[i].update(**metrics)
   for bar in bars:
     bar.close()
+
+
+def _whole_round(loops: Sequence[Loop], active: Sequence[int], epoch: int, result: MethodResult,
+                 failed: set[int], on_error: OnError | None) -> list[int]:
+  """One epoch of every active loop, dispatched whole; returns the loops that ran it."""
+  start = time.perf_counter()
+  pending = []
+  for i in active:
+    if epoch >= loops[i].done:
+      try:
+        pending.append((i, loops[i].dispatch(epoch, result.method)))
+      except Exception as e:
+        _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
+  ran = []
+  for i, losses in pending:
+    try:
+      jax.block_until_ready(losses)
+    except Exception as e:
+      _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
+      continue
+    loops[i].store(losses, time.perf_counter() - start)
+    ran.append(i)
+  result.wall_seconds += time.perf_counter() - start
+  return ran
+
+
+def _evaluate(evaluate: Evaluate, loops: Sequence[Loop], result: MethodResult,
+              evaluation: Evaluation) -> float:
+  """The composed network's accuracy; its time and FLOPs go to the result's evaluation cost."""
+  start = time.perf_counter()
+  accuracy = evaluate([loop.state.params for loop in loops])
+  result.eval_seconds += time.perf_counter() - start
+  result.evaluations += 1
+  result.eval_flops += evaluation.flops
+  return accuracy
+
+
+def _round_plan(loops: Sequence[Loop], todo: Sequence[int], epoch: int, evaluate: bool,
+                schedule: EvalSchedule) -> dict[int, list[tuple[int, int]]]:
+  """Each loop's chunks (first, count) in this round, one per stop (`synthpart.train.stops`)."""
+  counts = {i: steps_in_epoch(epoch, loops[i].result.steps_per_epoch, loops[i].result.max_steps)
+            for i in todo}
+  reference = max(todo, key=lambda i: loops[i].result.steps_per_epoch)
+  per_epoch = loops[reference].result.steps_per_epoch
+  length = max(-(-counts[i] * per_epoch // loops[i].result.steps_per_epoch) for i in todo)
+  stops = round_stops(schedule, epoch * per_epoch, length, evaluate)
+  return {i: chunks(positions(stops, per_epoch, loops[i].result.steps_per_epoch, counts[i]))
+          for i in todo}
+
+
+def _chunked_round(loops: Sequence[Loop], active: Sequence[int], epoch: int,
+                   result: MethodResult, failed: set[int], on_error: OnError | None,
+                   evaluate: Evaluate | None, evaluation: Evaluation) -> list[int]:
+  """One epoch (or what the step budget leaves of it) of every active loop, in chunks that end
+  at the round's stops; a point inside the round after each stop but the last, evaluated where
+  every loss so far is finite. Compiling the chunks is not timed as training."""
+  todo = [i for i in active if epoch >= loops[i].done]
+  if not todo:
+    return []
+  plan = _round_plan(loops, todo, epoch, evaluate is not None, evaluation.schedule)
+  for i in todo:
+    for first, count in plan[i]:
+      if count and not _whole(loops[i], first, count):
+        result.compile_seconds += loops[i].prepare_chunk(count)
+  pieces: dict[int, list[np.ndarray]] = {i: [] for i in todo}
+  seconds = dict.fromkeys(todo, 0.0)
+  live, finite = list(todo), True
+  stops = len(plan[todo[0]])
+  for k in range(stops):
+    start = time.perf_counter()
+    pending = []
+    for i in live:
+      first, count = plan[i][k]
+      if count:
+        try:
+          pending.append((i, _dispatch(loops[i], epoch, first, count, result.method)))
+        except Exception as e:
+          _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
+    for i, losses in pending:
+      try:
+        pieces[i].append(np.asarray(jax.device_get(losses)))
+      except Exception as e:
+        _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
+        continue
+      seconds[i] += time.perf_counter() - start
+      finite = finite and bool(np.isfinite(pieces[i][-1]).all())
+    result.wall_seconds += time.perf_counter() - start
+    live = [i for i in live if i not in failed]
+    if k < stops - 1 and evaluate is not None:
+      trained = {id(loops[i].result): sum(c for _, c in plan[i][:k + 1]) for i in todo}
+      steps = [s.steps + trained.get(id(s), 0) for s in result.segments]
+      point: dict[str, Any] = {
+          "epoch": epoch + 1, "partial": True, "seconds": result.wall_seconds,
+          "examples": [n * s.batch_size for n, s in zip(steps, result.segments, strict=True)],
+          "steps": steps}
+      if finite and not failed:
+        point["accuracy"] = _evaluate(evaluate, loops, result, evaluation)
+      result.curve.append(point)
+  for i in live:
+    loops[i].store(np.concatenate(pieces[i]), seconds[i])
+  return live
+
+
+def _whole(loop: Loop, first: int, count: int) -> bool:
+  return first == 0 and count == loop.result.steps_per_epoch
+
+
+def _dispatch(loop: Loop, epoch: int, first: int, count: int, method: str) -> jax.Array:
+  """A whole epoch through the loop's compiled epoch, a part of one through its chunks."""
+  if _whole(loop, first, count):
+    return loop.dispatch(epoch, method)
+  losses = loop.dispatch_steps(epoch, first, count)
+  checkpoint.crash_point(f"steps-dispatched:{method}/{loop.result.name}:{epoch + 1}:"
+                         f"{first + count}")
+  return losses
 
 
 def _fail(on_error: OnError | None, loop: Loop, e: Exception, failed: set[int], i: int) -> None:

@@ -20,13 +20,14 @@ import jax
 
 from synthpart import checkpoint
 from synthpart.config import TrainConfig
+from synthpart.flops import segment_flops
 from synthpart.groups import Placement
 from synthpart.model import Params, apply_segment, compose, init_segment, whole_network
 from synthpart.partition import SegmentSpec
 from synthpart.placement import hand_over, key_on
 from synthpart.progress import Progress
 from synthpart.results import MethodResult
-from synthpart.train.driver import Evaluate, Loop, drive, start_loop
+from synthpart.train.driver import Evaluate, Evaluation, Loop, drive, start_loop
 from synthpart.train.loop import count_correct, make_predict
 from synthpart.train.objectives import Constants, Task, preprocess_pixels
 from synthpart.train.problem import (
@@ -36,6 +37,7 @@ from synthpart.train.problem import (
   Problem,
   input_constants,
 )
+from synthpart.train.stops import EvalSchedule
 
 
 def init_params(problem: Problem, spec: SegmentSpec, device: Placement) -> Params:
@@ -81,6 +83,15 @@ def make_evaluator(problem: Problem, device: Placement) -> Evaluate:
   return accuracy
 
 
+def evaluation_of(problem: Problem) -> Evaluation:
+  """When the composed network is evaluated (`eval` settings), and the FLOPs of once: its
+  forward pass over the evaluated split."""
+  e = problem.config.eval
+  return Evaluation(EvalSchedule(e.every_steps, e.log_spaced),
+                    float(segment_flops(whole_network(problem.specs)).forward
+                          * len(problem.test_y)))
+
+
 def train_network(problem: Problem, method: str, train: TrainConfig, params: Params,
                   key: jax.Array, progress: Progress, result: MethodResult | None = None,
                   name: str = "network",
@@ -97,7 +108,8 @@ def train_network(problem: Problem, method: str, train: TrainConfig, params: Par
                     {"x": problem.train_x, "y": problem.train_y},
                     input_constants(problem, device), key, device, name)
   _add(result, loop)
-  drive([loop], result, progress, label=method, checkpoints=checkpoints, evaluate=evaluate)
+  drive([loop], result, progress, label=method, checkpoints=checkpoints, evaluate=evaluate,
+        evaluation=evaluation_of(problem))
   params = jax.device_get(loop.state.params)
   result.test_accuracy = evaluate([params])
   return params, result
@@ -175,7 +187,7 @@ def sequential_segment(problem: Problem, spec: SegmentSpec, inputs_x: Any, progr
                     problem.key(ORDER_STREAM, spec.start), device, f"segment {spec.index}")
   _add(result, loop)
   drive([loop], result, progress, label=result.method, checkpoints=checkpoints,
-        evaluate=evaluate)
+        evaluate=evaluate, evaluation=evaluation_of(problem))
   if spec.is_last or loop.result.diverged:
     return loop.state.params, None
   start = time.perf_counter()
@@ -221,7 +233,7 @@ def train_parallel(problem: Problem, progress: Progress, track_accuracy: bool = 
     _add(result, loop)
   evaluate = make_evaluator(problem, problem.device_of(0))
   drive(loops, result, progress, label=result.method, checkpoints=checkpoints,
-        evaluate=evaluate if track_accuracy else None)
+        evaluate=evaluate if track_accuracy else None, evaluation=evaluation_of(problem))
   params = jax.device_get([loop.state.params for loop in loops])
   result.test_accuracy = evaluate(params)
   return params, result

@@ -1,0 +1,82 @@
+"""Running a budget search: every sweep's jobs, seed by seed, each skipped once its results exist.
+
+Jobs run seed by seed (the reference, then every method's grid, for seed 0; then seed 1...), so an
+interrupted search already holds whole seeds to analyse. Rerunning the same command continues it:
+a job whose results.json holds the same settings is not run again (`synthpart.sweep.is_done`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from synthpart.budget.analysis import analyze
+from synthpart.budget.plan import Budget, budget_document
+from synthpart.budget.summary import budget_markdown
+from synthpart.files import write_json_atomic
+from synthpart.setup import Loader, select_devices
+from synthpart.sweep.grid import expand, sweep_document
+from synthpart.sweep.run import Job, RunOptions, is_done, jobs, run_job
+from synthpart.sweep.summary import summarize, write_summary
+
+
+def budget_jobs(budget: Budget) -> list[Job]:
+  """Every job of every sweep, its directory under the budget's, seed by seed."""
+  out = []
+  for seed in budget.seeds:
+    for name, sweep in budget.sweeps:
+      out += [dataclasses.replace(job, directory=f"{name}/{job.directory}")
+              for job in jobs(sweep, expand(sweep)) if job.config.seed == seed]
+  return out
+
+
+def pending_jobs(budget: Budget, out: Path) -> list[Job]:
+  """The jobs whose results are not yet under `out`."""
+  return [j for j in budget_jobs(budget) if not is_done(out / j.directory / "results.json",
+                                                        j.config)]
+
+
+def write_plan(budget: Budget, out: Path) -> None:
+  """budget.json (the plan; the analysis joins it when the runs are done) and every sweep's
+  sweep.json."""
+  write_json_atomic(out / "budget.json", budget_document(budget))
+  for name, sweep in budget.sweeps:
+    write_json_atomic(out / name / "sweep.json", sweep_document(sweep, expand(sweep)))
+
+
+def write_outcome(budget: Budget, out: Path) -> dict[str, Any]:
+  """Every sweep's summary, then the analysis in budget.json and budget.md; returns it."""
+  for name, _ in budget.sweeps:
+    write_summary(out / name, summarize(out / name))
+  analysis = analyze(out)
+  write_json_atomic(out / "budget.json", {**budget_document(budget), "analysis": analysis})
+  text = budget_markdown(analysis)
+  tmp = out / ".budget.md.tmp"
+  tmp.write_text(text)
+  tmp.replace(out / "budget.md")
+  return analysis
+
+
+def run_budget(budget: Budget, out: str | Path, options: RunOptions | None = None,
+               load: Loader | None = None) -> dict[str, Any]:
+  """Runs every job not yet done, then writes the analysis; returns it."""
+  out, options = Path(out), options or RunOptions()
+  write_plan(budget, out)
+  todo = budget_jobs(budget)
+  pending = pending_jobs(budget, out)
+  devices: Sequence[Any] = select_devices(options.devices,
+                                          max(j.config.num_devices for j in todo))
+  datasets: dict[tuple[Any, ...], Any] = {}
+  bar = tqdm(total=len(todo), initial=len(todo) - len(pending), unit="run", desc="budget",
+             dynamic_ncols=True, file=sys.stderr, disable=not options.show_progress)
+  for job in pending:
+    bar.set_postfix_str(job.directory, refresh=True)
+    run_job(job, out, devices, options, datasets, load)
+    bar.update(1)
+  bar.close()
+  return write_outcome(budget, out)
