@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import jax
 import numpy as np
@@ -35,7 +35,7 @@ from synthpart.errors import ConfigError
 DATA_AXIS = "data"
 
 # Where a segment lives: its one device, or a sharding replicated over its group's mesh.
-Placement = jax.Device | NamedSharding
+Placement: TypeAlias = jax.Device | NamedSharding
 
 
 def layout_groups(devices: Sequence[jax.Device],
@@ -78,7 +78,7 @@ def is_group(target: Placement) -> bool:
 
 def group_devices(target: Placement) -> tuple[jax.Device, ...]:
   """The devices of a placement, in mesh order."""
-  if is_group(target):
+  if isinstance(target, NamedSharding):
     return tuple(target.mesh.devices.flat)
   return (target,)
 
@@ -90,7 +90,7 @@ def lead_device(target: Placement) -> jax.Device:
 
 def batch_sharding(target: Placement) -> NamedSharding | None:
   """How a minibatch is split over a group (leading axis over "data"); None for one device."""
-  if not is_group(target):
+  if not isinstance(target, NamedSharding):
     return None
   return NamedSharding(target.mesh, PartitionSpec(DATA_AXIS))
 

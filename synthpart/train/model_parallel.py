@@ -56,9 +56,10 @@ class Stage(NamedTuple):
   """
   spec: SegmentSpec
   device: jax.Device
-  forward: Callable[..., Any] | None
-  backward: Callable[..., Any] | None
-  last: Callable[..., Any] | None
+  # Jitted, then replaced by their compiled executables (`_compile`); None where not used.
+  forward: Any
+  backward: Any
+  last: Any
 
 
 class StageState(NamedTuple):
@@ -152,7 +153,7 @@ class ModelParallelRun:
   results: list[SegmentResult]
   batch_size: int
   num_examples: int
-  order_fns: list[Callable[..., jax.Array]]
+  order_fns: list[Any]  # jitted, then compiled: order(key, epoch) -> [steps, batch]
   # Step numbers 0..steps-1 as scalars on each device, made once: passing Python ints instead
   # would be an implicit host-to-device transfer on every call.
   step_indices: list[list[jax.Array]]
@@ -211,7 +212,7 @@ def start_model_parallel(problem: Problem, train: TrainConfig, key: jax.Array,
   return run
 
 
-def _timed_compile(fn: Callable, *args: Any) -> tuple[Any, float]:
+def _timed_compile(fn: Any, *args: Any) -> tuple[Any, float]:
   start = time.perf_counter()
   compiled = fn.lower(*args).compile()
   return compiled, time.perf_counter() - start
