@@ -1,7 +1,9 @@
 """The README's own-network example runs as written."""
 
+import os
 import pathlib
 import re
+import subprocess
 import sys
 
 from synthpart.progress import Progress
@@ -26,3 +28,17 @@ def test_the_readme_factory_example_trains(tmp_path, monkeypatch):
   _, result = S.train_sequential(problem, Progress(quiet=True))
   assert len(result.segments) == 2 and result.test_accuracy >= 0
   sys.modules.pop("my_nets", None)
+
+
+def test_the_readme_library_quick_start_runs_from_anywhere(tmp_path):
+  text = README.read_text()
+  block = re.search(r"## As a library\n\n```python\n(.*?)```", text, re.S)
+  assert block, "the README's library quick start is missing"
+  code = block.group(1).replace('"fashion-mnist"', '"digits"').replace(
+      '"train.epochs": 2', '"train.epochs": 1, "model.hidden": [16, 16, 16]')
+  assert "digits" in code
+  run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  accuracy = float(run.stdout.split()[0])
+  assert 0.0 < accuracy <= 1.0
