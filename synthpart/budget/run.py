@@ -8,20 +8,16 @@ a job whose results.json holds the same settings is not run again (`synthpart.sw
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from synthpart.budget.analysis import analyze
 from synthpart.budget.plan import Budget, budget_document
 from synthpart.budget.summary import budget_markdown
 from synthpart.files import write_json_atomic
-from synthpart.setup import Loader, select_devices
+from synthpart.setup import Loader
 from synthpart.sweep.grid import expand, sweep_document
-from synthpart.sweep.run import Job, RunOptions, is_done, jobs, run_job
+from synthpart.sweep.run import Job, RunOptions, is_done, jobs, run_jobs
 from synthpart.sweep.summary import summarize, write_summary
 
 
@@ -68,15 +64,5 @@ def run_budget(budget: Budget, out: str | Path, options: RunOptions | None = Non
   out, options = Path(out), options or RunOptions()
   write_plan(budget, out)
   todo = budget_jobs(budget)
-  pending = pending_jobs(budget, out)
-  devices: Sequence[Any] = select_devices(options.devices,
-                                          max(j.config.num_devices for j in todo))
-  datasets: dict[tuple[Any, ...], Any] = {}
-  bar = tqdm(total=len(todo), initial=len(todo) - len(pending), unit="run", desc="budget",
-             dynamic_ncols=True, file=sys.stderr, disable=not options.show_progress)
-  for job in pending:
-    bar.set_postfix_str(job.directory, refresh=True)
-    run_job(job, out, devices, options, datasets, load)
-    bar.update(1)
-  bar.close()
+  run_jobs(todo, pending_jobs(budget, out), out, options, load, "budget")
   return write_outcome(budget, out)

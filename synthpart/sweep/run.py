@@ -113,6 +113,21 @@ class RunOptions:
   show_progress: bool = True
 
 
+def run_jobs(todo: Sequence[Job], pending: Sequence[Job], out: Path, options: RunOptions,
+             load: Loader | None, label: str) -> None:
+  """Runs the `pending` jobs of `todo` in order, on devices enough for any of them, each
+  distinct dataset read once, with one progress bar labelled `label`."""
+  devices = select_devices(options.devices, max(j.config.num_devices for j in todo))
+  datasets: dict[tuple[Any, ...], Dataset] = {}
+  bar = tqdm(total=len(todo), initial=len(todo) - len(pending), unit="run", desc=label,
+             dynamic_ncols=True, file=sys.stderr, disable=not options.show_progress)
+  for job in pending:
+    bar.set_postfix_str(job.directory, refresh=True)
+    run_job(job, out, devices, options, datasets, load)
+    bar.update(1)
+  bar.close()
+
+
 def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
               load: Loader | None = None) -> dict[str, Any]:
   """Runs every job not yet done, then writes the summary; returns the summary document.
@@ -125,15 +140,7 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
   todo = jobs(sweep, points)
   write_json_atomic(out / "sweep.json", sweep_document(sweep, points))
   pending = [j for j in todo if not is_done(out / j.directory / "results.json", j.config)]
-  devices = select_devices(options.devices, max(j.config.num_devices for j in todo))
-  datasets: dict[tuple[Any, ...], Dataset] = {}
-  bar = tqdm(total=len(todo), initial=len(todo) - len(pending), unit="run", desc="sweep",
-             dynamic_ncols=True, file=sys.stderr, disable=not options.show_progress)
-  for job in pending:
-    bar.set_postfix_str(job.directory, refresh=True)
-    run_job(job, out, devices, options, datasets, load)
-    bar.update(1)
-  bar.close()
+  run_jobs(todo, pending, out, options, load, "sweep")
   summary = summarize(out)
   write_summary(out, summary)
   return summary
