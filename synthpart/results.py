@@ -25,7 +25,8 @@ results.json (schema version 1)::
                       "resident", "data", "peak", "peak_without_data"} (bytes),
                       "flops_per_step", "forward_flops"}],
         "curve": [{"epoch", "seconds", "examples": [per loop], "accuracy"?}],
-        "transfers": [{"what", "source", "destination", "bytes"}]
+        "transfers": [{"what", "source", "destination", "bytes",
+                       "kind": "training" | "evaluation"}]
       }
     ]
   }

@@ -5,6 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny import tiny_config, tiny_dataset
 
+from synthpart import curves
+from synthpart.memory import tree_bytes
 from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
@@ -38,6 +40,16 @@ def test_parallel_moves_nothing_between_devices():
   assert result.transfers == []
   assert all(len(s.loss_per_epoch) == 3 for s in result.segments)
   assert {s.device for s in result.segments} == {"cpu:0", "cpu:1"}
+
+
+def test_evaluation_transfers_are_counted_apart_from_training():
+  problem = _problem(jax.devices()[:2])
+  params, result = S.train_parallel(problem, QUIET)  # the composed network tested every epoch
+  assert [t.kind for t in result.transfers] == ["evaluation"] * problem.config.train.epochs
+  # Only the right segment's parameters cross: the left segment's are on device 0 already.
+  assert {(t.source, t.destination, t.bytes) for t in result.transfers} == {
+      ("cpu:1", "cpu:0", tree_bytes(params[1]))}
+  assert curves.ledger_bytes(result.transfers) == 0 < curves.ledger_bytes(result.transfers, None)
 
 
 def test_sequential_hands_over_cut_activations_once():

@@ -304,7 +304,8 @@ def train_model_parallel(problem: Problem, progress: Progress,
   run = start_model_parallel(problem, train, problem.key(ORDER_STREAM, 0))
   result.segments = run.results
   result.compile_seconds = sum(r.compile_seconds for r in run.results)
-  evaluate = make_evaluator(problem, problem.device_of(0)) if track_accuracy else None
+  evaluate = (make_evaluator(problem, problem.device_of(0), result.transfers)
+              if track_accuracy else None)
   bar = progress.bar(METHOD, train.epochs)
   for epoch in range(train.epochs):
     step_ledger: list[Transfer] = []

@@ -23,7 +23,7 @@ from synthpart.config import TrainConfig
 from synthpart.groups import Placement
 from synthpart.model import Params, apply_segment, compose, init_segment, whole_network
 from synthpart.partition import SegmentSpec
-from synthpart.placement import hand_over, key_on
+from synthpart.placement import EVALUATION, Transfer, hand_over, key_on
 from synthpart.progress import Progress
 from synthpart.results import MethodResult
 from synthpart.train.driver import Evaluate, Loop, drive, start_loop
@@ -62,8 +62,13 @@ def segment_constants(problem: Problem, spec: SegmentSpec, inputs: str,
   return consts
 
 
-def make_evaluator(problem: Problem, device: Placement) -> Evaluate:
-  """Returns accuracy(segment_params) of the composed network on the test set, on `device`."""
+def make_evaluator(problem: Problem, device: Placement,
+                   ledger: list[Transfer] | None = None) -> Evaluate:
+  """Returns accuracy(segment_params) of the composed network on the test set, on `device`.
+
+  Parameters that live on other devices are handed over to `device`, recorded in `ledger` (the
+  method's transfers) as evaluation transfers; parameters on the host cross no device.
+  """
   whole = whole_network(problem.specs)
   scale = problem.input_scale
   x = jax.device_put(problem.test_x, device)
@@ -75,7 +80,8 @@ def make_evaluator(problem: Problem, device: Placement) -> Evaluate:
   correct = jax.jit(lambda p, x, y: count_correct(predict(p, x), y))
 
   def accuracy(segment_params: list[Params]) -> float:
-    params = hand_over(compose(segment_params), device, [], "evaluation")
+    params = hand_over(compose(segment_params), device, [] if ledger is None else ledger,
+                       "parameters for evaluation", EVALUATION)
     return int(jax.device_get(correct(params, x, y))) / len(problem.test_y)
 
   return accuracy
@@ -90,9 +96,9 @@ def train_network(problem: Problem, method: str, train: TrainConfig, params: Par
   With `result`, the epochs extend an earlier method's result (recovery after segments).
   """
   device = problem.device_of(0)
-  evaluate = make_evaluator(problem, device)
   result = result or MethodResult(method)
   result.method = method
+  evaluate = make_evaluator(problem, device, result.transfers)
   loop = start_loop(segment_task(problem, whole_network(problem.specs), "pixels"), train, params,
                     {"x": problem.train_x, "y": problem.train_y},
                     input_constants(problem, device), key, device, name)
@@ -127,7 +133,8 @@ def train_sequential(problem: Problem, progress: Progress, track_accuracy: bool 
   once to segment k's: the only transfer between devices.
   """
   result = MethodResult("pnn-sequential")
-  evaluator = make_evaluator(problem, problem.device_of(0)) if track_accuracy else None
+  evaluator = (make_evaluator(problem, problem.device_of(0), result.transfers)
+               if track_accuracy else None)
   trained: list[Params] = []
   features: jax.Array | None = None
   for spec in problem.specs:
@@ -219,7 +226,7 @@ def train_parallel(problem: Problem, progress: Progress, track_accuracy: bool = 
   loops = [parallel_loop(problem, k) for k in range(len(problem.specs))]
   for loop in loops:
     _add(result, loop)
-  evaluate = make_evaluator(problem, problem.device_of(0))
+  evaluate = make_evaluator(problem, problem.device_of(0), result.transfers)
   drive(loops, result, progress, label=result.method, checkpoints=checkpoints,
         evaluate=evaluate if track_accuracy else None)
   params = jax.device_get([loop.state.params for loop in loops])
