@@ -15,6 +15,8 @@ A config file mirrors the dataclasses::
   [sil]
   kind = "uniform"                    # uniform | gaussian | orthogonal
   scale = 1.0                         # kappa
+  noise = 0.5                         # parallel schedule's input noise std
+  noise_relative = false              # true: std = noise * kappa
 
   [train]                             # every segment and the conventional baseline
   optimizer = "adam"
@@ -104,8 +106,10 @@ class SILConfig:
   kind: str = "uniform"
   scale: float = 1.0  # kappa: uniform entries are kappa * U(0, 1)
   # Std of the Gaussian noise on SIL inputs in the parallel schedule (measured in
-  # benchmarks/RESULTS.md).
+  # benchmarks/RESULTS.md); with `noise_relative`, the std is noise * kappa instead, so a kappa
+  # sweep keeps the signal-to-noise ratio.
   noise: float = 0.5
+  noise_relative: bool = False
   loss: str = "mse"
 
 

@@ -47,7 +47,8 @@ def init_params(problem: Problem, spec: SegmentSpec, device: Placement) -> Param
 def segment_task(problem: Problem, spec: SegmentSpec, inputs: str) -> Task:
   """The objective of segment `spec` fed `inputs` ("pixels", "features" or "sil")."""
   s = problem.config.sil
-  return Task(spec=spec, inputs=inputs, sil_loss=s.loss, noise=s.noise if inputs == "sil" else 0.0,
+  noise = s.noise * (s.scale if s.noise_relative else 1.0) if inputs == "sil" else 0.0
+  return Task(spec=spec, inputs=inputs, sil_loss=s.loss, noise=noise,
               input_scale=problem.input_scale)
 
 
