@@ -14,7 +14,12 @@ from synthpart.progress import Progress
 from synthpart.results import MethodResult
 from synthpart.train.model_parallel import train_model_parallel
 from synthpart.train.problem import Problem
-from synthpart.train.schedules import RUNNERS, train_conventional, train_recovery
+from synthpart.train.schedules import (
+  RUNNERS,
+  nearest_sil_reference,
+  train_conventional,
+  train_recovery,
+)
 
 OnResult = Callable[[list[MethodResult]], None]
 # experiment(problem, progress, checkpoints=..., on_result=...) -> every method's result
@@ -47,11 +52,17 @@ def compare(problem: Problem, progress: Progress, with_model_parallel: bool = Fa
 def run_schedules(problem: Problem, progress: Progress, schedules: Sequence[str],
                   checkpoints: checkpoint.Policy | None = None, on_result: OnResult = _noop,
                   done: Sequence[MethodResult] = ()) -> list[MethodResult]:
-  """Each schedule, then its recovery epochs where configured; returns `done` + the new runs."""
+  """Each schedule, then its recovery epochs where configured; returns `done` + the new runs.
+
+  The parallel schedule is followed by its reference row, "pnn-parallel-nearest-sil": its first
+  segment alone, read out by the nearest SIL vector (`nearest_sil_reference`).
+  """
   runs = list(done)
   for schedule in schedules:
     params, result = RUNNERS[schedule](problem, progress, checkpoints=checkpoints)
     runs.append(result)
+    if schedule == "parallel" and not result.diverged:
+      runs.append(nearest_sil_reference(problem, params, result))
     on_result(runs)
     if problem.config.recovery.epochs > 0 and not result.diverged:
       runs.append(train_recovery(problem, params, result, progress, checkpoints)[1])

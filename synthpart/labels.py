@@ -71,6 +71,15 @@ def sil_table(key: jax.Array, num_classes: int, shape: int | tuple[int, ...],
   return SIL_KINDS[kind](key, num_classes, shape, scale)
 
 
+def sil_distances(outputs: jax.Array, table: jax.Array, loss: str = "mse") -> jax.Array:
+  """The SIL loss `loss` between every output [n, *shape] and every class's vector in `table`
+  [classes, *shape]: [n, classes]. The argmin over classes is the nearest-SIL decode."""
+  flat_out = outputs.reshape(outputs.shape[0], -1)
+  flat_table = table.reshape(table.shape[0], -1)
+  fn = SIL_LOSSES[loss]
+  return jax.vmap(lambda o: jax.vmap(lambda t: fn(o[None], t[None]))(flat_table))(flat_out)
+
+
 # Activations whose outputs cover [0, 1) and nothing (or next to nothing) below 0.
 NON_NEGATIVE = frozenset({"relu", "gelu", "silu", "sigmoid"})
 

@@ -13,8 +13,9 @@ results.json (schema version 1)::
     "versions": {"synthpart", "jax", "jaxlib", "flax", "optax", "numpy", "python"},
     "runs": [
       {
-        "method": "conventional" | "pnn-sequential" | "pnn-parallel"
-                  | "pnn-sequential+recovery" | "pnn-parallel+recovery" | "model-parallel",
+        "method": "conventional" | "pnn-sequential" | "pnn-parallel" | "pnn-pipelined"
+                  | "pnn-sequential+recovery" | "pnn-parallel+recovery"
+                  | "pnn-pipelined+recovery" | "pnn-parallel-nearest-sil" | "model-parallel",
         "test_accuracy": fraction in [0, 1],
         "wall_seconds": training time after compilation (evaluation excluded),
         "compile_seconds": total compile time of its loops,
@@ -48,7 +49,8 @@ from synthpart.train.problem import Problem
 
 SCHEMA_VERSION = 1
 METHODS = ("conventional", "pnn-sequential", "pnn-parallel", "pnn-sequential+recovery",
-           "pnn-parallel+recovery", "model-parallel")
+           "pnn-parallel+recovery", "model-parallel", "pnn-parallel-nearest-sil", "pnn-pipelined",
+           "pnn-pipelined+recovery", "model-parallel-stepwise")
 
 
 @dataclasses.dataclass

@@ -6,7 +6,9 @@ from hypothesis import strategies as st
 from tiny import tiny_config, tiny_dataset
 
 from synthpart import curves
+from synthpart.experiment import run_schedules
 from synthpart.memory import tree_bytes
+from synthpart.model import apply_segment
 from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
@@ -156,3 +158,18 @@ def test_an_epoch_in_chunks_trains_exactly_as_the_whole_epoch():
   np.testing.assert_array_equal(np.concatenate(losses), np.concatenate(pieces))
   for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(chunked.state)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_the_nearest_sil_row_reads_out_the_first_segment_alone():
+  problem = _problem(jax.devices()[:2])
+  runs = run_schedules(problem, QUIET, ("parallel",))
+  assert [r.method for r in runs] == ["pnn-parallel", "pnn-parallel-nearest-sil",
+                                      "pnn-parallel+recovery"]
+  params, _ = S.train_parallel(problem, QUIET, track_accuracy=False)
+  spec, table = problem.specs[0], problem.sil[problem.specs[0].output_cut]
+  out = np.asarray(apply_segment(params[0], problem.test_x.astype(np.float32) / 255, spec))
+  nearest = np.argmin(((out[:, None] - table[None]) ** 2).mean(-1), axis=1)
+  reference = runs[1]
+  assert reference.test_accuracy == np.mean(nearest == problem.test_y) > 0.25  # chance: 4 classes
+  assert [s.name for s in reference.segments] == ["segment 0"] and reference.transfers == []
+  assert reference.curve[-1]["accuracy"] == reference.test_accuracy

@@ -21,6 +21,7 @@ import jax
 from synthpart import checkpoint
 from synthpart.config import TrainConfig
 from synthpart.groups import Placement
+from synthpart.labels import sil_distances
 from synthpart.model import Params, apply_segment, compose, init_segment, whole_network
 from synthpart.partition import SegmentSpec
 from synthpart.placement import EVALUATION, Transfer, hand_over, key_on
@@ -86,6 +87,47 @@ def make_evaluator(problem: Problem, device: Placement,
     return int(jax.device_get(correct(params, x, y))) / len(problem.test_y)
 
   return accuracy
+
+
+def make_nearest_sil_evaluator(problem: Problem, device: Placement) -> Callable[[Params], float]:
+  """Returns accuracy(first segment's params) on the test set, on `device`: each input gets the
+  class whose SIL vector at the first cut is nearest to the segment's output under the SIL loss
+  (`labels.sil_distances`)."""
+  spec = problem.specs[0]
+  scale, loss = problem.input_scale, problem.config.sil.loss
+  x = jax.device_put(problem.test_x, device)
+  y = jax.device_put(problem.test_y, device)
+  table = jax.device_put(problem.sil[spec.output_cut], device)
+  consts = input_constants(problem, device)
+
+  def scores(params: Params, xb: jax.Array) -> jax.Array:
+    out = apply_segment(params, preprocess_pixels(xb, consts, scale), spec)
+    return -sil_distances(out, table, loss)
+
+  predict = make_predict(scores)
+  correct = jax.jit(lambda p, x, y: count_correct(predict(p, x), y))
+
+  def accuracy(params: Params) -> float:
+    return int(jax.device_get(correct(jax.device_put(params, device), x, y))) / len(problem.test_y)
+
+  return accuracy
+
+
+def nearest_sil_reference(problem: Problem, segment_params: list[Params],
+                          base: MethodResult) -> MethodResult:
+  """`base`'s first segment alone, read out by the nearest SIL vector: method
+  "<base>-nearest-sil", the reference that shows what the later segments add. Its one loop and
+  time are the first segment's; its curve is one point, at the end."""
+  seg = base.segments[0]
+  first = dataclasses.replace(seg, loss_per_epoch=list(seg.loss_per_epoch),
+                              epoch_seconds=list(seg.epoch_seconds))
+  result = MethodResult(f"{base.method}-nearest-sil", wall_seconds=sum(first.epoch_seconds),
+                        compile_seconds=first.compile_seconds, segments=[first])
+  result.test_accuracy = make_nearest_sil_evaluator(problem, problem.device_of(0))(
+      segment_params[0])
+  result.curve = [{"epoch": len(first.loss_per_epoch), "seconds": result.wall_seconds,
+                   "examples": [first.examples], "accuracy": result.test_accuracy}]
+  return result
 
 
 def train_network(problem: Problem, method: str, train: TrainConfig, params: Params,
