@@ -3,7 +3,7 @@
 A config file mirrors the dataclasses::
 
   seed = 0
-  schedule = "sequential"          # or "parallel"
+  schedule = "sequential"          # or "parallel", "pipelined"
 
   [data]
   name = "fashion-mnist"
@@ -33,6 +33,10 @@ A config file mirrors the dataclasses::
   [placement]                         # devices per segment, data-parallel inside each group
   groups = [2, 2]                     # or devices_per_segment = 2; default one device each
 
+  [pipeline]                          # the pipelined schedule
+  refresh_steps = 50                  # steps between refreshes of a segment's inputs
+  delay_epochs = 0                    # epochs segment k-1 trains before segment k starts
+
 Overrides use dotted keys (``train.learning_rate=3e-4``, ``segments.1.epochs=4``), so every
 setting is reachable from the command line without a flag of its own.
 """
@@ -58,6 +62,8 @@ SCHEDULES: Registry[str] = Registry("schedule")
 SCHEDULES.add("sequential", "sequential", "the paper's: segment k trains on the trained "
               "segment k-1's outputs, handed over once")
 SCHEDULES.add("parallel", "parallel", "every segment at once from the SIL tables alone")
+SCHEDULES.add("pipelined", "pipelined", "every segment at once, segment k on the current "
+              "outputs of segments 0..k-1, refreshed every pipeline.refresh_steps steps")
 DTYPES: Registry[str] = Registry("model.dtype")
 for _name in ("float32", "bfloat16", "float16"):
   DTYPES.add(_name, _name)
@@ -125,6 +131,17 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """The pipelined schedule: how fresh each segment's inputs are, and when it starts."""
+  # Steps between refreshes of a segment's inputs from the current earlier segments (capped at
+  # an epoch): before every chunk of this many steps, the rows it will read are recomputed.
+  refresh_steps: int = 50
+  # Rounds (epochs) segment k-1 trains before segment k starts, capped at segment k-1's epochs:
+  # at or beyond them, segment k starts after segment k-1 has finished (the sequential schedule).
+  delay_epochs: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class PlacementConfig:
   """How many devices each segment trains on (see `synthpart.groups`).
 
@@ -160,6 +177,7 @@ class Config:
   recovery: TrainConfig = TrainConfig(epochs=2, learning_rate=1e-4)
   checkpoint: CheckpointConfig = CheckpointConfig()
   placement: PlacementConfig = PlacementConfig()
+  pipeline: PipelineConfig = PipelineConfig()
 
   def segment_train(self, index: int) -> TrainConfig:
     """The training settings of segment `index`: `train` with that segment's overrides."""
@@ -180,7 +198,7 @@ class Config:
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "sil": SILConfig, "train": TrainConfig,
              "recovery": TrainConfig, "checkpoint": CheckpointConfig,
-             "placement": PlacementConfig}
+             "placement": PlacementConfig, "pipeline": PipelineConfig}
 
 
 def _coerce(path: str, value: Any, default: Any) -> Any:
@@ -402,6 +420,10 @@ def validate(config: Config) -> None:
   if config.checkpoint.every < 1 or config.checkpoint.keep < 1:
     raise ConfigError(f"checkpoint.every and checkpoint.keep must be at least 1, got "
                       f"{config.checkpoint.every} and {config.checkpoint.keep}")
+  if config.pipeline.refresh_steps < 1 or config.pipeline.delay_epochs < 0:
+    raise ConfigError(f"pipeline.refresh_steps must be at least 1 and pipeline.delay_epochs at "
+                      f"least 0, got {config.pipeline.refresh_steps} and "
+                      f"{config.pipeline.delay_epochs}")
   if config.data.validation_size < 0:
     raise ConfigError(f"data.validation_size must be >= 0, got {config.data.validation_size}")
   _check_placement(config.placement, m.num_segments)

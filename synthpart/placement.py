@@ -60,6 +60,20 @@ def hand_over(tree: Any, device: jax.Device | jax.sharding.Sharding, ledger: lis
   return moved
 
 
+def summarize(transfers: list[Transfer], label: str = "") -> list[Transfer]:
+  """One record per (what, source, destination, kind), bytes summed, in order of first
+  appearance; `what` says how many transfers it folds (and `label`) where more than one."""
+  totals: dict[tuple[str, str, str, str], tuple[int, int]] = {}
+  for t in transfers:
+    count, size = totals.get((t.what, t.source, t.destination, t.kind), (0, 0))
+    totals[(t.what, t.source, t.destination, t.kind)] = (count + 1, size + t.bytes)
+  out = []
+  for (what, source, destination, kind), (count, size) in totals.items():
+    note = ", ".join(x for x in (label, f"{count} transfers" if count > 1 else "") if x)
+    out.append(Transfer(f"{what} ({note})" if note else what, source, destination, size, kind))
+  return out
+
+
 def key_on(key: jax.Array, device: jax.Device) -> jax.Array:
   """A copy of a typed PRNG key on `device`, routed through the host.
 

@@ -68,7 +68,7 @@ def test_sequential_hands_over_cut_activations_once():
       S.train_sequential(problem, QUIET, track_accuracy=False)
 
 
-@pytest.mark.parametrize("train", [S.train_sequential, S.train_parallel])
+@pytest.mark.parametrize("train", [S.train_sequential, S.train_parallel, S.train_pipelined])
 def test_same_seed_same_result_bit_for_bit(train):
   a_params, a = train(_problem(jax.devices()[:2]), QUIET)
   b_params, b = train(_problem(jax.devices()[:2]), QUIET)

@@ -10,10 +10,14 @@ are defined here once:
 
 - conventional training and recovery epochs drive one loop;
 - the sequential schedule drives each segment's loop alone, one after another;
-- the parallel schedule drives every segment's loop at once.
+- the parallel schedule drives every segment's loop at once;
+- the pipelined schedule drives every segment's loop at once in chunks of steps, its hook
+  (`before_chunk`) refreshing each later segment's inputs from the earlier segments before every
+  chunk, and may start a loop some rounds later than the one before it (`Loop.start_round`).
 
-Loops restored from checkpoints at different epochs each resume from their own; the method's
-curve resumes from the loop that got least far.
+A round is one epoch of every loop that trains in it: loop i trains its epoch
+`round - start_round` in a round. Loops restored from checkpoints at different epochs each resume
+from their own; the method's curve resumes from the round that the least advanced loop reached.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from synthpart import checkpoint
@@ -47,6 +52,18 @@ Evaluate = Callable[[list[Params]], float]
 OnError = Callable[["Loop", Exception], None]
 
 
+class Chunk(NamedTuple):
+  """Steps first .. first+count-1 of epoch `epoch` of loop `loop` (its index in `drive`)."""
+  loop: int
+  epoch: int
+  first: int
+  count: int
+
+
+# before_chunk(chunks): called before the chunks that are about to be dispatched together
+BeforeChunk = Callable[[list[Chunk]], None]
+
+
 @dataclasses.dataclass
 class Loop:
   """One optax loop, live on its device: compiled epoch, state, data, constants, key."""
@@ -60,11 +77,22 @@ class Loop:
   last_checkpoint: str | None = None
   # chunk(num_steps) -> jitted steps of the epoch in chunks (`make_steps`), compiled on first use
   chunk: Callable[[int], jax.stages.Wrapped] | None = None
+  start_round: int = 0  # the round of `drive` in which this loop trains its first epoch
 
   @property
   def done(self) -> int:
     """Epochs trained so far."""
     return len(self.result.loss_per_epoch)
+
+  @property
+  def finished(self) -> bool:
+    """Whether every epoch of its budget is trained."""
+    return self.done >= self.result.epochs
+
+  def epoch_in(self, round_index: int) -> int | None:
+    """The epoch this loop trains in round `round_index` of `drive`, or None outside its span."""
+    epoch = round_index - self.start_round
+    return epoch if 0 <= epoch < self.result.epochs else None
 
   def dispatch(self, epoch: int, method: str = "") -> jax.Array:
     """Enqueues one epoch and returns its per-step losses without waiting for them."""
@@ -165,17 +193,21 @@ def _examples(result: MethodResult) -> list[int]:
 
 def _resume(loops: Sequence[Loop], result: MethodResult,
             checkpoints: checkpoint.Policy | None) -> int:
-  """Restores every loop; the method's curve and time from the loop that got least far.
+  """Restores every loop; the method's curve and time from the round the least advanced loop
+  reached (taken from the checkpoint of the loop that saved at or nearest after it).
 
-  Returns the first epoch round still to run.
+  Returns the first round still to run.
   """
   metas = [loop.resume(checkpoints, result.method) for loop in loops]
-  first = min(range(len(loops)), key=lambda i: loops[i].done, default=None)
-  if first is None or not metas[first]:
+  reached = [loop.start_round + loop.done for loop in loops]
+  start = min(reached, default=0)
+  saved = [i for i, meta in enumerate(metas) if meta and reached[i] >= start]
+  if not start or not saved:
     return 0
-  start = loops[first].done
-  result.curve = list(metas[first]["curve"])[:len(result.curve) + start]
-  result.wall_seconds = metas[first]["wall_seconds"]
+  donor = min(saved, key=lambda i: reached[i])
+  result.curve = list(metas[donor]["curve"])[:len(result.curve) + start]
+  result.wall_seconds = (metas[donor]["wall_seconds"] if reached[donor] == start
+                         else result.curve[-1]["seconds"])
   return start
 
 
@@ -187,38 +219,67 @@ def _diverged(loop: Loop, method: str, epoch: int, progress: Progress) -> bool:
   return loop.result.diverged
 
 
+def _dispatch_chunks(loops: Sequence[Loop], epochs: dict[int, int], chunk_steps: int,
+                     before_chunk: BeforeChunk | None, on_error: OnError | None,
+                     failed: set[int]) -> list[tuple[int, jax.Array]]:
+  """Dispatches one epoch of each loop in `epochs` ({loop index: epoch}) in chunks of
+  `chunk_steps` steps: chunk c of every loop together, `before_chunk` first. Returns each
+  loop's losses [steps], not waited on."""
+  pieces: dict[int, list[jax.Array]] = {i: [] for i in epochs}
+  for first in range(0, max(loops[i].result.steps_per_epoch for i in epochs), chunk_steps):
+    chunks = [Chunk(i, epoch, first, min(chunk_steps, loops[i].result.steps_per_epoch - first))
+              for i, epoch in epochs.items()
+              if i not in failed and first < loops[i].result.steps_per_epoch]
+    if before_chunk is not None:
+      before_chunk(chunks)
+    for c in chunks:
+      try:
+        pieces[c.loop].append(loops[c.loop].dispatch_steps(c.epoch, c.first, c.count))
+      except Exception as e:
+        _fail(on_error, loops[c.loop], e, failed, c.loop)
+  return [(i, jnp.concatenate(parts)) for i, parts in pieces.items() if i not in failed]
+
+
 def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
           label: str, checkpoints: checkpoint.Policy | None = None,
-          evaluate: Evaluate | None = None, on_error: OnError | None = None) -> None:
+          evaluate: Evaluate | None = None, on_error: OnError | None = None,
+          chunk_steps: int | None = None, before_chunk: BeforeChunk | None = None) -> None:
   """Trains `loops` together to their epoch budgets, recording into `result`.
 
   The loops' results must already be in `result.segments`. Each round dispatches one epoch of
-  every unfinished loop, then waits for each; `result.wall_seconds` grows by the round's time
-  and each loop's `epoch_seconds` by the time until its own losses were ready. After a round,
+  every unfinished loop whose span covers it (`Loop.start_round`), then waits for each;
+  `result.wall_seconds` grows by the round's time and each loop's `epoch_seconds` by the time
+  until its own losses were ready. With `chunk_steps`, the round's epochs are dispatched in
+  chunks of that many steps, chunk c of every loop together, each group after
+  `before_chunk(chunks)`; a chunked epoch trains exactly as a whole one. After a round,
   `evaluate` (if given, and if no loop diverged or failed) gives the curve point's accuracy.
   A loop whose loss is not finite is marked diverged and stops; the others go on. `on_error`
   takes a loop whose dispatch or epoch raised, and that loop stops; without it, errors propagate.
   """
   loops = list(loops)
-  start_epoch = _resume(loops, result, checkpoints)
+  start_round = _resume(loops, result, checkpoints)
   bars = [progress.bar(f"{label} {loop.result.name}" if label else loop.result.name,
                        loop.result.epochs, position=i, done=loop.done)
           for i, loop in enumerate(loops)]
   failed: set[int] = set()
   stopped: set[int] = set()
-  for epoch in range(start_epoch, max((loop.result.epochs for loop in loops), default=0)):
-    active = [i for i, loop in enumerate(loops)
-              if i not in failed | stopped and epoch < loop.result.epochs]
-    if not active:
+  end = max((loop.start_round + loop.result.epochs for loop in loops), default=0)
+  for round_index in range(start_round, end):
+    epochs = {i: e for i, loop in enumerate(loops)
+              if i not in failed | stopped and (e := loop.epoch_in(round_index)) is not None}
+    if not epochs:
       break
     start = time.perf_counter()
+    due = {i: e for i, e in epochs.items() if e >= loops[i].done}
     pending = []
-    for i in active:
-      if epoch >= loops[i].done:
+    if chunk_steps is None:
+      for i, e in due.items():
         try:
-          pending.append((i, loops[i].dispatch(epoch, result.method)))
-        except Exception as e:
-          _fail(on_error, loops[i], e, failed, i)
+          pending.append((i, loops[i].dispatch(e, result.method)))
+        except Exception as error:
+          _fail(on_error, loops[i], error, failed, i)
+    elif due:
+      pending = _dispatch_chunks(loops, due, chunk_steps, before_chunk, on_error, failed)
     ran = []
     for i, losses in pending:
       try:
@@ -230,9 +291,9 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
       ran.append(i)
     result.wall_seconds += time.perf_counter() - start
     for i in ran:
-      if _diverged(loops[i], result.method, epoch, progress):
+      if _diverged(loops[i], result.method, epochs[i], progress):
         stopped.add(i)
-    point: dict[str, Any] = {"epoch": epoch + 1, "seconds": result.wall_seconds,
+    point: dict[str, Any] = {"epoch": round_index + 1, "seconds": result.wall_seconds,
                              "examples": _examples(result)}
     if evaluate is not None and not failed and not any(l.result.diverged for l in loops):
       point["accuracy"] = evaluate([loop.state.params for loop in loops])

@@ -1,11 +1,24 @@
-"""The training schedules: conventional, sequential (the paper's), parallel, and recovery.
+"""The training schedules: conventional, sequential (the paper's), parallel, pipelined, recovery.
 
 Each segment trains as one optax loop (`synthpart.train.driver`) on its own device (segment i on
-device i mod n). `sequential` trains segment k on the outputs of the trained segment k-1, handed
-over once; `parallel` trains every segment at once from the SIL tables alone, so the devices run
-concurrently and nothing crosses between them while training. The building blocks
-(`sequential_segment`, `parallel_loop`) are public so that a multi-process launch
-(`synthpart.distributed`) trains its own segments exactly as these schedules do.
+device i mod n); no gradient ever crosses a device.
+
+- `sequential`: segment k trains on the outputs of the trained segment k-1, computed once over
+  the training set and handed over once.
+- `parallel`: every segment trains at once from the SIL tables alone, so the devices run
+  concurrently and nothing crosses between them while training. Segment k > 0 is fed the SIL
+  vector of each example's label plus Gaussian noise, which depends on nothing but the label: it
+  learns to decode the class code, not to correct the earlier segments' errors. Its network
+  classifies like the first segment read out by the nearest SIL vector
+  (`nearest_sil_reference`), up to how the later segments treat outputs far from every code.
+- `pipelined`: every segment trains at once, segment k on the outputs of the *current*
+  segments 0..k-1, refreshed for the rows it reads every `pipeline.refresh_steps` steps
+  (`synthpart.train.refresh`): activations travel forward only, and segment k starts
+  `pipeline.delay_epochs` rounds after segment k-1. Started after segment k-1 has finished,
+  it is the sequential schedule, bit for bit.
+
+The building blocks (`sequential_segment`, `parallel_loop`) are public so that a multi-process
+launch (`synthpart.distributed`) trains its own segments exactly as these schedules do.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from synthpart import checkpoint
 from synthpart.config import TrainConfig
@@ -24,7 +38,7 @@ from synthpart.groups import Placement
 from synthpart.labels import sil_distances
 from synthpart.model import Params, apply_segment, compose, init_segment, whole_network
 from synthpart.partition import SegmentSpec
-from synthpart.placement import EVALUATION, Transfer, hand_over, key_on
+from synthpart.placement import EVALUATION, Transfer, hand_over, key_on, summarize
 from synthpart.progress import Progress
 from synthpart.results import MethodResult
 from synthpart.train.driver import Evaluate, Loop, drive, start_loop
@@ -37,6 +51,7 @@ from synthpart.train.problem import (
   Problem,
   input_constants,
 )
+from synthpart.train.refresh import Feeds, segment_outputs
 
 
 def init_params(problem: Problem, spec: SegmentSpec, device: Placement) -> Params:
@@ -229,20 +244,10 @@ def sequential_segment(problem: Problem, spec: SegmentSpec, inputs_x: Any, progr
   if spec.is_last or loop.result.diverged:
     return loop.state.params, None
   start = time.perf_counter()
-  features = jax.block_until_ready(_forward(task, loop)(loop.state.params, loop.data["x"]))
+  features = jax.block_until_ready(segment_outputs(task, loop)(loop.state.params,
+                                                              loop.data["x"]))
   result.wall_seconds += time.perf_counter() - start
   return loop.state.params, features
-
-
-def _forward(task: Task, loop: Loop) -> Callable[[Params, jax.Array], jax.Array]:
-  """The trained segment's outputs over a whole array, chunked, on the segment's device."""
-  consts = loop.consts
-
-  def apply(params: Params, xb: jax.Array) -> jax.Array:
-    x = preprocess_pixels(xb, consts, task.input_scale) if task.inputs == "pixels" else xb
-    return apply_segment(params, x, task.spec)
-
-  return make_predict(apply)
 
 
 def parallel_loop(problem: Problem, segment: int) -> Loop:
@@ -277,6 +282,67 @@ def train_parallel(problem: Problem, progress: Progress, track_accuracy: bool = 
   return params, result
 
 
+def pipelined_loop(problem: Problem, segment: int, start_round: int = 0) -> Loop:
+  """Segment `segment`'s loop in the pipelined schedule, trained from round `start_round` on:
+  the first on the dataset, a later one on a buffer of its input activations [N, *input shape]
+  on its device, which `refresh.Feeds` keeps fresh (zeros until then)."""
+  spec = problem.specs[segment]
+  device = problem.device_of(segment)
+  inputs = "pixels" if spec.is_first else "features"
+  x = problem.train_x if spec.is_first else _zeros((len(problem.train_y), *spec.shapes[0]),
+                                                   device)
+  loop = start_loop(segment_task(problem, spec, inputs), problem.config.segment_train(segment),
+                    init_params(problem, spec, device), {"x": x, "y": problem.train_y},
+                    segment_constants(problem, spec, inputs, device),
+                    problem.key(ORDER_STREAM, spec.start), device, f"segment {segment}")
+  loop.start_round = start_round
+  return loop
+
+
+def _zeros(shape: tuple[int, ...], device: Placement) -> jax.Array:
+  """float32 zeros made on `device` (a compiled constant: nothing crosses from the host)."""
+  sharding = (device if isinstance(device, jax.sharding.Sharding)
+              else jax.sharding.SingleDeviceSharding(device))
+  return jax.jit(lambda: jnp.zeros(shape, jnp.float32), out_shardings=sharding)()
+
+
+def start_rounds(problem: Problem) -> list[int]:
+  """The round each segment starts in: segment k `pipeline.delay_epochs` rounds after segment
+  k-1, or when segment k-1 has finished, whichever comes first."""
+  delay, rounds = problem.config.pipeline.delay_epochs, [0]
+  for k in range(1, len(problem.specs)):
+    rounds.append(rounds[-1] + min(delay, problem.config.segment_train(k - 1).epochs))
+  return rounds
+
+
+def train_pipelined(problem: Problem, progress: Progress, track_accuracy: bool = True,
+                    checkpoints: checkpoint.Policy | None = None
+                    ) -> tuple[list[Params], MethodResult]:
+  """Every segment at once, segment k on the current outputs of segments 0..k-1: before every
+  chunk of `pipeline.refresh_steps` steps, the rows it will read are recomputed and handed
+  forward (`refresh.Feeds`). With `track_accuracy`, the composed network is evaluated between
+  rounds (outside the timing). The ledger folds the hand-overs into one record per cut and pair
+  of devices.
+  """
+  result = MethodResult("pnn-pipelined")
+  loops = [pipelined_loop(problem, k, start)
+           for k, start in enumerate(start_rounds(problem))]
+  for loop in loops:
+    _add(result, loop)
+  tasks = [segment_task(problem, spec, "pixels" if spec.is_first else "features")
+           for spec in problem.specs]
+  handed: list[Transfer] = []
+  feeds = Feeds(loops, tasks, handed)
+  evaluate = make_evaluator(problem, problem.device_of(0), result.transfers)
+  drive(loops, result, progress, label=result.method, checkpoints=checkpoints,
+        evaluate=evaluate if track_accuracy else None,
+        chunk_steps=problem.config.pipeline.refresh_steps, before_chunk=feeds.refresh)
+  result.transfers[:0] = summarize(handed)
+  params = jax.device_get([loop.state.params for loop in loops])
+  result.test_accuracy = evaluate(params)
+  return params, result
+
+
 def train_recovery(problem: Problem, segment_params: list[Params], base: MethodResult,
                    progress: Progress, checkpoints: checkpoint.Policy | None = None
                    ) -> tuple[Params, MethodResult]:
@@ -290,4 +356,5 @@ def train_recovery(problem: Problem, segment_params: list[Params], base: MethodR
 
 # Each schedule a config may name (`synthpart.config.SCHEDULES`), and the function training it.
 Schedule = Callable[..., tuple[list[Params], MethodResult]]
-RUNNERS: dict[str, Schedule] = {"sequential": train_sequential, "parallel": train_parallel}
+RUNNERS: dict[str, Schedule] = {"sequential": train_sequential, "parallel": train_parallel,
+                                "pipelined": train_pipelined}

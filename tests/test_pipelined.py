@@ -1,0 +1,103 @@
+"""The pipelined schedule: concurrent segments on the current activations of the earlier ones."""
+
+import jax
+import numpy as np
+import pytest
+from tiny import tiny_config, tiny_dataset
+
+from synthpart import config as config_lib
+from synthpart import curves
+from synthpart.cli import main
+from synthpart.errors import ConfigError
+from synthpart.placement import hand_over
+from synthpart.progress import Progress
+from synthpart.train import problem as P
+from synthpart.train import refresh
+from synthpart.train import schedules as S
+
+QUIET = Progress(quiet=True)
+
+
+def _problem(devices, **overrides):
+  return P.make_problem(tiny_config(**overrides), tiny_dataset(), devices)
+
+
+def _same_params(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                                                   strict=True))
+
+
+@pytest.mark.parametrize("epochs", [{}, {"segments.0.epochs": 2, "segments.1.epochs": 4}])
+def test_started_after_each_segment_has_finished_it_is_the_sequential_schedule(epochs):
+  # 3 steps a chunk do not divide the 8 steps of an epoch: chunks of 3, 3 and 2.
+  problem = _problem(jax.devices()[:3], **{"model.cuts": [1, 2], "pipeline.delay_epochs": 99,
+                                           "pipeline.refresh_steps": 3, **epochs})
+  seq_params, seq = S.train_sequential(problem, QUIET, track_accuracy=False)
+  pip_params, pip = S.train_pipelined(problem, QUIET, track_accuracy=False)
+  assert _same_params(seq_params, pip_params)
+  assert [s.loss_per_epoch for s in seq.segments] == [s.loss_per_epoch for s in pip.segments]
+  assert pip.test_accuracy == seq.test_accuracy
+  assert pip.transfers == seq.transfers  # each cut's activations over the training set, once
+  assert S.start_rounds(problem) == [0, problem.config.segment_train(0).epochs,
+                                     sum(problem.config.segment_train(k).epochs for k in (0, 1))]
+
+
+def test_only_activations_cross_and_only_forward(monkeypatch):
+  problem = _problem(jax.devices()[:3], **{"model.cuts": [1, 2], "pipeline.refresh_steps": 3})
+  moved = []
+
+  def recorded(tree, device, ledger, what, kind="training"):
+    (leaf,) = jax.tree.leaves(tree)  # one array of activations, never a pytree of parameters
+    moved.append((next(iter(leaf.devices())).id, device.id, leaf.shape, what))
+    with jax.transfer_guard_device_to_device("allow"):
+      return hand_over(tree, device, ledger, what, kind)
+
+  monkeypatch.setattr(refresh, "hand_over", recorded)
+  # Every other copy between devices is an error, and so is any implicit transfer.
+  with jax.transfer_guard("disallow"), jax.transfer_guard_device_to_device("disallow_explicit"):
+    _, result = S.train_pipelined(problem, QUIET, track_accuracy=False)
+  train, widths = problem.config.train, problem.widths
+  steps = len(problem.train_y) // train.batch_size
+  assert {(src, dst) for src, dst, _, _ in moved} == {(0, 1), (1, 2)}  # forward only
+  assert {(shape, what) for _, _, shape, what in moved} == {
+      ((3 * train.batch_size, widths[1]), "cut 1 activations"),
+      ((2 * train.batch_size, widths[1]), "cut 1 activations"),
+      ((3 * train.batch_size, widths[2]), "cut 2 activations"),
+      ((2 * train.batch_size, widths[2]), "cut 2 activations")}
+  # Every row each later segment reads, every epoch: cut 1 for segment 1 and, on its way to
+  # segment 2, for segment 2's rows too; cut 2 for segment 2.
+  rows = train.epochs * steps * train.batch_size
+  assert curves.ledger_bytes(result.transfers) == rows * (2 * widths[1] + widths[2]) * 4
+  assert [t.what for t in result.transfers] == [
+      f"cut 1 activations ({2 * train.epochs * 3} transfers)",
+      f"cut 2 activations ({train.epochs * 3} transfers)"]
+
+
+def test_it_learns_the_tiny_task():
+  # The later segment learns from the earlier one's outputs as they form: slower at first.
+  problem = _problem(jax.devices()[:2], **{"train.epochs": 10, "pipeline.refresh_steps": 2})
+  _, pip = S.train_pipelined(problem, QUIET)
+  assert pip.test_accuracy > 0.9
+  assert [p["epoch"] for p in pip.curve] == list(range(1, 11))
+  assert all(s.loss_per_epoch[-1] < s.loss_per_epoch[0] for s in pip.segments)
+
+
+def test_a_delay_starts_later_segments_later():
+  problem = _problem(jax.devices()[:2], **{"pipeline.delay_epochs": 1})
+  _, result = S.train_pipelined(problem, QUIET)
+  first, second = result.segments
+  assert len(first.loss_per_epoch) == len(second.loss_per_epoch) == 3
+  assert [p["examples"] for p in result.curve] == [[256, 0], [512, 256], [768, 512], [768, 768]]
+
+
+def test_settings_are_checked():
+  with pytest.raises(ConfigError, match="pipeline.refresh_steps"):
+    config_lib.load(overrides={"pipeline.refresh_steps": 0})
+  with pytest.raises(ConfigError, match="pipeline.delay_epochs"):
+    config_lib.load(overrides={"pipeline.delay_epochs": -1})
+  assert config_lib.load(overrides={"schedule": "pipelined"}).schedule == "pipelined"
+
+
+def test_a_multi_process_launch_refuses_it(capsys):
+  assert main(["launch", "--schedule", "pipelined", "--local", "2", "-q"]) == 2
+  assert "pipelined" in capsys.readouterr().err
