@@ -33,11 +33,13 @@ def _noop(runs: list[MethodResult]) -> None:
 def compare(problem: Problem, progress: Progress, with_model_parallel: bool = False,
             checkpoints: checkpoint.Policy | None = None,
             on_result: OnResult = _noop) -> list[MethodResult]:
-  """Conventional training, then both schedules, each with and without recovery epochs.
+  """Conventional training, then the sequential, parallel and pipelined schedules, each with
+  and without recovery epochs (and the parallel schedule's nearest-SIL reference row).
 
   Recovery continues from the very segments the plain method trained, so each pair shows
   exactly what the recovery epochs add. `with_model_parallel` adds model-parallel backprop
-  (segments on their devices, activations and gradients crossing every step) after conventional.
+  (segments on their devices, activations and gradients crossing every step inside one compiled
+  program per epoch) after conventional.
   `on_result` sees the finished runs after every method, so partial results can be kept.
   """
   runs = [train_conventional(problem, progress, checkpoints)[1]]
@@ -45,8 +47,8 @@ def compare(problem: Problem, progress: Progress, with_model_parallel: bool = Fa
   if with_model_parallel:
     runs.append(train_model_parallel(problem, progress)[1])
     on_result(runs)
-  return run_schedules(problem, progress, ("sequential", "parallel"), checkpoints, on_result,
-                       done=runs)
+  return run_schedules(problem, progress, ("sequential", "parallel", "pipelined"), checkpoints,
+                       on_result, done=runs)
 
 
 def run_schedules(problem: Problem, progress: Progress, schedules: Sequence[str],
