@@ -101,3 +101,14 @@ def test_settings_are_checked():
 def test_a_multi_process_launch_refuses_it(capsys):
   assert main(["launch", "--schedule", "pipelined", "--local", "2", "-q"]) == 2
   assert "pipelined" in capsys.readouterr().err
+
+
+def test_segment_groups_match_one_device_each_and_get_a_copy_per_device():
+  one, _ = S.train_pipelined(_problem(jax.devices()[:2]), QUIET, track_accuracy=False)
+  problem = _problem(jax.devices(), **{"placement.groups": [2, 2]})
+  many, result = S.train_pipelined(problem, QUIET, track_accuracy=False)
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # up to the order of the sums
+  rows = problem.config.train.epochs * len(problem.train_y)  # 8 steps x 32 = every example
+  assert [(t.source, t.destination, t.bytes) for t in result.transfers] == [
+      ("cpu:0,cpu:1", "cpu:2,cpu:3", 2 * rows * problem.widths[2] * 4)]
