@@ -9,6 +9,7 @@ from synthpart import config as config_lib
 from synthpart import curves
 from synthpart.cli import main
 from synthpart.errors import ConfigError
+from synthpart.model import apply_segment
 from synthpart.placement import hand_over
 from synthpart.progress import Progress
 from synthpart.train import problem as P
@@ -112,3 +113,30 @@ def test_segment_groups_match_one_device_each_and_get_a_copy_per_device():
   rows = problem.config.train.epochs * len(problem.train_y)  # 8 steps x 32 = every example
   assert [(t.source, t.destination, t.bytes) for t in result.transfers] == [
       ("cpu:0,cpu:1", "cpu:2,cpu:3", 2 * rows * problem.widths[2] * 4)]
+
+
+def test_each_chunk_reads_the_current_outputs_of_the_segments_before_it(monkeypatch):
+  problem = _problem(jax.devices()[:3], **{"model.cuts": [1, 2], "pipeline.refresh_steps": 3})
+  real = refresh.Feeds.refresh
+  checked = []
+
+  def checking(feeds, chunks):
+    real(feeds, chunks)
+    params = [jax.device_get(loop.state.params) for loop in feeds.loops]
+    for c in chunks:
+      if c.loop == 0:
+        continue
+      loop = feeds.loops[c.loop]
+      rows = np.asarray(refresh.chunk_rows(jax.device_get(loop.key), np.uint32(c.epoch),
+                                           np.int32(c.first), len(problem.train_y),
+                                           loop.result.batch_size, c.count))
+      x = problem.train_x[rows].astype(np.float32) / 255
+      for spec in problem.specs[:c.loop]:  # the earlier segments as they are now
+        x = apply_segment(params[spec.index], x, spec)
+      np.testing.assert_allclose(jax.device_get(loop.data["x"])[rows], x, rtol=1e-5, atol=1e-6)
+      checked.append(c)
+
+  monkeypatch.setattr(refresh.Feeds, "refresh", checking)
+  S.train_pipelined(problem, QUIET, track_accuracy=False)
+  steps = len(problem.train_y) // problem.config.train.batch_size
+  assert len(checked) == 2 * problem.config.train.epochs * -(-steps // 3)
