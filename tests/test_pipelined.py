@@ -44,7 +44,8 @@ def test_started_after_each_segment_has_finished_it_is_the_sequential_schedule(e
 
 
 def test_only_activations_cross_and_only_forward(monkeypatch):
-  problem = _problem(jax.devices()[:3], **{"model.cuts": [1, 2], "pipeline.refresh_steps": 3})
+  problem = _problem(jax.devices()[:3], **{"model.cuts": [1, 2], "pipeline.refresh_steps": 3,
+                                           "pipeline.delay_epochs": 0})
   moved = []
 
   def recorded(tree, device, ledger, what, kind="training"):
@@ -76,7 +77,8 @@ def test_only_activations_cross_and_only_forward(monkeypatch):
 
 def test_it_learns_the_tiny_task():
   # The later segment learns from the earlier one's outputs as they form: slower at first.
-  problem = _problem(jax.devices()[:2], **{"train.epochs": 10, "pipeline.refresh_steps": 2})
+  problem = _problem(jax.devices()[:2], **{"train.epochs": 10, "pipeline.refresh_steps": 2,
+                                           "pipeline.delay_epochs": 0})
   _, pip = S.train_pipelined(problem, QUIET)
   assert pip.test_accuracy > 0.9
   assert [p["epoch"] for p in pip.curve] == list(range(1, 11))
@@ -84,7 +86,7 @@ def test_it_learns_the_tiny_task():
 
 
 def test_a_delay_starts_later_segments_later():
-  problem = _problem(jax.devices()[:2], **{"pipeline.delay_epochs": 1})
+  problem = _problem(jax.devices()[:2])  # by default one epoch later
   _, result = S.train_pipelined(problem, QUIET)
   first, second = result.segments
   assert len(first.loss_per_epoch) == len(second.loss_per_epoch) == 3
@@ -105,8 +107,9 @@ def test_a_multi_process_launch_refuses_it(capsys):
 
 
 def test_segment_groups_match_one_device_each_and_get_a_copy_per_device():
-  one, _ = S.train_pipelined(_problem(jax.devices()[:2]), QUIET, track_accuracy=False)
-  problem = _problem(jax.devices(), **{"placement.groups": [2, 2]})
+  one, _ = S.train_pipelined(_problem(jax.devices()[:2], **{"pipeline.delay_epochs": 0}), QUIET,
+                             track_accuracy=False)
+  problem = _problem(jax.devices(), **{"placement.groups": [2, 2], "pipeline.delay_epochs": 0})
   many, result = S.train_pipelined(problem, QUIET, track_accuracy=False)
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # up to the order of the sums
@@ -115,8 +118,10 @@ def test_segment_groups_match_one_device_each_and_get_a_copy_per_device():
       ("cpu:0,cpu:1", "cpu:2,cpu:3", 2 * rows * problem.widths[2] * 4)]
 
 
-def test_each_chunk_reads_the_current_outputs_of_the_segments_before_it(monkeypatch):
-  problem = _problem(jax.devices()[:3], **{"model.cuts": [1, 2], "pipeline.refresh_steps": 3})
+@pytest.mark.parametrize("delay", [0, 1])
+def test_each_chunk_reads_the_current_outputs_of_the_segments_before_it(monkeypatch, delay):
+  problem = _problem(jax.devices()[:3], **{"model.cuts": [1, 2], "pipeline.refresh_steps": 3,
+                                           "pipeline.delay_epochs": delay})
   real = refresh.Feeds.refresh
   checked = []
 
@@ -139,4 +144,5 @@ def test_each_chunk_reads_the_current_outputs_of_the_segments_before_it(monkeypa
   monkeypatch.setattr(refresh.Feeds, "refresh", checking)
   S.train_pipelined(problem, QUIET, track_accuracy=False)
   steps = len(problem.train_y) // problem.config.train.batch_size
+  # Segments 1 and 2 train every epoch in chunks of 3 steps.
   assert len(checked) == 2 * problem.config.train.epochs * -(-steps // 3)
