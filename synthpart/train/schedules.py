@@ -322,7 +322,8 @@ def train_pipelined(problem: Problem, progress: Progress, track_accuracy: bool =
   chunk of `pipeline.refresh_steps` steps, the rows it will read are recomputed and handed
   forward (`refresh.Feeds`). With `track_accuracy`, the composed network is evaluated between
   rounds (outside the timing). The ledger folds the hand-overs into one record per cut and pair
-  of devices.
+  of devices. The chunk and refresh functions compile on first use, within the first rounds'
+  time.
   """
   result = MethodResult("pnn-pipelined")
   loops = [pipelined_loop(problem, k, start)
