@@ -158,12 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
       prog="synthpart",
       description="Partitioned neural network training with synthetic intermediate labels.")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-  p = sub.add_parser("compare", help="conventional vs partitioned (both schedules, with and "
+  p = sub.add_parser("compare", help="conventional vs partitioned (every schedule, with and "
                      "without recovery) on one config")
   add_run_arguments(p)
   p.add_argument("--with-model-parallel", action="store_true",
                  help="also train model-parallel backprop (segments on their devices, "
-                      "activations and gradients crossing every step)")
+                      "activations and gradients crossing every step, one compiled program "
+                      "per epoch)")
   p.set_defaults(func=lambda a: _run(a, functools.partial(
       exp.compare, with_model_parallel=a.with_model_parallel)))
   p = sub.add_parser("train", help="train one configuration")

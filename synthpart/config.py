@@ -3,7 +3,7 @@
 A config file mirrors the dataclasses::
 
   seed = 0
-  schedule = "sequential"          # or "parallel"
+  schedule = "sequential"          # or "parallel", "pipelined"
 
   [data]
   name = "fashion-mnist"
@@ -15,6 +15,8 @@ A config file mirrors the dataclasses::
   [sil]
   kind = "uniform"                    # uniform | gaussian | orthogonal
   scale = 1.0                         # kappa
+  noise = 0.5                         # parallel schedule's input noise std
+  noise_relative = false              # true: std = noise * kappa
 
   [train]                             # every segment and the conventional baseline
   optimizer = "adam"
@@ -35,6 +37,10 @@ A config file mirrors the dataclasses::
 
   [placement]                         # devices per segment, data-parallel inside each group
   groups = [2, 2]                     # or devices_per_segment = 2; default one device each
+
+  [pipeline]                          # the pipelined schedule
+  refresh_steps = 50                  # steps between refreshes of a segment's inputs
+  delay_epochs = 1                    # epochs segment k-1 trains before segment k starts
 
 Overrides use dotted keys (``train.learning_rate=3e-4``, ``segments.1.epochs=4``), so every
 setting is reachable from the command line without a flag of its own.
@@ -64,6 +70,8 @@ SCHEDULES: Registry[str] = Registry("schedule")
 SCHEDULES.add("sequential", "sequential", "the paper's: segment k trains on the trained "
               "segment k-1's outputs, handed over once")
 SCHEDULES.add("parallel", "parallel", "every segment at once from the SIL tables alone")
+SCHEDULES.add("pipelined", "pipelined", "every segment at once, segment k on the current "
+              "outputs of segments 0..k-1, refreshed every pipeline.refresh_steps steps")
 DTYPES: Registry[str] = Registry("model.dtype")
 for _name in ("float32", "bfloat16", "float16"):
   DTYPES.add(_name, _name)
@@ -112,8 +120,10 @@ class SILConfig:
   kind: str = "uniform"
   scale: float = 1.0  # kappa: uniform entries are kappa * U(0, 1)
   # Std of the Gaussian noise on SIL inputs in the parallel schedule (measured in
-  # benchmarks/RESULTS.md).
+  # benchmarks/RESULTS.md); with `noise_relative`, the std is noise * kappa instead, so a kappa
+  # sweep keeps the signal-to-noise ratio.
   noise: float = 0.5
+  noise_relative: bool = False
   loss: str = "mse"
 
 
@@ -134,6 +144,18 @@ class TrainConfig:
   chance_epochs: int = 5
   # > 0: exactly this many steps instead of `epochs` epochs (the last epoch cut short)
   steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """The pipelined schedule: how fresh each segment's inputs are, and when it starts."""
+  # Steps between refreshes of a segment's inputs from the current earlier segments (capped at
+  # an epoch): before every chunk of this many steps, the rows it will read are recomputed.
+  refresh_steps: int = 50
+  # Rounds (epochs) segment k-1 trains before segment k starts, capped at segment k-1's epochs:
+  # at or beyond them, segment k starts after segment k-1 has finished (the sequential schedule).
+  # One epoch (measured in benchmarks/RESULTS.md) spares segment k the untrained outputs.
+  delay_epochs: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +204,7 @@ class Config:
   checkpoint: CheckpointConfig = CheckpointConfig()
   placement: PlacementConfig = PlacementConfig()
   eval: EvalConfig = EvalConfig()
+  pipeline: PipelineConfig = PipelineConfig()
 
   def segment_train(self, index: int) -> TrainConfig:
     """The training settings of segment `index`: `train` with that segment's overrides."""
@@ -202,7 +225,7 @@ class Config:
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "sil": SILConfig, "train": TrainConfig,
              "recovery": TrainConfig, "checkpoint": CheckpointConfig,
-             "placement": PlacementConfig, "eval": EvalConfig}
+              "placement": PlacementConfig, "eval": EvalConfig, "pipeline": PipelineConfig}
 
 
 def _coerce(path: str, value: Any, default: Any) -> Any:
@@ -452,6 +475,10 @@ def validate(config: Config) -> None:
                       f"{config.checkpoint.every} and {config.checkpoint.keep}")
   if config.eval.every_steps < 0:
     raise ConfigError(f"eval.every_steps must be >= 0, got {config.eval.every_steps}")
+  if config.pipeline.refresh_steps < 1 or config.pipeline.delay_epochs < 0:
+    raise ConfigError(f"pipeline.refresh_steps must be at least 1 and pipeline.delay_epochs at "
+                      f"least 0, got {config.pipeline.refresh_steps} and "
+                      f"{config.pipeline.delay_epochs}")
   if config.data.validation_size < 0:
     raise ConfigError(f"data.validation_size must be >= 0, got {config.data.validation_size}")
   _check_placement(config.placement, m.num_segments)

@@ -15,11 +15,12 @@ settings); `synthpart budget` measures compute to a target with `crossing`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from synthpart.flops import forward_flops, step_flops
-from synthpart.placement import Transfer
+from synthpart.placement import TRAINING, Transfer
 
 # A results document (results.json) or one of its parts, as JSON reads it.
 Document = Mapping[str, Any]
@@ -198,6 +199,13 @@ def format_time_to_accuracy(summary: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def ledger_bytes(transfers: Iterable[Transfer | Mapping[str, Any]]) -> int:
-  """Total bytes of a transfer ledger (`Transfer`s, or their dicts from a results document)."""
-  return int(sum(t["bytes"] if isinstance(t, Mapping) else t.bytes for t in transfers))
+def ledger_bytes(transfers: Iterable[Transfer | Mapping[str, Any]],
+                 kind: str | None = TRAINING) -> int:
+  """Total bytes of a transfer ledger (`Transfer`s, or their dicts from a results document) of
+  one kind: training by default (records without a kind are training), every kind for None."""
+  total = 0
+  for t in transfers:
+    record = t if isinstance(t, Mapping) else dataclasses.asdict(t)
+    if kind is None or record.get("kind", TRAINING) == kind:
+      total += record["bytes"]
+  return int(total)

@@ -14,7 +14,12 @@ from synthpart.progress import Progress
 from synthpart.results import MethodResult
 from synthpart.train.model_parallel import train_model_parallel
 from synthpart.train.problem import Problem
-from synthpart.train.schedules import RUNNERS, train_conventional, train_recovery
+from synthpart.train.schedules import (
+  RUNNERS,
+  nearest_sil_reference,
+  train_conventional,
+  train_recovery,
+)
 
 OnResult = Callable[[list[MethodResult]], None]
 # experiment(problem, progress, checkpoints=..., on_result=...) -> every method's result
@@ -28,11 +33,13 @@ def _noop(runs: list[MethodResult]) -> None:
 def compare(problem: Problem, progress: Progress, with_model_parallel: bool = False,
             checkpoints: checkpoint.Policy | None = None,
             on_result: OnResult = _noop) -> list[MethodResult]:
-  """Conventional training, then both schedules, each with and without recovery epochs.
+  """Conventional training, then the sequential, parallel and pipelined schedules, each with
+  and without recovery epochs (and the parallel schedule's nearest-SIL reference row).
 
   Recovery continues from the very segments the plain method trained, so each pair shows
   exactly what the recovery epochs add. `with_model_parallel` adds model-parallel backprop
-  (segments on their devices, activations and gradients crossing every step) after conventional.
+  (segments on their devices, activations and gradients crossing every step inside one compiled
+  program per epoch) after conventional.
   `on_result` sees the finished runs after every method, so partial results can be kept.
   """
   runs = [train_conventional(problem, progress, checkpoints)[1]]
@@ -40,18 +47,24 @@ def compare(problem: Problem, progress: Progress, with_model_parallel: bool = Fa
   if with_model_parallel:
     runs.append(train_model_parallel(problem, progress)[1])
     on_result(runs)
-  return run_schedules(problem, progress, ("sequential", "parallel"), checkpoints, on_result,
-                       done=runs)
+  return run_schedules(problem, progress, ("sequential", "parallel", "pipelined"), checkpoints,
+                       on_result, done=runs)
 
 
 def run_schedules(problem: Problem, progress: Progress, schedules: Sequence[str],
                   checkpoints: checkpoint.Policy | None = None, on_result: OnResult = _noop,
                   done: Sequence[MethodResult] = ()) -> list[MethodResult]:
-  """Each schedule, then its recovery epochs where configured; returns `done` + the new runs."""
+  """Each schedule, then its recovery epochs where configured; returns `done` + the new runs.
+
+  The parallel schedule is followed by its reference row, "pnn-parallel-nearest-sil": its first
+  segment alone, read out by the nearest SIL vector (`nearest_sil_reference`).
+  """
   runs = list(done)
   for schedule in schedules:
     params, result = RUNNERS[schedule](problem, progress, checkpoints=checkpoints)
     runs.append(result)
+    if schedule == "parallel" and not result.diverged:
+      runs.append(nearest_sil_reference(problem, params, result))
     on_result(runs)
     if problem.config.recovery.epochs > 0 and not result.diverged:
       runs.append(train_recovery(problem, params, result, progress, checkpoints)[1])

@@ -13,8 +13,9 @@ results.json (schema version 1)::
     "versions": {"synthpart", "jax", "jaxlib", "flax", "optax", "numpy", "python"},
     "runs": [
       {
-        "method": "conventional" | "pnn-sequential" | "pnn-parallel"
-                  | "pnn-sequential+recovery" | "pnn-parallel+recovery" | "model-parallel",
+        "method": "conventional" | "pnn-sequential" | "pnn-parallel" | "pnn-pipelined"
+                  | "pnn-sequential+recovery" | "pnn-parallel+recovery"
+                  | "pnn-pipelined+recovery" | "pnn-parallel-nearest-sil" | "model-parallel",
         "status": "ok" | "diverged",
         "test_accuracy": fraction in [0, 1]; null where the method diverged,
         "wall_seconds": training time after compilation (evaluation excluded),
@@ -31,7 +32,8 @@ results.json (schema version 1)::
                       "flops_per_step", "forward_flops"}],
         "curve": [{"epoch", "seconds", "examples": [per loop], "accuracy"?,
                    "steps": [per loop]?, "partial": true?}],
-        "transfers": [{"what", "source", "destination", "bytes"}]
+        "transfers": [{"what", "source", "destination", "bytes",
+                       "kind": "training" | "evaluation"}]
       }
 
 A curve point follows every epoch round; with `eval.every_steps` or `eval.log_spaced`, points
@@ -59,7 +61,8 @@ from synthpart.train.problem import Problem
 
 SCHEMA_VERSION = 1
 METHODS = ("conventional", "pnn-sequential", "pnn-parallel", "pnn-sequential+recovery",
-           "pnn-parallel+recovery", "model-parallel")
+           "pnn-parallel+recovery", "model-parallel", "pnn-parallel-nearest-sil", "pnn-pipelined",
+           "pnn-pipelined+recovery", "model-parallel-stepwise")
 
 
 @dataclasses.dataclass

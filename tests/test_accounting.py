@@ -214,14 +214,14 @@ def test_memory_report_per_method_and_device():
                            tiny_dataset(num_train=512), jax.devices()[:2])
   report = B.memory_report(problem)
   assert set(report) == {"conventional", "pnn-sequential", "pnn-sequential hand-over",
-                         "pnn-parallel", "model-parallel"}
+                         "pnn-parallel", "model-parallel-stepwise"}
   n = len(problem.train_y)
   conv = report["conventional"]["devices"][0]["functions"]["epoch"]
   assert conv["data"] == n * 16 + n * 4  # uint8 pixels [n, 16] and int32 labels
   assert conv["peak"] - conv["peak_without_data"] == conv["data"]
   params = F.num_params(problem.widths, 0, 4) * 4
   assert conv["peak_without_data"] >= 3 * params  # params and Adam's two moments
-  for method in ("pnn-parallel", "model-parallel"):
+  for method in ("pnn-parallel", "model-parallel-stepwise"):
     devices = report[method]["devices"]
     assert [d["segment"] for d in devices] == [0, 1]
     assert max(d["peak_without_data"] for d in devices) < conv["peak_without_data"]

@@ -18,7 +18,8 @@ def test_compare_writes_every_method(tmp_path, capsys):
   doc = json.loads((out / "results.json").read_text())
   assert [r["method"] for r in doc["runs"]] == [
       "conventional", "pnn-sequential", "pnn-sequential+recovery", "pnn-parallel",
-      "pnn-parallel+recovery"]
+      "pnn-parallel-nearest-sil", "pnn-parallel+recovery", "pnn-pipelined",
+      "pnn-pipelined+recovery"]
   for r in doc["runs"]:
     assert 0.5 < r["test_accuracy"] <= 1 and r["wall_seconds"] > 0
   assert doc["dataset"] == {"name": "digits", "source": doc["dataset"]["source"],

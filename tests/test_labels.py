@@ -6,7 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from synthpart.errors import ConfigError
-from synthpart.labels import sil_table, sil_tables
+from synthpart.labels import reachable, sil_table, sil_tables
+from synthpart.progress import Progress
+from synthpart.train.problem import SIL_STREAM, make_problem
+from synthpart.train.schedules import segment_task, train_parallel
+
+from tiny import tiny_config, tiny_dataset
+
+QUIET = Progress(quiet=True)
 
 
 def test_uniform_is_kappa_times_unit_interval():
@@ -44,3 +51,47 @@ def test_adding_a_cut_leaves_other_tables_unchanged(cuts, extra):
   for c in cuts:
     assert np.array_equal(np.asarray(before[c]), np.asarray(after[c]))
     assert before[c].shape == (5, widths[c])
+
+
+def test_negative_codes_are_shifted_into_a_relu_cuts_range():
+  raw = sil_table(jax.random.key(3), 10, 64, "gaussian", 1.0)
+  shifted = reachable(raw, "relu")
+  assert float(raw.min()) < 0 and float(shifted.min()) == 0
+  np.testing.assert_array_equal(jax.nn.relu(shifted), shifted)  # a ReLU can output every entry
+  # One shift for every class: the codes keep their distances.
+  np.testing.assert_allclose(shifted[:, None] - shifted[None], raw[:, None] - raw[None], atol=1e-5)
+  assert reachable(raw, "linear") is raw and reachable(raw, "tanh") is raw
+  uniform = sil_table(jax.random.key(3), 10, 64, "uniform", 1.0)
+  np.testing.assert_array_equal(reachable(uniform, "relu"), uniform)  # already >= 0: as drawn
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "orthogonal"])
+def test_a_problem_shifts_the_tables_of_relu_cuts_only(kind):
+  relu = make_problem(tiny_config(**{"sil.kind": kind}), tiny_dataset())
+  tanh = make_problem(tiny_config(**{"sil.kind": kind, "model.activation": "tanh"}),
+                      tiny_dataset())
+  (cut,) = relu.config.model.cuts
+  assert relu.sil[cut].min() == 0 and tanh.sil[cut].min() < 0
+  np.testing.assert_allclose(relu.sil[cut] - relu.sil[cut][0], tanh.sil[cut] - tanh.sil[cut][0],
+                             atol=1e-6)
+
+
+def test_a_relu_cut_fits_shifted_gaussian_codes_below_the_raw_codes_floor():
+  problem = make_problem(tiny_config(**{"sil.kind": "gaussian", "train.epochs": 30}),
+                         tiny_dataset())
+  (cut,) = problem.config.model.cuts
+  raw = sil_tables(problem.key(SIL_STREAM), problem.shapes, (cut,), 4, "gaussian")[cut]
+  # Against the raw codes a ReLU's outputs (>= 0) never get below the negative entries' squares.
+  floor = np.mean(np.minimum(np.asarray(raw)[problem.train_y], 0) ** 2)
+  _, result = train_parallel(problem, QUIET, track_accuracy=False)
+  assert result.segments[0].loss_per_epoch[-1] < floor
+
+
+def test_parallel_noise_relative_to_kappa():
+  absolute = make_problem(tiny_config(**{"sil.scale": 3.0, "sil.noise": 0.2}), tiny_dataset())
+  relative = make_problem(tiny_config(**{"sil.scale": 3.0, "sil.noise": 0.2,
+                                         "sil.noise_relative": True}), tiny_dataset())
+  spec = relative.specs[1]
+  assert segment_task(absolute, spec, "sil").noise == 0.2
+  assert segment_task(relative, spec, "sil").noise == pytest.approx(0.6)
+  assert segment_task(relative, spec, "features").noise == 0

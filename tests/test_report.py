@@ -149,7 +149,8 @@ def test_sweep_report_pivots_deltas_and_draws_axis_figures(tmp_path, document):
   # cut 1, κ 0.5: 0.2 points below conventional (a match); cut 2, κ 2: 0.8 below (a failure).
   assert "| 1 | -0.20 ± 1.00 ✓ | -0.40 ± 1.00 ✓ |" in text
   assert "| 2 | -0.40 ± 1.00 ✓ | -0.80 ± 1.00 |" in text
-  assert "12 of 16 (setting, method) pairs: pnn-sequential 3/4," in text
+  # 7 partitioned rows (3 schedules, their recoveries, the nearest-SIL reference) x 4 settings.
+  assert "21 of 28 (setting, method) pairs: pnn-sequential 3/4," in text
 
 
 def test_sweep_report_of_an_unfinished_sweep_says_so(tmp_path, document):

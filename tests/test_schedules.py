@@ -4,6 +4,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from synthpart import curves
+from synthpart.experiment import run_schedules
+from synthpart.memory import tree_bytes
+from synthpart.model import apply_segment
 from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
@@ -41,6 +45,16 @@ def test_parallel_moves_nothing_between_devices():
   assert {s.device for s in result.segments} == {"cpu:0", "cpu:1"}
 
 
+def test_evaluation_transfers_are_counted_apart_from_training():
+  problem = _problem(jax.devices()[:2])
+  params, result = S.train_parallel(problem, QUIET)  # the composed network tested every epoch
+  assert [t.kind for t in result.transfers] == ["evaluation"] * problem.config.train.epochs
+  # Only the right segment's parameters cross: the left segment's are on device 0 already.
+  assert {(t.source, t.destination, t.bytes) for t in result.transfers} == {
+      ("cpu:1", "cpu:0", tree_bytes(params[1]))}
+  assert curves.ledger_bytes(result.transfers) == 0 < curves.ledger_bytes(result.transfers, None)
+
+
 def test_sequential_hands_over_cut_activations_once():
   problem = _problem(jax.devices()[:3], **{"model.cuts": [1, 2]})
   with jax.transfer_guard("disallow"):  # no implicit transfer anywhere
@@ -55,7 +69,7 @@ def test_sequential_hands_over_cut_activations_once():
       S.train_sequential(problem, QUIET, track_accuracy=False)
 
 
-@pytest.mark.parametrize("train", [S.train_sequential, S.train_parallel])
+@pytest.mark.parametrize("train", [S.train_sequential, S.train_parallel, S.train_pipelined])
 def test_same_seed_same_result_bit_for_bit(train):
   a_params, a = train(_problem(jax.devices()[:2]), QUIET)
   b_params, b = train(_problem(jax.devices()[:2]), QUIET)
@@ -160,3 +174,16 @@ def test_a_stepwise_epoch_trains_as_the_scanned_epoch():
       scanned.dispatch(2), rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(scanned.state), jax.tree.leaves(stepwise.state)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+def test_the_nearest_sil_row_reads_out_the_first_segment_alone():
+  problem = _problem(jax.devices()[:2])
+  runs = run_schedules(problem, QUIET, ("parallel",))
+  assert [r.method for r in runs] == ["pnn-parallel", "pnn-parallel-nearest-sil",
+                                      "pnn-parallel+recovery"]
+  params, _ = S.train_parallel(problem, QUIET, track_accuracy=False)
+  spec, table = problem.specs[0], problem.sil[problem.specs[0].output_cut]
+  out = np.asarray(apply_segment(params[0], problem.test_x.astype(np.float32) / 255, spec))
+  nearest = np.argmin(((out[:, None] - table[None]) ** 2).mean(-1), axis=1)
+  reference = runs[1]
+  assert reference.test_accuracy == np.mean(nearest == problem.test_y) > 0.25  # chance: 4 classes
+  assert [s.name for s in reference.segments] == ["segment 0"] and reference.transfers == []
+  assert reference.curve[-1]["accuracy"] == reference.test_accuracy

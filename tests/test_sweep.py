@@ -132,10 +132,10 @@ def test_sweep_writes_each_point_and_a_summary(finished):
   assert (out / "sil.scale=2/seed-1/results.json").exists()
   document = json.loads((out / "sil.scale=2/seed-1/results.json").read_text())
   assert document["config"]["sil"]["scale"] == 2.0 and document["config"]["seed"] == 1
-  assert [r["method"] for r in document["runs"]] == ["pnn-parallel"]
+  assert [r["method"] for r in document["runs"]] == ["pnn-parallel", "pnn-parallel-nearest-sil"]
   rows = {(r["point"], r["method"]): r for r in summary["rows"]}
   assert set(rows) == {(p, m) for p in ("sil.scale=0.5", "sil.scale=2")
-                       for m in ("conventional", "pnn-parallel")}
+                       for m in ("conventional", "pnn-parallel", "pnn-parallel-nearest-sil")}
   row = rows["sil.scale=2", "pnn-parallel"]
   accuracies = [json.loads((out / f"sil.scale=2/seed-{s}/results.json").read_text())
                 ["runs"][0]["test_accuracy"] for s in (0, 1)]
@@ -194,5 +194,5 @@ def test_cli_dry_run_lists_runs(finished, tmp_path, capsys):
 def test_tensorboard_files_are_written_per_method(finished):
   out, _ = finished
   logs = out / "sil.scale=0.5/seed-0/tensorboard"
-  assert [p.name for p in logs.iterdir()] == ["pnn-parallel"]
+  assert sorted(p.name for p in logs.iterdir()) == ["pnn-parallel", "pnn-parallel-nearest-sil"]
   assert any(f.name.startswith("events.out.tfevents") for f in (logs / "pnn-parallel").iterdir())

@@ -5,7 +5,9 @@ For one suite (a network, dtype, batch and cut), it compiles and times each loop
   conventional              the whole network, end to end (recovery epochs run the same loop)
   sequential segment i      segment i on the previous segment's features (pixels for the first)
   parallel segment i        segment i on SIL vectors plus noise (pixels for the first)
-  model-parallel            end-to-end backprop across the segments' devices, step by step
+  model-parallel            end-to-end backprop across the segments' devices, one compiled
+                            program per epoch (activations and gradients cross every step)
+  model-parallel-stepwise   the same backprop dispatched step by step (what dispatching costs)
 
 and reports samples/s, analytic TFLOP/s (`synthpart.flops`), compile seconds, XLA's memory
 analysis of the compiled loop and, on GPUs, the device's own memory counters. The data is random,
@@ -27,6 +29,7 @@ from synthpart.bench.loops import (
     Size,
     Suite,
     bench_model_parallel,
+    bench_model_parallel_stepwise,
     bench_segment_loop,
     run_suite,
     suite_config,
@@ -35,6 +38,6 @@ from synthpart.bench.loops import (
 
 __all__ = [
     "LOOP_KINDS", "SUITES", "Size", "Suite", "add_bench_command", "bench_model_parallel",
-    "bench_segment_loop", "format_markdown", "format_memory", "memory_ratios", "memory_report",
-    "run_suite", "suite_config", "synthetic_dataset",
+    "bench_model_parallel_stepwise", "bench_segment_loop", "format_markdown", "format_memory",
+    "memory_ratios", "memory_report", "run_suite", "suite_config", "synthetic_dataset",
 ]

@@ -24,11 +24,11 @@ from synthpart.memory import MemoryUse, compiled_memory, tree_bytes
 from synthpart.model import apply_segment, init_segment, whole_network
 from synthpart.partition import SegmentSpec
 from synthpart.train.loop import TrainState, make_epoch, make_predict
-from synthpart.train.model_parallel import make_stage_fns
 from synthpart.train.objectives import Constants, make_loss, preprocess_pixels
 from synthpart.train.optim import make_optimizer
 from synthpart.train.problem import Problem, input_constants
 from synthpart.train.schedules import segment_constants, segment_task
+from synthpart.train.stepwise import make_stage_fns
 
 
 def _compile(fn: Callable[..., Any] | None, *args: Any) -> jax.stages.Compiled:
@@ -158,7 +158,8 @@ def memory_report(problem: Problem, with_model_parallel: bool = True) -> dict[st
   "peak_without_data"}], "peak", "peak_without_data"}}, where a method's peak is its largest
   device's. Methods: conventional, recovery, pnn-sequential (its training loops),
   "pnn-sequential hand-over" (each non-last segment's outputs over the training set, computed
-  between its training and the next segment's), pnn-parallel, model-parallel.
+  between its training and the next segment's), pnn-parallel, model-parallel-stepwise (the
+  step-by-step functions; the compiled baseline's memory is recorded by its run and bench).
   """
   specs = problem.specs
   whole = whole_network(specs)
@@ -185,7 +186,7 @@ def memory_report(problem: Problem, with_model_parallel: bool = True) -> dict[st
     report["pnn-sequential hand-over"] = _method_entry(handover)
     report["pnn-parallel"] = _method_entry(parallel)
     if with_model_parallel:
-      report["model-parallel"] = _method_entry(_model_parallel_memory(problem))
+      report["model-parallel-stepwise"] = _method_entry(_model_parallel_memory(problem))
   return report
 
 

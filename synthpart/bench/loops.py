@@ -23,7 +23,7 @@ from synthpart.model import whole_network
 from synthpart.partition import SegmentSpec
 from synthpart.placement import Transfer, device_name
 from synthpart.results import versions
-from synthpart.train import model_parallel, schedules
+from synthpart.train import model_parallel, schedules, stepwise
 from synthpart.train.driver import start_loop
 from synthpart.train.problem import ORDER_STREAM, Problem
 
@@ -61,7 +61,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           accelerator=Size((8192,) * 5, 4096, 20), cpu=Size((1024,) * 5, 1024, 2)),
 )}
 
-LOOP_KINDS = ("conventional", "sequential", "parallel", "model-parallel")
+LOOP_KINDS = ("conventional", "sequential", "parallel", "model-parallel", "model-parallel-stepwise")
 
 
 def synthetic_dataset(num_examples: int, image_shape: tuple[int, int, int] = (28, 28, 1),
@@ -149,12 +149,33 @@ def bench_segment_loop(problem: Problem, spec: SegmentSpec, inputs: str, kind: s
 
 
 def bench_model_parallel(problem: Problem, repeats: int) -> dict[str, Any]:
-  """Compiles and times model-parallel backprop; bytes moved come from the ledger."""
+  """Compiles and times model-parallel backprop (one program per epoch over the segments'
+  devices); bytes moved are what its epochs move across the cuts."""
   train = problem.config.train
-  run = model_parallel.start_model_parallel(problem, train, problem.key(ORDER_STREAM, 0))
+  loop, _ = model_parallel.start_model_parallel(problem)
+  seconds = _time_epochs(lambda e: loop.dispatch(e), repeats)
+  steps = loop.result.steps_per_epoch
+  flops = sum(step_flops(problem.widths, s.start, s.stop, train.batch_size, train.optimizer,
+                         input_grads=not s.is_first) for s in problem.specs)
+  moved = [t for e in range(repeats) for t in model_parallel.cut_transfers(problem, e, steps)]
+  memory = {"epoch": _memory(loop.epoch_fn, 0, tree_bytes(loop.data), loop.device)}
+  return _entry("model-parallel", "model-parallel", loop.result.layers, problem.device_of(0),
+                train.batch_size, steps, repeats, seconds, loop.result.compile_seconds, flops,
+                memory, bytes_moved=ledger_bytes(moved),
+                bytes_moved_expected=bytes_moved(
+                    problem.specs, "model-parallel", len(problem.train_y), train.batch_size,
+                    repeats),
+                devices=loop.result.device.split(","))
+
+
+def bench_model_parallel_stepwise(problem: Problem, repeats: int) -> dict[str, Any]:
+  """Compiles and times model-parallel backprop dispatched step by step (the reference for what
+  dispatching costs); bytes moved come from the ledger."""
+  train = problem.config.train
+  run = stepwise.start_model_parallel(problem, train, problem.key(ORDER_STREAM, 0))
   ledger: list[Transfer] = []
   warm: list[Transfer] = []
-  seconds = _time_epochs(lambda e: model_parallel.run_epoch(run, e, warm if e == 0 else ledger),
+  seconds = _time_epochs(lambda e: stepwise.run_epoch(run, e, warm if e == 0 else ledger),
                          repeats)
   flops = sum(step_flops(problem.widths, s.start, s.stop, train.batch_size, train.optimizer,
                          input_grads=not s.is_first) for s in problem.specs)
@@ -170,9 +191,9 @@ def bench_model_parallel(problem: Problem, repeats: int) -> dict[str, Any]:
       if fn is not None:
         memory[f"segment {stage.spec.index} {fn_name}"] = _memory(fn, resident, data_bytes,
                                                                   stage.device)
-  return _entry("model-parallel", "model-parallel", (0, problem.specs[-1].stop),
-                problem.device_of(0), train.batch_size, run.steps, repeats, seconds,
-                sum(r.compile_seconds for r in run.results), flops, memory,
+  return _entry("model-parallel-stepwise", "model-parallel-stepwise",
+                (0, problem.specs[-1].stop), problem.device_of(0), train.batch_size, run.steps,
+                repeats, seconds, sum(r.compile_seconds for r in run.results), flops, memory,
                 bytes_moved=ledger_bytes(ledger),
                 bytes_moved_expected=bytes_moved(
                     problem.specs, "model-parallel", run.num_examples, train.batch_size, repeats),
@@ -193,6 +214,8 @@ def run_suite(suite: Suite, size: Size, problem: Problem, repeats: int,
                                         kind, repeats, f"{kind} segment {spec.index}"))
   if "model-parallel" in kinds and len(problem.specs) > 1:
     loops.append(bench_model_parallel(problem, repeats))
+  if "model-parallel-stepwise" in kinds and len(problem.specs) > 1:
+    loops.append(bench_model_parallel_stepwise(problem, repeats))
   base = next((loop for loop in loops if loop["kind"] == "conventional"), None)
   for loop in loops:
     loop["speedup_vs_conventional"] = (loop["samples_per_s"] / base["samples_per_s"]

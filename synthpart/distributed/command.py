@@ -77,6 +77,9 @@ def check_heartbeat_timeout(seconds: float) -> None:
 def run_launch(args: argparse.Namespace) -> int:
   """`synthpart launch`: returns the exit code."""
   config = load_config(args)
+  if config.schedule == "pipelined":
+    raise ConfigError("launch runs the sequential and parallel schedules; the pipelined one "
+                      "refreshes activations every few steps: run it in one process (train)")
   if getattr(args, "resume", False):
     raise ConfigError("launch does not --resume: rerun its failed segments with --only-segment K")
   check_heartbeat_timeout(args.heartbeat_timeout)

@@ -19,11 +19,11 @@ from typing import Any
 from synthpart import config as config_lib
 from synthpart.errors import ConfigError
 
-SCHEDULE_METHODS = ("conventional", "sequential", "parallel")
+SCHEDULE_METHODS = ("conventional", *config_lib.SCHEDULES.names)
 WHOLE_METHODS = ("compare", "train")
 SWEEP_KEYS = ("base", "seeds", "methods", "set", "axes")
 # Settings that only shape the partitioned methods: reset to build the conventional baseline.
-PARTITION_ONLY = ("model.cuts", "sil", "segments", "recovery", "schedule")
+PARTITION_ONLY = ("model.cuts", "sil", "segments", "recovery", "schedule", "pipeline")
 
 
 @dataclasses.dataclass(frozen=True)

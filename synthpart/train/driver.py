@@ -10,11 +10,17 @@ are defined here once:
 
 - conventional training and recovery epochs drive one loop;
 - the sequential schedule drives each segment's loop alone, one after another;
-- the parallel schedule drives every segment's loop at once.
+- the parallel schedule drives every segment's loop at once;
+- the pipelined schedule drives every segment's loop at once in chunks of `chunk_steps` steps,
+  its hook (`before_chunk`) refreshing each later segment's inputs from the earlier segments
+  before every chunk, and may start a loop some rounds later than the one before it
+  (`Loop.start_round`).
 
-With an `Evaluation` schedule inside epochs, or a loop whose budget in steps (`train.steps`) ends
-inside an epoch, a round runs in chunks (`Loop.dispatch_steps`, bit-identical to the whole epoch)
-that pause where `synthpart.train.stops` says: the composed network is evaluated there and a
+A round is one epoch of every loop that trains in it: loop i trains its epoch
+`round - start_round` in a round. With `chunk_steps`, an `Evaluation` schedule inside epochs, or a
+loop whose budget in steps (`train.steps`) ends inside an epoch, a round runs in chunks
+(`Loop.dispatch_steps`, bit-identical to the whole epoch) that pause where
+`synthpart.train.stops` says: at evaluation stops the composed network is evaluated and a
 point inside the round joins the curve. Its evaluation is timed and counted apart (`eval_seconds`,
 `eval_flops`), never in the training's seconds.
 
@@ -35,7 +41,7 @@ it feeds (sequential) or in the method's accuracy (parallel).
 Running out of device or host memory raises `ResourceError` naming the loop and its size.
 
 Loops restored from checkpoints at different epochs each resume from their own; the method's
-curve resumes from the loop that got least far.
+curve resumes from the round that the least advanced loop reached.
 
 This module is longer than most (over 400 lines) on purpose: it is the one place that defines
 what an epoch round is (resume, chunks, evaluation points, divergence, checkpoints, progress).
@@ -90,6 +96,19 @@ class Evaluation:
   flops: float = 0.0
 
 
+@dataclasses.dataclass(frozen=True, order=True)
+class Chunk:
+  """Steps first .. first+count-1 of epoch `epoch` of loop `loop` (its index in `drive`)."""
+  loop: int
+  epoch: int
+  first: int
+  count: int
+
+
+# before_chunk(chunks): called before the chunks that are about to be dispatched together
+BeforeChunk = Callable[[list[Chunk]], None]
+
+
 # A loss within this fraction of chance (or above it) is no better than chance.
 CHANCE_TOLERANCE = 0.01
 
@@ -133,11 +152,22 @@ class Loop:
   compiled_chunks: dict[int, Any] = dataclasses.field(default_factory=dict)
   chance: float | None = None  # a classifying loop's chance-level loss (`chance_loss`)
   chance_epochs: int = 0  # epochs in a row at chance that stop it (0: never)
+  start_round: int = 0  # the round of `drive` in which this loop trains its first epoch
 
   @property
   def done(self) -> int:
     """Epochs trained so far."""
     return len(self.result.loss_per_epoch)
+
+  @property
+  def finished(self) -> bool:
+    """Whether every epoch of its budget is trained."""
+    return self.done >= self.result.epochs
+
+  def epoch_in(self, round_index: int) -> int | None:
+    """The epoch this loop trains in round `round_index` of `drive`, or None outside its span."""
+    epoch = round_index - self.start_round
+    return epoch if 0 <= epoch < self.result.epochs else None
 
   def dispatch(self, epoch: int, method: str = "") -> jax.Array:
     """Enqueues one epoch and returns its per-step losses without waiting for them."""
@@ -315,23 +345,35 @@ def _examples(result: MethodResult) -> list[int]:
   return [s.examples for s in result.segments]
 
 
-def _resume(loops: Sequence[Loop], result: MethodResult,
-            checkpoints: checkpoint.Policy | None) -> int:
-  """Restores every loop; the method's curve and time from the loop that got least far.
+def _resume(loops: Sequence[Loop], result: MethodResult, checkpoints: checkpoint.Policy | None,
+            evaluation: Evaluation) -> int:
+  """Restores every loop; the method's curve, time and evaluation cost from the round that the
+  least advanced loop reached, taken from the checkpoint of the loop that saved at or nearest
+  after it (less what that loop's checkpoint holds beyond the round).
 
-  Returns the first epoch round still to run.
+  Returns the first round still to run.
   """
   metas = [loop.resume(checkpoints, result.method) for loop in loops]
-  first = min(range(len(loops)), key=lambda i: loops[i].done, default=None)
-  if first is None or not metas[first]:
+  reached = [loop.start_round + loop.done for loop in loops]
+  start = min(reached, default=0)
+  saved = [i for i, meta in enumerate(metas) if meta and reached[i] >= start]
+  if not start or not saved:
     return 0
-  start, meta, prior = loops[first].done, metas[first], len(result.curve)
+  donor = min(saved, key=lambda i: reached[i])
+  meta, prior = metas[donor], len(result.curve)
   # Points of earlier drives, then this drive's up to the end of the round resumed from.
-  result.curve = meta["curve"][:prior] + [p for p in meta["curve"][prior:] if p["epoch"] <= start]
-  result.wall_seconds = meta["wall_seconds"]
-  result.evaluations = meta.get("evaluations", result.evaluations)
-  result.eval_seconds = meta.get("eval_seconds", result.eval_seconds)
-  result.eval_flops = meta.get("eval_flops", result.eval_flops)
+  kept = [p for p in meta["curve"][prior:] if p["epoch"] <= start]
+  beyond = [p for p in meta["curve"][prior:] if p["epoch"] > start]
+  result.curve = meta["curve"][:prior] + kept
+  result.wall_seconds = (result.curve[-1]["seconds"] if beyond and result.curve
+                         else meta["wall_seconds"])
+  evaluations = meta.get("evaluations", result.evaluations)
+  dropped = sum("accuracy" in p for p in beyond)
+  if evaluations:
+    result.eval_seconds = (meta.get("eval_seconds", result.eval_seconds)
+                           * (evaluations - dropped) / evaluations)
+  result.evaluations = evaluations - dropped
+  result.eval_flops = meta.get("eval_flops", result.eval_flops) - dropped * evaluation.flops
   return start
 
 
@@ -346,12 +388,16 @@ def _diverged(loop: Loop, method: str, epoch: int, progress: Progress) -> bool:
 def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
           label: str, checkpoints: checkpoint.Policy | None = None,
           evaluate: Evaluate | None = None, on_error: OnError | None = None,
-          evaluation: Evaluation = Evaluation()) -> None:
+          evaluation: Evaluation = Evaluation(), chunk_steps: int = 0,
+          before_chunk: BeforeChunk | None = None) -> None:
   """Trains `loops` together to their budgets (epochs, or steps), recording into `result`.
 
   The loops' results must already be in `result.segments`. Each round dispatches one epoch of
-  every unfinished loop, then waits for each; `result.wall_seconds` grows by the round's time
-  and each loop's `epoch_seconds` by the time until its own losses were ready. After a round,
+  every unfinished loop whose span covers it (`Loop.start_round`), then waits for each;
+  `result.wall_seconds` grows by the round's time and each loop's `epoch_seconds` by the time
+  until its own losses were ready. With `chunk_steps` (0: none), the round's epochs are
+  dispatched in chunks of at most that many steps, chunk c of every loop together, each group
+  after `before_chunk(chunks)`; a chunked epoch trains exactly as a whole one. After a round,
   `evaluate` (if given, and if no loop diverged or failed) gives the curve point's accuracy;
   with `evaluation.schedule` inside epochs, points inside the round too (see the module
   docstring). A loop that diverges (module docstring) is marked so and stops; the others go on.
@@ -359,28 +405,30 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
   propagate (running out of memory as `ResourceError`).
   """
   loops = list(loops)
-  start_epoch = _resume(loops, result, checkpoints)
+  start_round = _resume(loops, result, checkpoints, evaluation)
   bars = [progress.bar(f"{label} {loop.result.name}" if label else loop.result.name,
                        loop.result.epochs, position=i, done=loop.done)
           for i, loop in enumerate(loops)]
-  chunked = ((evaluate is not None and evaluation.schedule.within_epochs)
+  chunked = (chunk_steps > 0 or (evaluate is not None and evaluation.schedule.within_epochs)
              or any(loop.result.max_steps % loop.result.steps_per_epoch for loop in loops))
   failed: set[int] = set()
   stopped: set[int] = set()
-  for epoch in range(start_epoch, max((loop.result.epochs for loop in loops), default=0)):
-    active = [i for i, loop in enumerate(loops)
-              if i not in failed | stopped and epoch < loop.result.epochs]
-    if not active:
+  end = max((loop.start_round + loop.result.epochs for loop in loops), default=0)
+  for round_index in range(start_round, end):
+    epochs = {i: e for i, loop in enumerate(loops)
+              if i not in failed | stopped and (e := loop.epoch_in(round_index)) is not None}
+    if not epochs:
       break
+    due = {i: e for i, e in epochs.items() if e >= loops[i].done}
     if chunked:
-      ran = _chunked_round(loops, active, epoch, result, failed, on_error, evaluate,
-                           evaluation)
+      ran = _chunked_round(loops, due, round_index, result, failed, on_error, evaluate,
+                           evaluation, chunk_steps, before_chunk)
     else:
-      ran = _whole_round(loops, active, epoch, result, failed, on_error)
+      ran = _whole_round(loops, due, result, failed, on_error)
     for i in ran:
-      if _diverged(loops[i], result.method, epoch, progress):
+      if _diverged(loops[i], result.method, epochs[i], progress):
         stopped.add(i)
-    point: dict[str, Any] = {"epoch": epoch + 1, "seconds": result.wall_seconds,
+    point: dict[str, Any] = {"epoch": round_index + 1, "seconds": result.wall_seconds,
                              "examples": _examples(result)}
     if chunked:
       point["steps"] = [s.steps for s in result.segments]
@@ -401,17 +449,17 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
     bar.close()
 
 
-def _whole_round(loops: Sequence[Loop], active: Sequence[int], epoch: int, result: MethodResult,
+def _whole_round(loops: Sequence[Loop], due: dict[int, int], result: MethodResult,
                  failed: set[int], on_error: OnError | None) -> list[int]:
-  """One epoch of every active loop, dispatched whole; returns the loops that ran it."""
+  """One epoch of every due loop ({loop index: epoch}), dispatched whole; returns the loops that
+  ran it."""
   start = time.perf_counter()
   pending = []
-  for i in active:
-    if epoch >= loops[i].done:
-      try:
-        pending.append((i, loops[i].dispatch(epoch, result.method)))
-      except Exception as e:
-        _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
+  for i, epoch in due.items():
+    try:
+      pending.append((i, loops[i].dispatch(epoch, result.method)))
+    except Exception as e:
+      _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
   ran = []
   for i, losses in pending:
     try:
@@ -436,69 +484,82 @@ def _evaluate(evaluate: Evaluate, loops: Sequence[Loop], result: MethodResult,
   return accuracy
 
 
-def _round_plan(loops: Sequence[Loop], todo: Sequence[int], epoch: int, evaluate: bool,
-                schedule: EvalSchedule) -> dict[int, list[tuple[int, int]]]:
-  """Each loop's chunks (first, count) in this round, one per stop (`synthpart.train.stops`)."""
-  counts = {i: steps_in_epoch(epoch, loops[i].result.steps_per_epoch, loops[i].result.max_steps)
-            for i in todo}
-  reference = max(todo, key=lambda i: loops[i].result.steps_per_epoch)
+def _round_plan(loops: Sequence[Loop], due: dict[int, int], evaluate: bool,
+                schedule: EvalSchedule, chunk_steps: int
+                ) -> tuple[dict[int, list[tuple[int, int]]], list[bool]]:
+  """Each due loop's chunks (first, count) in this round, one per stop
+  (`synthpart.train.stops`), and whether the network is evaluated after each stop."""
+  counts = {i: steps_in_epoch(e, loops[i].result.steps_per_epoch, loops[i].result.max_steps)
+            for i, e in due.items()}
+  reference = max(due, key=lambda i: loops[i].result.steps_per_epoch)
   per_epoch = loops[reference].result.steps_per_epoch
-  length = max(-(-counts[i] * per_epoch // loops[i].result.steps_per_epoch) for i in todo)
-  stops = round_stops(schedule, epoch * per_epoch, length, evaluate)
-  return {i: chunks(positions(stops, per_epoch, loops[i].result.steps_per_epoch, counts[i]))
-          for i in todo}
+  length = max(-(-counts[i] * per_epoch // loops[i].result.steps_per_epoch) for i in due)
+  evaluated = set(round_stops(schedule, due[reference] * per_epoch, length, evaluate)[:-1])
+  stops = sorted(evaluated | set(range(chunk_steps, length, chunk_steps or length)) | {length})
+  plan = {i: chunks(positions(stops, per_epoch, loops[i].result.steps_per_epoch, counts[i]))
+          for i in due}
+  return plan, [stop in evaluated for stop in stops]
 
 
-def _chunked_round(loops: Sequence[Loop], active: Sequence[int], epoch: int,
+def _chunked_round(loops: Sequence[Loop], due: dict[int, int], round_index: int,
                    result: MethodResult, failed: set[int], on_error: OnError | None,
-                   evaluate: Evaluate | None, evaluation: Evaluation) -> list[int]:
-  """One epoch (or what the step budget leaves of it) of every active loop, in chunks that end
-  at the round's stops; a point inside the round after each stop but the last, evaluated where
-  every loss so far is finite. Compiling the chunks is not timed as training."""
-  todo = [i for i in active if epoch >= loops[i].done]
-  if not todo:
+                   evaluate: Evaluate | None, evaluation: Evaluation, chunk_steps: int,
+                   before_chunk: BeforeChunk | None) -> list[int]:
+  """One epoch (or what the step budget leaves of it) of every due loop ({loop index: epoch}),
+  in chunks that end at the round's stops, each group of chunks after `before_chunk`; a point
+  inside the round after each evaluation stop, evaluated where every loss so far is finite.
+  Compiling the chunks is not timed as training."""
+  if not due:
     return []
-  plan = _round_plan(loops, todo, epoch, evaluate is not None, evaluation.schedule)
-  for i in todo:
+  plan, evaluated = _round_plan(loops, due, evaluate is not None, evaluation.schedule,
+                                chunk_steps)
+  for i in due:
     for first, count in plan[i]:
       if count and not _whole(loops[i], first, count):
         result.compile_seconds += loops[i].prepare_chunk(count)
-  pieces: dict[int, list[np.ndarray]] = {i: [] for i in todo}
-  seconds = dict.fromkeys(todo, 0.0)
-  live, finite = list(todo), True
-  stops = len(plan[todo[0]])
-  for k in range(stops):
-    start = time.perf_counter()
-    pending = []
-    for i in live:
-      first, count = plan[i][k]
-      if count:
-        try:
-          pending.append((i, _dispatch(loops[i], epoch, first, count, result.method)))
-        except Exception as e:
-          _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
-    for i, losses in pending:
+  pieces: dict[int, list[jax.Array]] = {i: [] for i in due}
+  host: dict[int, list[np.ndarray]] = {i: [] for i in due}  # the pieces fetched so far
+  seconds = dict.fromkeys(due, 0.0)
+  live, finite, last = list(due), True, len(evaluated) - 1
+  start = time.perf_counter()  # of the stretch of training since the last evaluation
+  for k, evaluates in enumerate(evaluated):
+    group = [Chunk(i, due[i], *plan[i][k]) for i in live if plan[i][k][1]]
+    if before_chunk is not None and group:
+      before_chunk(group)
+    for c in group:
       try:
-        pieces[i].append(np.asarray(jax.device_get(losses)))
+        pieces[c.loop].append(_dispatch(loops[c.loop], c.epoch, c.first, c.count, result.method))
+      except Exception as e:
+        _fail(on_error, loops[c.loop], _resource_error(loops[c.loop], result.method, e), failed,
+              c.loop)
+    live = [i for i in live if i not in failed]
+    pause = evaluate if evaluates else None
+    if pause is None and k < last:
+      continue  # chunks queue on without waiting: only evaluations and the round's end wait
+    for i in live:
+      try:
+        fresh = [np.asarray(p) for p in jax.device_get(pieces[i][len(host[i]):])]
+        host[i] += fresh
+        finite = finite and all(bool(np.isfinite(p).all()) for p in fresh)
       except Exception as e:
         _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
         continue
       seconds[i] += time.perf_counter() - start
-      finite = finite and bool(np.isfinite(pieces[i][-1]).all())
     result.wall_seconds += time.perf_counter() - start
     live = [i for i in live if i not in failed]
-    if k < stops - 1 and evaluate is not None:
-      trained = {id(loops[i].result): sum(c for _, c in plan[i][:k + 1]) for i in todo}
+    if pause is not None:
+      trained = {id(loops[i].result): sum(c for _, c in plan[i][:k + 1]) for i in due}
       steps = [s.steps + trained.get(id(s), 0) for s in result.segments]
       point: dict[str, Any] = {
-          "epoch": epoch + 1, "partial": True, "seconds": result.wall_seconds,
+          "epoch": round_index + 1, "partial": True, "seconds": result.wall_seconds,
           "examples": [n * s.batch_size for n, s in zip(steps, result.segments, strict=True)],
           "steps": steps}
       if finite and not failed:
-        point["accuracy"] = _evaluate(evaluate, loops, result, evaluation)
+        point["accuracy"] = _evaluate(pause, loops, result, evaluation)
       result.curve.append(point)
+    start = time.perf_counter()
   for i in live:
-    loops[i].store(np.concatenate(pieces[i]), seconds[i])
+    loops[i].store(np.concatenate(host[i]), seconds[i])
   return live
 
 

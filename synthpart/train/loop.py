@@ -43,6 +43,23 @@ def _step(loss_fn: LossFn, optimizer: optax.GradientTransformation
   return step
 
 
+def epoch_order(key: jax.Array, epoch_index: jax.Array, num_examples: int,
+                batch_size: int) -> jax.Array:
+  """The minibatches of an epoch, [steps, batch] example indices: a permutation from
+  fold_in(key, epoch), the last partial batch dropped. Every loop's epoch trains in this order;
+  computed from a copy of the key, it gives any device the same order with nothing sent."""
+  steps = num_examples // batch_size
+  order_key, _ = jax.random.split(jax.random.fold_in(key, epoch_index))
+  order = jax.random.permutation(order_key, num_examples)[:steps * batch_size]
+  return order.reshape(steps, batch_size)
+
+
+def _step_keys(key: jax.Array, epoch_index: jax.Array, steps: int) -> jax.Array:
+  """One key per step of the epoch (the noise of SIL inputs), from fold_in(key, epoch)."""
+  _, step_key = jax.random.split(jax.random.fold_in(key, epoch_index))
+  return jax.random.split(step_key, steps)
+
+
 def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
                num_examples: int) -> jax.stages.Wrapped:
   """Returns jitted epoch(state, data, consts, key, epoch) -> (state, losses [steps]).
@@ -58,11 +75,9 @@ def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_s
 
   def epoch(state: TrainState, data: dict, consts: Constants, key: jax.Array,
             epoch_index: jax.Array) -> tuple[TrainState, jax.Array]:
-    order_key, step_key = jax.random.split(jax.random.fold_in(key, epoch_index))
-    order = jax.random.permutation(order_key, num_examples)[:steps * batch_size]
-    step_keys = jax.random.split(step_key, steps)
+    order = epoch_order(key, epoch_index, num_examples, batch_size)
     (state, _, _), losses = jax.lax.scan(step, (state, data, consts),
-                                         (order.reshape(steps, batch_size), step_keys))
+                                         (order, _step_keys(key, epoch_index, steps)))
     return state, losses
 
   return jax.jit(epoch, donate_argnums=0)
@@ -134,10 +149,10 @@ def make_steps(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_s
 
   def chunk(state: TrainState, data: dict, consts: Constants, key: jax.Array,
             epoch_index: jax.Array, first: jax.Array) -> tuple[TrainState, jax.Array]:
-    order_key, step_key = jax.random.split(jax.random.fold_in(key, epoch_index))
-    order = jax.random.permutation(order_key, num_examples)[:steps * batch_size]
-    order = jax.lax.dynamic_slice_in_dim(order.reshape(steps, batch_size), first, num_steps)
-    step_keys = jax.lax.dynamic_slice_in_dim(jax.random.split(step_key, steps), first, num_steps)
+    order = jax.lax.dynamic_slice_in_dim(
+        epoch_order(key, epoch_index, num_examples, batch_size), first, num_steps)
+    step_keys = jax.lax.dynamic_slice_in_dim(_step_keys(key, epoch_index, steps), first,
+                                             num_steps)
     (state, _, _), losses = jax.lax.scan(step, (state, data, consts), (order, step_keys))
     return state, losses
 

@@ -1,339 +1,370 @@
-"""Model-parallel backprop: the baseline that the partitioned schedules are measured against.
+"""Model-parallel backprop, compiled: the fair baseline the partitioned schedules are measured
+against.
 
-The network is cut exactly as for the partitioned methods and segment i lives on
-`problem.device_of(i)`, but training is ordinary end-to-end backprop. Every step:
+The network is cut exactly as for the partitioned methods, segment i on device i, and trained by
+ordinary end-to-end backprop with the conventional run's settings, init and minibatch order. An
+epoch is one program over a mesh of the segments' devices (`shard_map` over the axis "stage"), one
+dispatch per epoch: a `lax.scan` over the steps, and in each step
 
-  forward   segment 0 .. n-2: jitted `jax.vjp` of the segment -> cut activations + vjp residuals;
-            the activations are handed over (an explicit, ledgered transfer) to the next device
-  loss      segment n-1: loss, its parameter gradients and the gradient w.r.t. its input cut,
-            optimizer update, all in one jitted call
-  backward  segment n-2 .. 0: the cut cotangent is handed back, the segment's vjp turns it into
-            parameter gradients (and, except for segment 0, the cotangent of its own input cut)
-            and its own optimizer updates its own parameters
+  forward   stage k = 0 .. n-2 runs its segment (`jax.vjp`, keeping the residuals on its device)
+            and `ppermute`s the cut activations [batch, *cut shape] to stage k+1
+  loss      stage n-1: the loss, its parameter gradients and the gradient w.r.t. its input
+  backward  stage k = n-2 .. 0 receives the cut's gradient by `ppermute` and turns it into its
+            parameter gradients (and the gradient w.r.t. its own input)
+  update    every stage applies its own optimizer to its own parameters
 
-So every step moves batch x cut-width activations forward and as many cotangents back across each
-cut: the traffic the partitioned methods avoid. Each segment keeps its own optax state on its
-device. Adam and the other per-parameter optimizers make this exactly conventional training of the
-whole network: same init (`init_params`), same minibatch order (the conventional run's order key,
-drawn independently on every device), same updates, up to floating-point reassociation.
+Every device runs the same program; `lax.switch` on the device's stage runs only its own
+segment's code (the others' branches give zeros). So activations and gradients cross every cut
+every step, inside the compiled epoch: no step is dispatched from Python. Stages are not
+overlapped (no microbatches): this is synchronous backprop, the same updates as conventional
+training up to floating-point reassociation.
+
+An SPMD program holds arrays of one shape on every device, and segments differ: each stage's
+parameters and optimizer state are packed into shared slots (`Slots`), 1-D arrays sized for the
+largest stage, stage i's row on device i. A device therefore reserves the largest stage's size
+(its own segment's leaves are views of the slots where sizes match). The dataset's inputs and
+labels are on every stage's device.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as PS
 
-from synthpart.config import TrainConfig
 from synthpart.errors import ConfigError
-from synthpart.model import Params, apply_segment
+from synthpart.flops import segment_flops, segment_step_flops
+from synthpart.memory import compiled_memory, tree_bytes
+from synthpart.model import Params, apply_segment, whole_network
 from synthpart.partition import SegmentSpec
-from synthpart.placement import Transfer, device_name, hand_over, key_on
+from synthpart.placement import Transfer, device_name, key_on
 from synthpart.progress import Progress
 from synthpart.results import MethodResult, SegmentResult
-from synthpart.train.loop import TrainState
+from synthpart.train.driver import Loop, drive
+from synthpart.train.loop import TrainState, epoch_order
 from synthpart.train.objectives import Constants, preprocess_pixels
 from synthpart.train.optim import make_optimizer
 from synthpart.train.problem import ORDER_STREAM, Problem, input_constants
 from synthpart.train.schedules import init_params, make_evaluator
 
 METHOD = "model-parallel"
+AXIS = "stage"
 
 
-class Stage(NamedTuple):
-  """One segment's compiled step functions, bound to its device.
+class Slots(NamedTuple):
+  """Where each stage's leaves sit in slots shared by every stage.
 
-  forward(params, x_or_data, consts, order, step) -> (out [b, w_out] f32, residuals); not last.
-  backward(residuals, g_out [b, w_out], state) -> (state, g_in [b, w_in] or None); not last.
-  last(state, x [b, w_in], labels, order, step) -> (state, loss, g_in [b, w_in]); last only.
+  Slot j is a 1-D array of `sizes[j]` elements of `dtypes[j]`. Stage i's leaf l (in
+  `jax.tree.leaves` order) is the first `prod(shapes[i][l])` elements of slot `places[i][l]`.
+  Leaves are matched to slots largest to largest within a dtype, so slots are as small as the
+  stages allow.
   """
-  spec: SegmentSpec
-  device: jax.Device
-  # Jitted, then replaced by their compiled executables (`_compile`); None where not used.
-  forward: Any
-  backward: Any
-  last: Any
+  sizes: tuple[int, ...]
+  dtypes: tuple[Any, ...]
+  places: tuple[tuple[int, ...], ...]
+  shapes: tuple[tuple[tuple[int, ...], ...], ...]
+  treedefs: tuple[Any, ...]
 
 
-class StageState(NamedTuple):
-  """What lives on one segment's device between steps."""
-  state: TrainState
-  inputs: jax.Array | None  # uint8 pixels [N, features] on the first device, labels [N] on the
-  # last, None in between
-  consts: Constants
-  key: jax.Array  # the order key, a copy on this device
+class SlotState(NamedTuple):
+  """A stage's training state packed into slots (`Slots`): parameters and optimizer state."""
+  params: tuple[jax.Array, ...]
+  opt_state: tuple[jax.Array, ...]
 
 
-def _batch_indices(order: jax.Array, step: jax.Array) -> jax.Array:
-  """Row `step` of order [steps, batch]: the minibatch's example indices."""
-  return jax.lax.dynamic_index_in_dim(order, step, keepdims=False)
+def plan_slots(trees: Sequence[Any]) -> Slots:
+  """The shared slots of one pytree (arrays or abstract arrays) per stage."""
+  flat = [jax.tree.flatten(tree) for tree in trees]
+  dtypes = sorted({jnp.dtype(x.dtype) for leaves, _ in flat for x in leaves}, key=str)
+  sizes: list[int] = []
+  slot_dtypes: list[Any] = []
+  places: list[list[int]] = [[-1] * len(leaves) for leaves, _ in flat]
+  for dtype in dtypes:
+    ranked = [sorted((i for i, x in enumerate(leaves) if jnp.dtype(x.dtype) == dtype),
+                     key=functools.partial(_size_rank, leaves))
+              for leaves, _ in flat]
+    for rank in range(max(len(r) for r in ranked)):
+      slot = len(sizes)
+      holders = [(stage, r[rank]) for stage, r in enumerate(ranked) if rank < len(r)]
+      sizes.append(max(math.prod(flat[stage][0][i].shape) for stage, i in holders))
+      slot_dtypes.append(dtype)
+      for stage, i in holders:
+        places[stage][i] = slot
+  return Slots(tuple(sizes), tuple(slot_dtypes), tuple(tuple(p) for p in places),
+               tuple(tuple(tuple(x.shape) for x in leaves) for leaves, _ in flat),
+               tuple(treedef for _, treedef in flat))
 
 
-def epoch_order(key: jax.Array, epoch: jax.Array, num_examples: int,
-                batch_size: int) -> jax.Array:
-  """The minibatch order [steps, batch] of the conventional epoch loop (`make_epoch`), bit for bit.
-
-  Computed on every device from its own copy of the key, so no indices cross between devices.
-  """
-  steps = num_examples // batch_size
-  order_key, _ = jax.random.split(jax.random.fold_in(key, epoch))
-  order = jax.random.permutation(order_key, num_examples)[:steps * batch_size]
-  return order.reshape(steps, batch_size)
+def _size_rank(leaves: Sequence[Any], i: int) -> int:
+  return -math.prod(leaves[i].shape)
 
 
-def make_stage_fns(spec: SegmentSpec, optimizer: optax.GradientTransformation, activation: str,
-                   dtype: str) -> tuple[Callable | None, Callable | None, Callable | None]:
-  """The jitted step functions of one segment: (forward, backward, last); see `Stage`."""
-  del activation, dtype  # the blocks carry their own
-  apply = functools.partial(apply_segment, spec=spec)
-
-  def update(state: TrainState, grads: Params) -> TrainState:
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    return TrainState(optax.apply_updates(state.params, updates), opt_state)
-
-  if spec.is_last:
-    def last(state: TrainState, x: jax.Array, labels: jax.Array, order: jax.Array,
-             step: jax.Array) -> tuple[TrainState, jax.Array, jax.Array | None]:
-      y = labels[_batch_indices(order, step)]
-
-      def loss_fn(params: Params, x: jax.Array) -> jax.Array:
-        return optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y).mean()
-
-      # The first segment's input is data: no gradient w.r.t. it is needed (one segment only).
-      argnums = (0,) if spec.is_first else (0, 1)
-      loss, grads = jax.value_and_grad(loss_fn, argnums=argnums)(state.params, x)
-      g_in = None if spec.is_first else grads[1]
-      return update(state, grads[0]), loss, g_in
-    return None, None, jax.jit(last, donate_argnums=0)
-
-  # The vjp's residuals include the parameters themselves (a dense layer's input gradient reads
-  # its kernel). Returned from `forward`, they would be copied on every step; instead `forward`
-  # returns only the other residuals and `backward` takes the parameters from the state it is
-  # given. Which residual leaves are parameters is found while `forward` traces, by identity,
-  # and kept here for `backward`'s trace, which always comes after (it needs forward's output).
-  structure: dict[str, Any] = {}
-
-  def forward(params: Params, x: jax.Array, consts: Constants, order: jax.Array,
-              step: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-    if spec.is_first:
-      x = preprocess_pixels(x[_batch_indices(order, step)], consts)
-      out, vjp = jax.vjp(lambda p: apply(p, x), params)
-    else:
-      out, vjp = jax.vjp(apply, params, x)
-    leaves, treedef = jax.tree.flatten(vjp)
-    slot_of = {id(leaf): i for i, leaf in enumerate(jax.tree.leaves(params))}
-    slots = tuple(slot_of.get(id(leaf), -1) for leaf in leaves)
-    structure.update(treedef=treedef, slots=slots)
-    return out, [leaf for leaf, slot in zip(leaves, slots) if slot < 0]
-
-  def backward(residuals: list[jax.Array], g_out: jax.Array,
-               state: TrainState) -> tuple[TrainState, jax.Array | None]:
-    param_leaves = jax.tree.leaves(state.params)
-    rest = iter(residuals)
-    leaves = [param_leaves[slot] if slot >= 0 else next(rest) for slot in structure["slots"]]
-    cotangents = jax.tree.unflatten(structure["treedef"], leaves)(g_out)
-    g_in = None if spec.is_first else cotangents[1]
-    return update(state, cotangents[0]), g_in
-
-  return jax.jit(forward), jax.jit(backward, donate_argnums=2), None
+def unpack(slots: Slots, stage: int, arrays: Sequence[jax.Array]) -> Any:
+  """Stage `stage`'s pytree from the slot arrays (1-D each)."""
+  leaves = [arrays[slot][:math.prod(shape)].reshape(shape)
+            for slot, shape in zip(slots.places[stage], slots.shapes[stage], strict=True)]
+  return jax.tree.unflatten(slots.treedefs[stage], leaves)
 
 
-@dataclasses.dataclass
-class ModelParallelRun:
-  """All segments of one model-parallel training run, live on their devices."""
-  stages: list[Stage]
-  states: list[StageState]
-  results: list[SegmentResult]
+def pack(slots: Slots, stage: int, tree: Any,
+         into: Sequence[jax.Array] | None = None) -> tuple[jax.Array, ...]:
+  """Stage `stage`'s pytree written into the slot arrays `into` (zeros where not given); slots
+  the stage does not use are left as they are."""
+  arrays = list(into) if into is not None else [jnp.zeros(n, d) for n, d in
+                                                 zip(slots.sizes, slots.dtypes, strict=True)]
+  for slot, leaf in zip(slots.places[stage], jax.tree.leaves(tree), strict=True):
+    flat = leaf.reshape(-1).astype(slots.dtypes[slot])
+    arrays[slot] = (flat if flat.size == slots.sizes[slot]
+                    else jax.lax.dynamic_update_slice(arrays[slot], flat, (0,)))
+  return tuple(arrays)
+
+
+def _zeros_like(struct: Any) -> Any:
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), struct)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What the compiled epoch needs to know of the stages."""
+  specs: tuple[SegmentSpec, ...]
+  params: Slots  # parameters, and their gradients
+  opt: Slots  # optimizer states
+  optimizer: optax.GradientTransformation
   batch_size: int
   num_examples: int
-  order_fns: list[Any]  # jitted, then compiled: order(key, epoch) -> [steps, batch]
-  # Step numbers 0..steps-1 as scalars on each device, made once: passing Python ints instead
-  # would be an implicit host-to-device transfer on every call.
-  step_indices: list[list[jax.Array]]
-
-  @property
-  def steps(self) -> int:
-    return self.num_examples // self.batch_size
+  input_scale: float
 
 
-def _objective(spec: SegmentSpec) -> str:
-  source = "inputs" if spec.is_first else "activations"
-  target = "labels" if spec.is_last else "activations"
-  return f"{source} -> {target} (backprop)"
+def _stage_fns(plan: Plan) -> tuple[list[Callable], list[Callable], list[Callable], Callable]:
+  """The per-stage branches: forward (stages 0..n-2), backward (0..n-2), update (every stage)
+  and the last stage's loss. Each forward keeps only the vjp residuals that are not parameters;
+  its backward takes the parameters from the slots again (found while forward traces)."""
+  n = len(plan.specs)
+  structures: list[dict[str, Any]] = [{} for _ in range(n)]
+
+  def forward(k: int) -> Callable:
+    spec = plan.specs[k]
+
+    def fn(param_slots, x_data, consts, idx, h):
+      params = unpack(plan.params, k, param_slots)
+      if spec.is_first:
+        x = preprocess_pixels(x_data[idx], consts, plan.input_scale)
+        out, vjp = jax.vjp(lambda p: apply_segment(p, x, spec), params)
+      else:
+        out, vjp = jax.vjp(functools.partial(apply_segment, spec=spec), params, h)
+      leaves, treedef = jax.tree.flatten(vjp)
+      slot_of = {id(leaf): i for i, leaf in enumerate(jax.tree.leaves(params))}
+      where = tuple(slot_of.get(id(leaf), -1) for leaf in leaves)
+      structures[k].update(treedef=treedef, where=where)
+      return out, [leaf for leaf, w in zip(leaves, where, strict=True) if w < 0]
+    return fn
+
+  def backward(k: int) -> Callable:
+    spec = plan.specs[k]
+
+    def fn(param_slots, tape, g, grad_slots):
+      param_leaves = jax.tree.leaves(unpack(plan.params, k, param_slots))
+      rest = iter(tape)
+      leaves = [param_leaves[w] if w >= 0 else next(rest) for w in structures[k]["where"]]
+      cotangents = jax.tree.unflatten(structures[k]["treedef"], leaves)(g)
+      g_in = None if spec.is_first else cotangents[1]
+      return pack(plan.params, k, cotangents[0], grad_slots), g_in
+    return fn
+
+  def last(param_slots, labels, idx, h, grad_slots):
+    spec = plan.specs[-1]
+    y = labels[idx]
+
+    def loss_fn(params: Params, x: jax.Array) -> jax.Array:
+      logits = apply_segment(params, x, spec)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    params = unpack(plan.params, n - 1, param_slots)
+    loss, (grads, g_in) = jax.value_and_grad(loss_fn, argnums=(0, 1))(params, h)
+    return loss, pack(plan.params, n - 1, grads, grad_slots), g_in
+
+  def update(k: int) -> Callable:
+    def fn(state, grad_slots):
+      params = unpack(plan.params, k, state.params)
+      opt_state = unpack(plan.opt, k, state.opt_state)
+      grads = unpack(plan.params, k, grad_slots)
+      updates, opt_state = plan.optimizer.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      return SlotState(pack(plan.params, k, params, state.params),
+                        pack(plan.opt, k, opt_state, state.opt_state))
+    return fn
+
+  return ([forward(k) for k in range(n - 1)], [backward(k) for k in range(n - 1)],
+          [update(k) for k in range(n)], last)
 
 
-def start_model_parallel(problem: Problem, train: TrainConfig, key: jax.Array,
-                         num_examples: int | None = None) -> ModelParallelRun:
-  """Places every segment's params, optimizer state and inputs on its device and compiles.
+def _only(stage: jax.Array, k: int, n: int, fn: Callable, *args: Any,
+          keep: int | None = None) -> Any:
+  """fn(*args) on stage k's device; on the others zeros of the same structure, except that with
+  `keep` the first output (fn returns a tuple) is args[keep] as it is."""
+  struct = jax.eval_shape(fn, *args)
 
-  `num_examples` trains on the first that many training examples (benchmarks); default all.
-  Compilation lowers each function on real, committed arguments from one dry forward pass,
-  whose outputs are discarded: it changes no state.
-  """
+  def idle(*values: Any) -> Any:
+    zeros = _zeros_like(struct)
+    return zeros if keep is None else (values[keep], *zeros[1:])
+
+  return jax.lax.switch(stage, [fn if j == k else idle for j in range(n)], *args)
+
+
+def make_epoch(plan: Plan) -> Callable[..., tuple[SlotState, jax.Array]]:
+  """The per-device epoch: (state slots [1, size] each, data, consts, key, epoch) ->
+  (state slots, losses [steps]), to run under `shard_map` over `AXIS`."""
+  n = len(plan.specs)
+  forwards, backwards, updates, last = _stage_fns(plan)
+
+  def step(state: SlotState, idx: jax.Array, data: dict, consts: Constants
+           ) -> tuple[SlotState, jax.Array]:
+    stage = jax.lax.axis_index(AXIS)
+    grads = tuple(jnp.zeros(size, dtype) for size, dtype in
+                  zip(plan.params.sizes, plan.params.dtypes, strict=True))
+    h: Any = None
+    tapes = []
+    for k in range(n - 1):
+      if k:
+        h = jax.lax.ppermute(h, AXIS, [(k - 1, k)])
+      h, tape = _only(stage, k, n, forwards[k], state.params, data["x"], consts, idx, h)
+      tapes.append(tape)
+    h = jax.lax.ppermute(h, AXIS, [(n - 2, n - 1)])
+    loss, grads, g = _only(stage, n - 1, n, last, state.params, data["y"], idx, h, grads)
+    for k in reversed(range(n - 1)):
+      g = jax.lax.ppermute(g, AXIS, [(k + 1, k)])
+      grads, g = _only(stage, k, n, backwards[k], state.params, tapes[k], g, grads, keep=3)
+    state = jax.lax.switch(stage, updates, state, grads)
+    return state, loss
+
+  def epoch(state: SlotState, data: dict, consts: Constants, key: jax.Array,
+            epoch_index: jax.Array) -> tuple[SlotState, jax.Array]:
+    order = epoch_order(key, epoch_index, plan.num_examples, plan.batch_size)
+    local = jax.tree.map(lambda x: x[0], state)
+    local, losses = jax.lax.scan(lambda s, idx: step(s, idx, data, consts), local, order)
+    return jax.tree.map(lambda x: x[None], local), jax.lax.psum(losses, AXIS)
+
+  return epoch
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _unpack_rows(slots: Slots, stage: int, rows: list[jax.Array]) -> Any:
+  return unpack(slots, stage, [r[0] for r in rows])
+
+
+def stage_params(plan: Plan, param_slots: Sequence[jax.Array],
+                 devices: Sequence[jax.Device]) -> list[Params]:
+  """Every stage's parameters, each on its own device, from the sharded slots."""
+  def row(array: jax.Array, device: jax.Device) -> jax.Array:
+    (shard,) = [s for s in array.addressable_shards if s.device == device]
+    return shard.data
+  return [_unpack_rows(plan.params, i, [row(a, d) for a in param_slots])
+          for i, d in enumerate(devices)]
+
+
+def _devices(problem: Problem) -> list[jax.Device]:
+  """One distinct device per segment, or a `ConfigError`."""
+  groups = [problem.group_of(i) for i in range(len(problem.specs))]
+  devices = [g[0] for g in groups]
+  if any(len(g) != 1 for g in groups) or len(set(devices)) != len(devices):
+    raise ConfigError(f"model-parallel training needs a device of its own for each of the "
+                      f"{len(devices)} segments (one device per segment, no groups); "
+                      f"{len(problem.devices)} devices given")
+  return devices
+
+
+def _stacked(rows: Sequence[jax.Array], sharding: NamedSharding) -> jax.Array:
+  """[n, size] from one [size] row per device, each staying on its device."""
+  return jax.make_array_from_single_device_arrays((len(rows), *rows[0].shape), sharding,
+                                                  [r[None] for r in rows])
+
+
+def start_model_parallel(problem: Problem, name: str = METHOD) -> tuple[Loop, Plan]:
+  """Places every stage's parameters and optimizer state on its device, the data on every
+  device, and compiles the epoch. Returns the loop (for `drive`) and its plan."""
   if len(problem.specs) < 2:
     raise ConfigError("model-parallel training needs at least one cut (model.cuts)")
-  m = problem.config.model
-  n = len(problem.train_y) if num_examples is None else num_examples
-  if train.batch_size > n:
-    raise ConfigError(f"train.batch_size {train.batch_size} is larger than the {n} training "
-                      "examples")
+  train = problem.config.train
+  devices = _devices(problem)
+  mesh = Mesh(np.array(devices), (AXIS,))
+  rows_sharding, everywhere = NamedSharding(mesh, PS(AXIS)), NamedSharding(mesh, PS())
   optimizer = make_optimizer(train)
-  stages, states, results, order_fns = [], [], [], []
-  for spec in problem.specs:
-    device = problem.device_of(spec.index)
-    with jax.default_device(device):
-      params = init_params(problem, spec, device)
-      state = jax.jit(lambda p: TrainState(p, optimizer.init(p)))(params)
-      inputs = (problem.train_x[:n] if spec.is_first else
-                problem.train_y[:n] if spec.is_last else None)
-      consts = input_constants(problem, device) if spec.is_first else Constants()
-      states.append(StageState(state, None if inputs is None else jax.device_put(inputs, device),
-                               consts, key_on(key, device)))
-    forward, backward, last = make_stage_fns(spec, optimizer, m.activation, m.dtype)
-    stages.append(Stage(spec, device, forward, backward, last))
-    order_fns.append(jax.jit(functools.partial(epoch_order, num_examples=n,
-                                               batch_size=train.batch_size)))
-    results.append(SegmentResult(
-        name=f"segment {spec.index}", layers=(spec.start, spec.stop), objective=_objective(spec),
-        device=device_name(device), optimizer=train.optimizer,
-        learning_rate=train.learning_rate, batch_size=train.batch_size, epochs=train.epochs,
-        steps_per_epoch=n // train.batch_size))
-  step_indices = [[jax.device_put(np.int32(step), problem.device_of(i))
-                   for step in range(n // train.batch_size)] for i in range(len(problem.specs))]
-  run = ModelParallelRun(stages, states, results, train.batch_size, n, order_fns, step_indices)
-  _compile(run)
-  return run
-
-
-def _timed_compile(fn: Any, *args: Any) -> tuple[Any, float]:
+  states = [jax.jit(lambda p: TrainState(p, optimizer.init(p)))(
+      init_params(problem, spec, device)) for spec, device in zip(problem.specs, devices)]
+  plan = Plan(problem.specs, plan_slots([s.params for s in states]),
+              plan_slots([s.opt_state for s in states]), optimizer, train.batch_size,
+              len(problem.train_y), problem.input_scale)
+  packed = [jax.jit(functools.partial(lambda i, s: SlotState(pack(plan.params, i, s.params),
+                                                              pack(plan.opt, i, s.opt_state)),
+                                      i))(s) for i, s in enumerate(states)]
+  state = jax.tree.map(lambda *rows: _stacked(rows, rows_sharding), *packed)
+  data = jax.device_put({"x": problem.train_x, "y": problem.train_y}, everywhere)
+  consts = input_constants(problem, everywhere)
+  key = key_on(problem.key(ORDER_STREAM, 0), everywhere)
+  epoch = jax.jit(jax.shard_map(make_epoch(plan), mesh=mesh, in_specs=(PS(AXIS), PS(), PS(), PS(),
+                                                                       PS()),
+                                out_specs=(PS(AXIS), PS()), check_vma=False), donate_argnums=0)
   start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
-  return compiled, time.perf_counter() - start
+  compiled = epoch.lower(state, data, consts, key,
+                         jax.device_put(np.uint32(0), everywhere)).compile()
+  compile_seconds = time.perf_counter() - start
+  whole = whole_network(problem.specs)
+  result = SegmentResult(
+      name=name, layers=(whole.start, whole.stop),
+      objective=f"inputs -> labels (backprop over {len(devices)} devices)",
+      device=device_name(everywhere), optimizer=train.optimizer,
+      learning_rate=train.learning_rate, batch_size=train.batch_size, epochs=train.epochs,
+      steps_per_epoch=len(problem.train_y) // train.batch_size, compile_seconds=compile_seconds,
+      memory=compiled_memory(compiled, data=tree_bytes(data)).to_dict(),
+      flops_per_step=segment_step_flops(whole, train.batch_size, train.optimizer),
+      forward_flops=segment_flops(whole).forward)
+  return Loop(result, everywhere, compiled, state, data, consts, key), plan
 
 
-def _compile(run: ModelParallelRun) -> None:
-  """Replaces every jitted function by its compiled executable; records compile seconds."""
-  x: Any = None
-  pending = []  # (stage index, residuals, output) of the dry forward pass, to lower backward
-  for i, (stage, st) in enumerate(zip(run.stages, run.states)):
-    epoch = jax.device_put(np.uint32(0), stage.device)
-    step = run.step_indices[i][0]
-    order_fn, seconds = _timed_compile(run.order_fns[i], st.key, epoch)
-    run.order_fns[i] = order_fn
-    order = order_fn(st.key, epoch)
-    if stage.spec.is_last:
-      last, s = _timed_compile(stage.last, st.state, x, st.inputs, order, step)
-      run.stages[i] = stage._replace(last=last)
-      run.results[i].compile_seconds = seconds + s
-      break
-    source = st.inputs if stage.spec.is_first else x
-    forward, s = _timed_compile(stage.forward, st.state.params, source, st.consts, order, step)
-    out, residuals = forward(st.state.params, source, st.consts, order, step)
-    pending.append((i, residuals, out))
-    run.stages[i] = stage._replace(forward=forward)
-    run.results[i].compile_seconds = seconds + s
-    x = jax.device_put(out, run.stages[i + 1].device)  # a dry run: not a ledgered transfer
-  for i, residuals, out in pending:
-    backward, s = _timed_compile(run.stages[i].backward, residuals, out, run.states[i].state)
-    run.stages[i] = run.stages[i]._replace(backward=backward)
-    run.results[i].compile_seconds += s
-
-
-def run_epoch(run: ModelParallelRun, epoch: int, ledger: list[Transfer]) -> jax.Array:
-  """Dispatches one epoch, step by step; returns the per-step losses [steps] (not waited on).
-
-  Every crossing of a cut goes through `hand_over`, so `ledger` gets one record per transfer.
-  """
-  stages, states = run.stages, run.states
-  orders = [fn(st.key, jax.device_put(np.uint32(epoch), stage.device))
-            for fn, st, stage in zip(run.order_fns, states, stages)]
-  losses = []
-  for step in range(run.steps):
-    x: Any = None
-    tape = []
-    for i, (stage, st) in enumerate(zip(stages, states)):
-      if stage.spec.is_last:
-        state, loss, g = stage.last(st.state, x, st.inputs, orders[i],
-                                    run.step_indices[i][step])
-        states[i] = st._replace(state=state)
-        losses.append(loss)
-        break
-      source = st.inputs if stage.spec.is_first else x
-      out, residuals = stage.forward(st.state.params, source, st.consts, orders[i],
-                                     run.step_indices[i][step])
-      tape.append(residuals)
-      x = hand_over(out, stages[i + 1].device, ledger, f"cut {stage.spec.output_cut} activations")
-    for i in reversed(range(len(tape))):
-      g = hand_over(g, stages[i].device, ledger, f"cut {stages[i].spec.output_cut} gradients")
-      state, g = stages[i].backward(tape[i], g, states[i].state)
-      states[i] = states[i]._replace(state=state)
-  last_device = stages[-1].device
-  return jnp.stack([jax.device_put(l, last_device) for l in losses])
-
-
-def summarize_transfers(transfers: list[Transfer], label: str) -> list[Transfer]:
-  """Folds per-step transfers into one record per (what, source, destination), bytes summed."""
-  totals: dict[tuple[str, str, str], tuple[int, int]] = {}
-  for t in transfers:
-    count, size = totals.get((t.what, t.source, t.destination), (0, 0))
-    totals[(t.what, t.source, t.destination)] = (count + 1, size + t.bytes)
-  return [Transfer(f"{what} ({label}, {count} transfers)", source, destination, size)
-          for (what, source, destination), (count, size) in totals.items()]
-
-
-def segment_params(run: ModelParallelRun) -> list[Params]:
-  return [st.state.params for st in run.states]
+def cut_transfers(problem: Problem, epoch: int, steps: int) -> list[Transfer]:
+  """What one epoch moves across each cut: activations forward and gradients back, one
+  [batch, *cut shape] float32 array each way per step."""
+  devices = [device_name(d) for d in _devices(problem)]
+  out = []
+  for k, spec in enumerate(problem.specs[:-1]):
+    size = steps * problem.config.train.batch_size * math.prod(spec.shapes[-1]) * 4
+    note = f"(epoch {epoch}, {steps} transfers)"
+    out += [Transfer(f"cut {spec.output_cut} activations {note}", devices[k], devices[k + 1],
+                     size),
+            Transfer(f"cut {spec.output_cut} gradients {note}", devices[k + 1], devices[k], size)]
+  return out
 
 
 def train_model_parallel(problem: Problem, progress: Progress,
                          track_accuracy: bool = True) -> tuple[list[Params], MethodResult]:
-  """End-to-end backprop with segment i on device i: activations and gradients cross every step.
-
-  Uses the conventional baseline's settings (`train`), init and minibatch order, so it reaches
-  the same network; returns the trained segments' params (on the host) and the result. The
-  ledger holds one record per cut, direction and epoch, with the bytes of all its steps.
-  """
-  train = problem.config.train
+  """End-to-end backprop with segment i on device i, one compiled program per epoch: activations
+  and gradients cross every cut every step. Conventional training's settings, init and order;
+  returns the segments' params (on the host) and the result. The ledger holds one record per
+  cut, direction and epoch."""
   result = MethodResult(METHOD)
-  run = start_model_parallel(problem, train, problem.key(ORDER_STREAM, 0))
-  result.segments = run.results
-  result.compile_seconds = sum(r.compile_seconds for r in run.results)
-  evaluate = make_evaluator(problem, problem.device_of(0)) if track_accuracy else None
-  bar = progress.bar(METHOD, train.epochs)
-  for epoch in range(train.epochs):
-    step_ledger: list[Transfer] = []
-    start = time.perf_counter()
-    losses = jax.block_until_ready(run_epoch(run, epoch, step_ledger))
-    seconds = time.perf_counter() - start
-    result.wall_seconds += seconds
-    result.transfers.extend(summarize_transfers(step_ledger, f"epoch {epoch + 1}"))
-    loss = float(np.mean(jax.device_get(losses)))
-    for r in run.results:
-      # Every segment learns from the one end-to-end loss, so each records it.
-      r.loss_per_epoch.append(loss)
-      r.epoch_seconds.append(seconds)
-    if not np.isfinite(loss):
-      for r in run.results:
-        r.diverged = True
-      progress.message(f"{METHOD} diverged at epoch {epoch + 1}: loss {loss}")
-      break
-    examples = [(epoch + 1) * run.steps * run.batch_size] * len(run.stages)
-    point: dict[str, Any] = {"epoch": epoch + 1, "seconds": result.wall_seconds,
-                             "examples": examples}
-    if evaluate is not None:
-      point["accuracy"] = evaluate(segment_params(run))
-      bar.update(loss=loss, acc=point["accuracy"])
-    else:
-      bar.update(loss=loss)
-    result.curve.append(point)
-  bar.close()
-  params = jax.device_get(segment_params(run))
-  result.test_accuracy = (evaluate or make_evaluator(problem, problem.device_of(0)))(params)
+  loop, plan = start_model_parallel(problem)
+  result.segments.append(loop.result)
+  result.compile_seconds = loop.result.compile_seconds
+  devices = _devices(problem)
+  evaluator = make_evaluator(problem, problem.device_of(0), result.transfers)
+
+  def evaluate(states: list[Params]) -> float:
+    return evaluator(stage_params(plan, states[0], devices))
+
+  drive([loop], result, progress, label=result.method,
+        evaluate=evaluate if track_accuracy else None)
+  result.transfers[:0] = [t for epoch in range(loop.done)
+                          for t in cut_transfers(problem, epoch + 1, loop.result.steps_per_epoch)]
+  params = jax.device_get(stage_params(plan, loop.state.params, devices))
+  result.test_accuracy = evaluator(params)
   return params, result

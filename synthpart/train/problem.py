@@ -102,7 +102,8 @@ def make_problem(config: Config, dataset: Dataset,
                     num_classes=dataset.num_classes, specs=specs,
                     devices=tuple(devices or jax.devices()), sil={}, input_scale=scale)
   tables = sil_tables(problem.key(SIL_STREAM), shapes, config.model.cuts, dataset.num_classes,
-                      config.sil.kind, config.sil.scale)
+                      config.sil.kind, config.sil.scale,
+                      {c: network[c - 1].activation for c in config.model.cuts})
   mean = std = None
   if config.data.standardize:  # computed once here, not by every loop that needs them
     x = train_x.astype(np.float32) / scale

@@ -1,11 +1,24 @@
-"""The training schedules: conventional, sequential (the paper's), parallel, and recovery.
+"""The training schedules: conventional, sequential (the paper's), parallel, pipelined, recovery.
 
 Each segment trains as one optax loop (`synthpart.train.driver`) on its own device (segment i on
-device i mod n). `sequential` trains segment k on the outputs of the trained segment k-1, handed
-over once; `parallel` trains every segment at once from the SIL tables alone, so the devices run
-concurrently and nothing crosses between them while training. The building blocks
-(`sequential_segment`, `parallel_loop`) are public so that a multi-process launch
-(`synthpart.distributed`) trains its own segments exactly as these schedules do.
+device i mod n); no gradient ever crosses a device.
+
+- `sequential`: segment k trains on the outputs of the trained segment k-1, computed once over
+  the training set and handed over once.
+- `parallel`: every segment trains at once from the SIL tables alone, so the devices run
+  concurrently and nothing crosses between them while training. Segment k > 0 is fed the SIL
+  vector of each example's label plus Gaussian noise, which depends on nothing but the label: it
+  learns to decode the class code, not to correct the earlier segments' errors. Its network
+  classifies like the first segment read out by the nearest SIL vector
+  (`nearest_sil_reference`), up to how the later segments treat outputs far from every code.
+- `pipelined`: every segment trains at once, segment k on the outputs of the *current*
+  segments 0..k-1, refreshed for the rows it reads every `pipeline.refresh_steps` steps
+  (`synthpart.train.refresh`): activations travel forward only, and segment k starts
+  `pipeline.delay_epochs` rounds after segment k-1. Started after segment k-1 has finished,
+  it is the sequential schedule, bit for bit.
+
+The building blocks (`sequential_segment`, `parallel_loop`) are public so that a multi-process
+launch (`synthpart.distributed`) trains its own segments exactly as these schedules do.
 """
 
 from __future__ import annotations
@@ -17,14 +30,16 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from synthpart import checkpoint
 from synthpart.config import TrainConfig
 from synthpart.flops import segment_flops
 from synthpart.groups import Placement
+from synthpart.labels import sil_distances
 from synthpart.model import Params, apply_segment, compose, init_segment, whole_network
 from synthpart.partition import SegmentSpec
-from synthpart.placement import hand_over, key_on
+from synthpart.placement import EVALUATION, Transfer, hand_over, key_on, summarize
 from synthpart.progress import Progress
 from synthpart.results import MethodResult
 from synthpart.train.driver import Evaluate, Evaluation, Loop, drive, start_loop
@@ -37,6 +52,7 @@ from synthpart.train.problem import (
   Problem,
   input_constants,
 )
+from synthpart.train.refresh import Feeds, segment_outputs
 from synthpart.train.stops import EvalSchedule
 
 
@@ -49,7 +65,8 @@ def init_params(problem: Problem, spec: SegmentSpec, device: Placement) -> Param
 def segment_task(problem: Problem, spec: SegmentSpec, inputs: str) -> Task:
   """The objective of segment `spec` fed `inputs` ("pixels", "features" or "sil")."""
   s = problem.config.sil
-  return Task(spec=spec, inputs=inputs, sil_loss=s.loss, noise=s.noise if inputs == "sil" else 0.0,
+  noise = s.noise * (s.scale if s.noise_relative else 1.0) if inputs == "sil" else 0.0
+  return Task(spec=spec, inputs=inputs, sil_loss=s.loss, noise=noise,
               input_scale=problem.input_scale)
 
 
@@ -64,8 +81,13 @@ def segment_constants(problem: Problem, spec: SegmentSpec, inputs: str,
   return consts
 
 
-def make_evaluator(problem: Problem, device: Placement) -> Evaluate:
-  """Returns accuracy(segment_params) of the composed network on the test set, on `device`."""
+def make_evaluator(problem: Problem, device: Placement,
+                   ledger: list[Transfer] | None = None) -> Evaluate:
+  """Returns accuracy(segment_params) of the composed network on the test set, on `device`.
+
+  Parameters that live on other devices are handed over to `device`, recorded in `ledger` (the
+  method's transfers) as evaluation transfers; parameters on the host cross no device.
+  """
   whole = whole_network(problem.specs)
   scale = problem.input_scale
   x = jax.device_put(problem.test_x, device)
@@ -77,7 +99,8 @@ def make_evaluator(problem: Problem, device: Placement) -> Evaluate:
   correct = jax.jit(lambda p, x, y: count_correct(predict(p, x), y))
 
   def accuracy(segment_params: list[Params]) -> float:
-    params = hand_over(compose(segment_params), device, [], "evaluation")
+    params = hand_over(compose(segment_params), device, [] if ledger is None else ledger,
+                       "parameters for evaluation", EVALUATION)
     return int(jax.device_get(correct(params, x, y))) / len(problem.test_y)
 
   return accuracy
@@ -92,6 +115,49 @@ def evaluation_of(problem: Problem) -> Evaluation:
                           * len(problem.test_y)))
 
 
+def make_nearest_sil_evaluator(problem: Problem, device: Placement) -> Callable[[Params], float]:
+  """Returns accuracy(first segment's params) on the test set, on `device`: each input gets the
+  class whose SIL vector at the first cut is nearest to the segment's output under the SIL loss
+  (`labels.sil_distances`)."""
+  spec = problem.specs[0]
+  if spec.output_cut is None:
+    raise ValueError("the nearest-SIL read-out needs a network of at least two segments")
+  scale, loss = problem.input_scale, problem.config.sil.loss
+  x = jax.device_put(problem.test_x, device)
+  y = jax.device_put(problem.test_y, device)
+  table = jax.device_put(problem.sil[spec.output_cut], device)
+  consts = input_constants(problem, device)
+
+  def scores(params: Params, xb: jax.Array) -> jax.Array:
+    out = apply_segment(params, preprocess_pixels(xb, consts, scale), spec)
+    return -sil_distances(out, table, loss)
+
+  predict = make_predict(scores)
+  correct = jax.jit(lambda p, x, y: count_correct(predict(p, x), y))
+
+  def accuracy(params: Params) -> float:
+    return int(jax.device_get(correct(jax.device_put(params, device), x, y))) / len(problem.test_y)
+
+  return accuracy
+
+
+def nearest_sil_reference(problem: Problem, segment_params: list[Params],
+                          base: MethodResult) -> MethodResult:
+  """`base`'s first segment alone, read out by the nearest SIL vector: method
+  "<base>-nearest-sil", the reference that shows what the later segments add. Its one loop and
+  time are the first segment's; its curve is one point, at the end."""
+  seg = base.segments[0]
+  first = dataclasses.replace(seg, loss_per_epoch=list(seg.loss_per_epoch),
+                              epoch_seconds=list(seg.epoch_seconds))
+  result = MethodResult(f"{base.method}-nearest-sil", wall_seconds=sum(first.epoch_seconds),
+                        compile_seconds=first.compile_seconds, segments=[first])
+  result.test_accuracy = make_nearest_sil_evaluator(problem, problem.device_of(0))(
+      segment_params[0])
+  result.curve = [{"epoch": len(first.loss_per_epoch), "seconds": result.wall_seconds,
+                   "examples": [first.examples], "accuracy": result.test_accuracy}]
+  return result
+
+
 def train_network(problem: Problem, method: str, train: TrainConfig, params: Params,
                   key: jax.Array, progress: Progress, result: MethodResult | None = None,
                   name: str = "network",
@@ -101,9 +167,9 @@ def train_network(problem: Problem, method: str, train: TrainConfig, params: Par
   With `result`, the epochs extend an earlier method's result (recovery after segments).
   """
   device = problem.device_of(0)
-  evaluate = make_evaluator(problem, device)
   result = result or MethodResult(method)
   result.method = method
+  evaluate = make_evaluator(problem, device, result.transfers)
   loop = start_loop(segment_task(problem, whole_network(problem.specs), "pixels"), train, params,
                     {"x": problem.train_x, "y": problem.train_y},
                     input_constants(problem, device), key, device, name)
@@ -139,7 +205,8 @@ def train_sequential(problem: Problem, progress: Progress, track_accuracy: bool 
   once to segment k's: the only transfer between devices.
   """
   result = MethodResult("pnn-sequential")
-  evaluator = make_evaluator(problem, problem.device_of(0)) if track_accuracy else None
+  evaluator = (make_evaluator(problem, problem.device_of(0), result.transfers)
+               if track_accuracy else None)
   trained: list[Params] = []
   features: jax.Array | None = None
   for spec in problem.specs:
@@ -191,20 +258,10 @@ def sequential_segment(problem: Problem, spec: SegmentSpec, inputs_x: Any, progr
   if spec.is_last or loop.result.diverged:
     return loop.state.params, None
   start = time.perf_counter()
-  features = jax.block_until_ready(_forward(task, loop)(loop.state.params, loop.data["x"]))
+  features = jax.block_until_ready(segment_outputs(task, loop)(loop.state.params,
+                                                              loop.data["x"]))
   result.wall_seconds += time.perf_counter() - start
   return loop.state.params, features
-
-
-def _forward(task: Task, loop: Loop) -> Callable[[Params, jax.Array], jax.Array]:
-  """The trained segment's outputs over a whole array, chunked, on the segment's device."""
-  consts = loop.consts
-
-  def apply(params: Params, xb: jax.Array) -> jax.Array:
-    x = preprocess_pixels(xb, consts, task.input_scale) if task.inputs == "pixels" else xb
-    return apply_segment(params, x, task.spec)
-
-  return make_predict(apply)
 
 
 def parallel_loop(problem: Problem, segment: int) -> Loop:
@@ -231,9 +288,71 @@ def train_parallel(problem: Problem, progress: Progress, track_accuracy: bool = 
   loops = [parallel_loop(problem, k) for k in range(len(problem.specs))]
   for loop in loops:
     _add(result, loop)
-  evaluate = make_evaluator(problem, problem.device_of(0))
+  evaluate = make_evaluator(problem, problem.device_of(0), result.transfers)
   drive(loops, result, progress, label=result.method, checkpoints=checkpoints,
         evaluate=evaluate if track_accuracy else None, evaluation=evaluation_of(problem))
+  params = jax.device_get([loop.state.params for loop in loops])
+  result.test_accuracy = evaluate(params)
+  return params, result
+
+
+def pipelined_loop(problem: Problem, segment: int, start_round: int = 0) -> Loop:
+  """Segment `segment`'s loop in the pipelined schedule, trained from round `start_round` on:
+  the first on the dataset, a later one on a buffer of its input activations [N, *input shape]
+  on its device, which `refresh.Feeds` keeps fresh (zeros until then)."""
+  spec = problem.specs[segment]
+  device = problem.device_of(segment)
+  inputs = "pixels" if spec.is_first else "features"
+  x = problem.train_x if spec.is_first else _zeros((len(problem.train_y), *spec.shapes[0]),
+                                                   device)
+  loop = start_loop(segment_task(problem, spec, inputs), problem.config.segment_train(segment),
+                    init_params(problem, spec, device), {"x": x, "y": problem.train_y},
+                    segment_constants(problem, spec, inputs, device),
+                    problem.key(ORDER_STREAM, spec.start), device, f"segment {segment}")
+  loop.start_round = start_round
+  return loop
+
+
+def _zeros(shape: tuple[int, ...], device: Placement) -> jax.Array:
+  """float32 zeros made on `device` (a compiled constant: nothing crosses from the host)."""
+  sharding = (device if isinstance(device, jax.sharding.Sharding)
+              else jax.sharding.SingleDeviceSharding(device))
+  return jax.jit(lambda: jnp.zeros(shape, jnp.float32), out_shardings=sharding)()
+
+
+def start_rounds(problem: Problem) -> list[int]:
+  """The round each segment starts in: segment k `pipeline.delay_epochs` rounds after segment
+  k-1, or when segment k-1 has finished, whichever comes first."""
+  delay, rounds = problem.config.pipeline.delay_epochs, [0]
+  for k in range(1, len(problem.specs)):
+    rounds.append(rounds[-1] + min(delay, problem.config.segment_train(k - 1).epochs))
+  return rounds
+
+
+def train_pipelined(problem: Problem, progress: Progress, track_accuracy: bool = True,
+                    checkpoints: checkpoint.Policy | None = None
+                    ) -> tuple[list[Params], MethodResult]:
+  """Every segment at once, segment k on the current outputs of segments 0..k-1: before every
+  chunk of `pipeline.refresh_steps` steps, the rows it will read are recomputed and handed
+  forward (`refresh.Feeds`). With `track_accuracy`, the composed network is evaluated between
+  rounds (outside the timing). The ledger folds the hand-overs into one record per cut and pair
+  of devices. The chunk and refresh functions compile on first use, within the first rounds'
+  time.
+  """
+  result = MethodResult("pnn-pipelined")
+  loops = [pipelined_loop(problem, k, start)
+           for k, start in enumerate(start_rounds(problem))]
+  for loop in loops:
+    _add(result, loop)
+  tasks = [segment_task(problem, spec, "pixels" if spec.is_first else "features")
+           for spec in problem.specs]
+  handed: list[Transfer] = []
+  feeds = Feeds(loops, tasks, handed)
+  evaluate = make_evaluator(problem, problem.device_of(0), result.transfers)
+  drive(loops, result, progress, label=result.method, checkpoints=checkpoints,
+        evaluate=evaluate if track_accuracy else None, evaluation=evaluation_of(problem),
+        chunk_steps=problem.config.pipeline.refresh_steps, before_chunk=feeds.refresh)
+  result.transfers[:0] = summarize(handed)
   params = jax.device_get([loop.state.params for loop in loops])
   result.test_accuracy = evaluate(params)
   return params, result
@@ -252,4 +371,5 @@ def train_recovery(problem: Problem, segment_params: list[Params], base: MethodR
 
 # Each schedule a config may name (`synthpart.config.SCHEDULES`), and the function training it.
 Schedule = Callable[..., tuple[list[Params], MethodResult]]
-RUNNERS: dict[str, Schedule] = {"sequential": train_sequential, "parallel": train_parallel}
+RUNNERS: dict[str, Schedule] = {"sequential": train_sequential, "parallel": train_parallel,
+                                "pipelined": train_pipelined}

@@ -1,0 +1,147 @@
+"""Fresh inputs for the pipelined schedule: segment k's inputs recomputed from the current
+segments 0..k-1, for the rows it is about to read.
+
+Segment k > 0 trains on a buffer of its input activations [N, *input shape] on its own device, as
+in the sequential schedule. Before each chunk of its steps (`refresh`, the driver's
+`before_chunk`), the examples of the chunk's minibatches go through the current parameters of
+segments s..k-1, device after device: each hop's activations [chunk rows, *cut shape] are handed
+over forward, to the next segment's device (ledgered), and segment k's buffer takes them in at
+those rows. Every device finds the rows from its own copy of segment k's key (`epoch_order`), so
+no index travels. s is the deepest earlier segment whose own inputs are final: 0 (the dataset),
+or a segment whose predecessors have all finished.
+
+Once segments 0..k-1 have all finished, their outputs cannot change again: segment k then
+receives them over the whole training set, once, computed exactly as the sequential schedule
+computes them (`segment_outputs`), and no more refreshes. A pipelined run in which segment k
+starts only after segment k-1 has finished is therefore the sequential schedule, bit for bit.
+
+Nothing travels backward: no gradient, no index and no parameter crosses a device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from synthpart.model import Params, apply_segment
+from synthpart.partition import SegmentSpec
+from synthpart.placement import Transfer, hand_over, key_on
+from synthpart.train.driver import Chunk, Loop
+from synthpart.train.loop import epoch_order, make_predict
+from synthpart.train.objectives import Constants, Task, preprocess_pixels
+
+
+def segment_outputs(task: Task, loop: Loop) -> Callable[[Params, jax.Array], jax.Array]:
+  """A trained segment's outputs over a whole array [N, ...] -> [N, *output shape], chunked, on
+  the segment's device: the sequential schedule's hand-over."""
+  consts = loop.consts
+
+  def apply(params: Params, xb: jax.Array) -> jax.Array:
+    x = preprocess_pixels(xb, consts, task.input_scale) if task.inputs == "pixels" else xb
+    return apply_segment(params, x, task.spec)
+
+  return make_predict(apply)
+
+
+def chunk_rows(key: jax.Array, epoch: jax.Array, first: jax.Array, num_examples: int,
+               batch_size: int, count: int) -> jax.Array:
+  """The example indices [count * batch] of steps first .. first+count-1 of an epoch of the loop
+  whose key is `key`, in the order its steps read them (`epoch_order`)."""
+  order = epoch_order(key, epoch, num_examples, batch_size)
+  return jax.lax.dynamic_slice_in_dim(order, first, count).reshape(-1)
+
+
+@functools.partial(jax.jit, static_argnames=("task", "batch_size", "count"))
+def _first_hop(params: Params, x: jax.Array, consts: Constants, key: jax.Array, epoch: jax.Array,
+               first: jax.Array, *, task: Task, batch_size: int, count: int) -> jax.Array:
+  """Segment `task.spec`'s outputs on the chunk's rows of its own inputs `x` [N, ...]."""
+  xb = x[chunk_rows(key, epoch, first, x.shape[0], batch_size, count)]
+  if task.inputs == "pixels":
+    xb = preprocess_pixels(xb, consts, task.input_scale)
+  return apply_segment(params, xb, task.spec)
+
+
+@functools.partial(jax.jit, static_argnames="spec")
+def _hop(params: Params, h: jax.Array, *, spec: SegmentSpec) -> jax.Array:
+  return apply_segment(params, h, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "count"), donate_argnums=0)
+def _take_in(buffer: jax.Array, key: jax.Array, epoch: jax.Array, first: jax.Array,
+             values: jax.Array, *, batch_size: int, count: int) -> jax.Array:
+  """`buffer` [N, ...] with the chunk's rows set to `values` [count * batch, ...]."""
+  return buffer.at[chunk_rows(key, epoch, first, buffer.shape[0], batch_size, count)].set(values)
+
+
+@dataclasses.dataclass
+class Feeds:
+  """Keeps the inputs of every loop of a pipelined run fresh: `refresh` before each chunk.
+
+  `loops[k]` trains segment `tasks[k].spec`; later loops' data["x"] are their buffers. Transfers
+  go to `ledger`, one record per hand-over.
+  """
+  loops: list[Loop]
+  tasks: list[Task]
+  ledger: list[Transfer]
+  # complete[k]: loop k's inputs are final for every row (loop 0: the dataset)
+  complete: list[bool] = dataclasses.field(init=False)
+  keys: dict[tuple[int, int], jax.Array] = dataclasses.field(init=False, default_factory=dict)
+
+  def __post_init__(self) -> None:
+    self.complete = [k == 0 for k in range(len(self.loops))]
+
+  def refresh(self, chunks: list[Chunk]) -> None:
+    """Before `chunks` are dispatched: the inputs each later loop's chunk will read."""
+    for chunk in sorted(chunks):
+      if chunk.loop == 0:
+        continue
+      if all(self.loops[j].finished for j in range(chunk.loop)):
+        self._whole(chunk.loop)
+      else:
+        self._rows(chunk)
+
+  def _key(self, k: int, j: int) -> jax.Array:
+    """A copy of loop k's key on loop j's device (through the host: keys are not data)."""
+    if (k, j) not in self.keys:
+      self.keys[(k, j)] = key_on(self.loops[k].key, self.loops[j].device)
+    return self.keys[(k, j)]
+
+  def _what(self, k: int) -> str:
+    return f"cut {self.tasks[k].spec.input_cut} activations"
+
+  def _whole(self, k: int) -> None:
+    """Loop k's whole buffer from the finished segments 0..k-1, once."""
+    if self.complete[k]:
+      return
+    if k > 1:
+      self._whole(k - 1)
+    before = self.loops[k - 1]
+    outputs = segment_outputs(self.tasks[k - 1], before)(before.state.params, before.data["x"])
+    loop = self.loops[k]
+    loop.data = {**loop.data, "x": hand_over(outputs, loop.device, self.ledger, self._what(k))}
+    self.complete[k] = True
+
+  def _rows(self, chunk: Chunk) -> None:
+    """Loop k's buffer at the chunk's rows, through the current segments s..k-1."""
+    k, loop = chunk.loop, self.loops[chunk.loop]
+    s = max(j for j in range(k) if self.complete[j])
+    sizes = {"batch_size": loop.result.batch_size, "count": chunk.count}
+
+    def scalars(j: int) -> tuple[Any, Any]:
+      device = self.loops[j].device
+      return (jax.device_put(np.uint32(chunk.epoch), device),
+              jax.device_put(np.int32(chunk.first), device))
+
+    source = self.loops[s]
+    h = _first_hop(source.state.params, source.data["x"], source.consts, self._key(k, s),
+                   *scalars(s), task=self.tasks[s], **sizes)
+    for j in range(s + 1, k):
+      h = hand_over(h, self.loops[j].device, self.ledger, self._what(j))
+      h = _hop(self.loops[j].state.params, h, spec=self.tasks[j].spec)
+    h = hand_over(h, loop.device, self.ledger, self._what(k))
+    loop.data = {**loop.data, "x": _take_in(loop.data["x"], loop.key, *scalars(k), h, **sizes)}
