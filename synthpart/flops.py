@@ -96,9 +96,8 @@ def segment_flops(spec: SegmentSpec, input_grads: bool = False) -> Flops:
 def segment_params(spec: SegmentSpec) -> int:
   """Parameters of the segment's blocks."""
   return sum(math.prod(leaf.shape) for offset, block in enumerate(spec.blocks)
-             for leaf in jax.tree.leaves(jax.eval_shape(
-                 lambda k, b=block, o=offset: b.init(k, spec.shapes[o])[0],
-                 jax.random.key(0))))
+             for leaf in jax.tree.leaves(jax.eval_shape(  # the key made inside: no transfer
+                 lambda b=block, o=offset: b.init(jax.random.key(0), spec.shapes[o])[0])))
 
 
 def segment_step_flops(spec: SegmentSpec, batch_size: int, optimizer: str,
