@@ -49,7 +49,7 @@ from synthpart.blocks import ACTIVATIONS, BUILT_IN
 from synthpart.errors import ConfigError
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
 from synthpart.registry import Registry
-from synthpart.train.optim import OPTIMIZERS
+from synthpart.train.optim import DECAY_MASKS, LR_SCHEDULES, OPTIMIZERS
 
 # The names a run's `schedule` may take; `synthpart.train.schedules` implements each one.
 SCHEDULES: Registry[str] = Registry("schedule")
@@ -111,13 +111,25 @@ class SILConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """One optax loop: optimizer, learning rate, batch size and epochs."""
+  """One optax loop: optimizer, learning rate and its schedule, batch size and epochs.
+
+  The optax chain these build is `synthpart.train.optim.make_optimizer`; every default keeps
+  the plain optimizer at a constant rate.
+  """
   optimizer: str = "adam"
   learning_rate: float = 1e-3
   batch_size: int = 128
   epochs: int = 10
-  weight_decay: float = 0.0
+  weight_decay: float = 0.0  # decoupled for adamw and lamb, added to the gradients otherwise
   momentum: float = 0.9
+  lr_schedule: str = "constant"  # constant | cosine | step
+  warmup_epochs: float = 0.0  # linear warmup from 0 (fractions of an epoch allowed)
+  final_lr_factor: float = 0.0  # cosine: the rate ends at learning_rate * this
+  step_epochs: int = 1  # step: the rate is multiplied by step_factor every step_epochs epochs
+  step_factor: float = 0.1
+  clip_norm: float = 0.0  # clip the gradients' global norm to this (0: no clipping)
+  decay_mask: str = "all"  # all | kernels (no decay on biases and normalisation scales)
+  loss_scale: float = 1.0  # static loss scale for float16 (1: none); overflowed steps skipped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,8 +371,24 @@ def _check_train(path: str, t: TrainConfig, allow_zero_epochs: bool = False) -> 
   if t.epochs < (0 if allow_zero_epochs else 1):
     raise ConfigError(f"{path}.epochs must be at least {0 if allow_zero_epochs else 1}, "
                       f"got {t.epochs}")
-  if t.weight_decay < 0:
+  if not (t.weight_decay >= 0 and math.isfinite(t.weight_decay)):
     raise ConfigError(f"{path}.weight_decay must be >= 0, got {t.weight_decay}")
+  LR_SCHEDULES.check(t.lr_schedule, f"{path}.lr_schedule")
+  DECAY_MASKS.check(t.decay_mask, f"{path}.decay_mask")
+  if not (0 <= t.warmup_epochs <= t.epochs):
+    raise ConfigError(f"{path}.warmup_epochs must be between 0 and {path}.epochs "
+                      f"({t.epochs}), got {t.warmup_epochs}")
+  if not 0 <= t.final_lr_factor <= 1:
+    raise ConfigError(f"{path}.final_lr_factor must be in [0, 1], got {t.final_lr_factor}")
+  if t.step_epochs < 1:
+    raise ConfigError(f"{path}.step_epochs must be at least 1, got {t.step_epochs}")
+  if not 0 < t.step_factor <= 1:
+    raise ConfigError(f"{path}.step_factor must be in (0, 1], got {t.step_factor}")
+  if not (t.clip_norm >= 0 and math.isfinite(t.clip_norm)):
+    raise ConfigError(f"{path}.clip_norm must be >= 0 (0: no clipping), got {t.clip_norm}")
+  if not (t.loss_scale > 0 and math.isfinite(t.loss_scale)):
+    raise ConfigError(f"{path}.loss_scale must be a positive number (1: none), got "
+                      f"{t.loss_scale}")
 
 
 def validate(config: Config) -> None:

@@ -19,7 +19,7 @@ from synthpart.blocks import ACTIVATIONS
 from synthpart.data import Dataset, load_dataset, split_validation
 from synthpart.errors import ConfigError
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
-from synthpart.train.optim import OPTIMIZERS
+from synthpart.train.optim import LR_SCHEDULES, OPTIMIZERS
 
 _DEFAULTS = config_lib.Config()
 
@@ -41,6 +41,10 @@ SETTING_FLAGS: dict[str, tuple[str, str]] = {
     "--schedule": ("schedule", config_lib.SCHEDULES.choices()),
     "--optimizer": ("train.optimizer", OPTIMIZERS.choices()),
     "--lr": ("train.learning_rate", "learning rate of every loop"),
+    "--lr-schedule": ("train.lr_schedule", LR_SCHEDULES.choices()),
+    "--warmup-epochs": ("train.warmup_epochs", "linear warmup of the learning rate, in epochs"),
+    "--clip-norm": ("train.clip_norm", "clip the gradients' global norm (0: no clipping)"),
+    "--weight-decay": ("train.weight_decay", "weight decay (adamw, lamb: decoupled)"),
     "--batch-size": ("train.batch_size", "batch size of every loop"),
     "--epochs": ("train.epochs", "epochs of every segment and of the baseline"),
     "--recovery-epochs": ("recovery.epochs", "end-to-end epochs after composing (0: none)"),

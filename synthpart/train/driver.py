@@ -134,17 +134,17 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
   `device` may be a sharding replicated over a device group (`Problem.device_of`): everything is
   replicated over the group and each minibatch split over it (`synthpart.groups`).
   """
-  optimizer = make_optimizer(train)
+  num_examples = len(data["y"])
+  optimizer = make_optimizer(train, num_examples // train.batch_size)
   with jax.default_device(groups_lib.lead_device(device)):
     params = jax.device_put(params, device)
     state = jax.jit(lambda p: TrainState(p, optimizer.init(p)))(params)
     data = jax.device_put(data, device)
     key = key_on(key, device)
-    num_examples = len(data["y"])
     loss = groups_lib.shard_batches(make_loss(task), device)
-    epoch = make_epoch(loss, optimizer, train.batch_size, num_examples)
-    chunk = functools.lru_cache(maxsize=None)(
-        functools.partial(make_steps, loss, optimizer, train.batch_size, num_examples))
+    epoch = make_epoch(loss, optimizer, train.batch_size, num_examples, train.loss_scale)
+    chunk = functools.lru_cache(maxsize=None)(functools.partial(
+        make_steps, loss, optimizer, train.batch_size, num_examples, loss_scale=train.loss_scale))
     start = time.perf_counter()
     compiled = epoch.lower(state, data, consts, key, jax.device_put(np.uint32(0), device)).compile()
     compile_seconds = time.perf_counter() - start
