@@ -31,6 +31,9 @@ A config file mirrors the dataclasses::
   [placement]                         # devices per segment, data-parallel inside each group
   groups = [2, 2]                     # or devices_per_segment = 2; default one device each
 
+  [seeds]                             # optional seeds per purpose; unset: from `seed`
+  sil = 7                             # the SIL tables alone (also init, order, prng_impl)
+
 Overrides use dotted keys (``train.learning_rate=3e-4``, ``segments.1.epochs=4``), so every
 setting is reachable from the command line without a flag of its own.
 """
@@ -154,6 +157,29 @@ class CheckpointConfig:
   keep: int = 2
 
 
+PRNG_IMPLS: Registry[str] = Registry("seeds.prng_impl")
+PRNG_IMPLS.add("default", "", "jax's default (the jax_default_prng_impl flag: threefry2x32 "
+               "unless changed)")
+for _name, _doc in (("threefry2x32", "Threefry, JAX's default: the same bits on every backend"),
+                    ("rbg", "the hardware RNG bit generator, faster on TPU"),
+                    ("unsafe_rbg", "rbg with a cheaper split and fold_in")):
+  PRNG_IMPLS.add(_name, _name, _doc)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedsConfig:
+  """Seeds per purpose, each optional: unset, a purpose draws from the run's `seed` exactly as
+  it always did, so one seed gives the same bits. Set, it replaces `seed` for that purpose
+  alone: `sil` for the SIL tables, `init` for the initial parameters, `order` for the data
+  order of every loop (recovery's too). `prng_impl` chooses the PRNG implementation of every
+  key the run draws.
+  """
+  sil: int | None = None
+  init: int | None = None
+  order: int | None = None
+  prng_impl: str = "default"
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """A whole run. `segments` holds per-segment overrides of `train`, by segment index."""
@@ -168,6 +194,7 @@ class Config:
   recovery: TrainConfig = TrainConfig(epochs=2, learning_rate=1e-4)
   checkpoint: CheckpointConfig = CheckpointConfig()
   placement: PlacementConfig = PlacementConfig()
+  seeds: SeedsConfig = SeedsConfig()
 
   def segment_train(self, index: int) -> TrainConfig:
     """The training settings of segment `index`: `train` with that segment's overrides."""
@@ -188,7 +215,7 @@ class Config:
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "sil": SILConfig, "train": TrainConfig,
              "recovery": TrainConfig, "checkpoint": CheckpointConfig,
-             "placement": PlacementConfig}
+             "placement": PlacementConfig, "seeds": SeedsConfig}
 
 
 def _coerce(path: str, value: Any, default: Any) -> Any:
@@ -284,6 +311,8 @@ def _build(cls: type, path: str, values: Mapping[str, Any]) -> Any:
       raise ConfigError(f"unknown setting {path}.{_shown(key)}; allowed: {', '.join(fields)}")
     if cls is ModelConfig and key == "layers":
       kwargs[key] = parse_layers(f"{path}.{key}", value)
+    elif cls is SeedsConfig and key != "prng_impl":
+      kwargs[key] = None if value is None else _coerce(f"{path}.{key}", value, 0)
     else:
       kwargs[key] = _coerce(f"{path}.{key}", value, getattr(defaults, key))
   return cls(**kwargs)
@@ -429,6 +458,7 @@ def validate(config: Config) -> None:
   if config.data.validation_size < 0:
     raise ConfigError(f"data.validation_size must be >= 0, got {config.data.validation_size}")
   _check_placement(config.placement, m.num_segments)
+  PRNG_IMPLS.check(config.seeds.prng_impl, "seeds.prng_impl")
 
 
 def _check_placement(p: PlacementConfig, num_segments: int) -> None:

@@ -50,6 +50,10 @@ SETTING_FLAGS: dict[str, tuple[str, str]] = {
     "--recovery-epochs": ("recovery.epochs", "end-to-end epochs after composing (0: none)"),
     "--recovery-lr": ("recovery.learning_rate", "learning rate of the recovery epochs"),
     "--seed": ("seed", "seed of the run's PRNG key"),
+    "--sil-seed": ("seeds.sil", "seed of the SIL tables alone (unset: from --seed)"),
+    "--init-seed": ("seeds.init", "seed of the initial parameters alone (unset: from --seed)"),
+    "--order-seed": ("seeds.order", "seed of the data order alone (unset: from --seed)"),
+    "--prng-impl": ("seeds.prng_impl", config_lib.PRNG_IMPLS.choices()),
     "--group-sizes": ("placement.groups", "devices of each segment, comma separated; a segment "
                       "trains data-parallel on its group (default one device each)"),
 }
@@ -62,7 +66,7 @@ def default_of(dotted: str) -> Any:
     node = getattr(node, part)
   if isinstance(node, tuple):
     return ",".join(map(str, node)) or "none"
-  return node
+  return "unset" if node is None else node
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,9 @@
 """A `Problem`: everything the schedules share, prepared once from a config and a dataset.
 
 The run's PRNG key is split by purpose into streams (folded in), so each use draws independently
-of the others: initialisation, the SIL tables, the data order of each loop, recovery.
+of the others: initialisation, the SIL tables, the data order of each loop, recovery. Each
+purpose may have a seed of its own (`[seeds]`: sil, init, order); without one it draws from the
+run's `seed`, exactly as before those settings existed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from synthpart import groups as groups_lib
 from synthpart.blocks import Block, Shape
-from synthpart.config import Config, validate_for_data
+from synthpart.config import PRNG_IMPLS, Config, validate_for_data
 from synthpart.data import Dataset
 from synthpart.labels import sil_tables
 from synthpart.model import build_network, network_shapes, whole_network
@@ -23,6 +25,21 @@ from synthpart.train.objectives import Constants
 
 # Streams of the run's key, folded in so that each use draws independently of the others.
 INIT_STREAM, SIL_STREAM, ORDER_STREAM, RECOVERY_STREAM = 0, 1, 2, 3
+# The `[seeds]` setting each stream reads (recovery's data order is data order too).
+STREAM_SEEDS = {INIT_STREAM: "init", SIL_STREAM: "sil", ORDER_STREAM: "order",
+                RECOVERY_STREAM: "order"}
+
+
+def stream_seed(config: Config, stream: int) -> int:
+  """The seed a stream's key starts from: its own `[seeds]` entry where set, else `seed`."""
+  own = getattr(config.seeds, STREAM_SEEDS.get(stream, ""), None)
+  return config.seed if own is None else own
+
+
+def prng_impl(config: Config) -> str:
+  """The PRNG implementation the run's keys use: the setting, or jax's default."""
+  chosen = PRNG_IMPLS[config.seeds.prng_impl]
+  return chosen or str(jax.config.jax_default_prng_impl)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,10 +90,12 @@ class Problem:
     return groups_lib.placement_of(self.group_of(segment))
 
   def key(self, *path: int) -> jax.Array:
-    """The run's key folded with `path`. Seeds and stream numbers are Python integers that
-    must reach the device: allowed here even where a caller forbids implicit transfers."""
+    """The run's key folded with `path` (a stream, then anything within it), started from the
+    stream's seed (`stream_seed`). Seeds and stream numbers are Python integers that must reach
+    the device: allowed here even where a caller forbids implicit transfers."""
+    seed = stream_seed(self.config, path[0]) if path else self.config.seed
     with jax.transfer_guard("allow"):
-      key = jax.random.key(self.config.seed)
+      key = jax.random.key(seed, impl=prng_impl(self.config))
       for p in path:
         key = jax.random.fold_in(key, p)
       return key
