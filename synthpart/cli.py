@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from synthpart import checkpoint
+from synthpart import checkpoint, metrics
 from synthpart import experiment as exp
 from synthpart.bench import add_bench_command
 from synthpart.data.cli import add_data_commands
@@ -36,7 +36,6 @@ from synthpart.report import add_report_commands
 from synthpart.results import MethodResult, format_table, results_document
 from synthpart.setup import add_run_arguments, load_config, prepare_dataset, select_devices
 from synthpart.sweep import add_sweep_commands
-from synthpart.tblog import write_tensorboard
 from synthpart.train.problem import make_problem
 
 
@@ -51,34 +50,51 @@ def _out_dir(args: argparse.Namespace) -> Path:
   return out
 
 
+def _metrics_options(args: argparse.Namespace) -> metrics.MetricsOptions:
+  return metrics.MetricsOptions(tensorboard=args.tensorboard, wandb=args.wandb,
+                                wandb_project=args.wandb_project,
+                                factories=tuple(args.metrics_writer))
+
+
 def _run(args: argparse.Namespace, experiment: exp.Experiment) -> int:
   config = load_config(args)
   out = _out_dir(args)
-  # Checked before any work: a run directory holding another run is never touched.
+  # Checked before any work: a run directory holding another run is never touched, and no run
+  # trains for a metric writer whose package is missing.
   checkpoint.prepare_run_dir(out, config.to_dict(), resume=args.resume,
                              overwrite=args.overwrite, dry_run=True)
+  options = _metrics_options(args)
+  metrics.check(options)
   # One device per segment by default; segment groups need the sum of their sizes.
   devices = select_devices(args.devices, config.num_devices)
   dataset = prepare_dataset(config, progress=not args.quiet)
   problem = make_problem(config, dataset, devices)
   checkpoint.prepare_run_dir(out, config.to_dict(), resume=args.resume,
                              overwrite=args.overwrite)
-  progress = Progress(quiet=args.quiet, log_path=out / "log.txt")
+  hparams = {"dataset": dataset.name, "dataset_source": dataset.source,
+             **metrics.flat_hparams(config.to_dict())}
+  progress = Progress(quiet=args.quiet, log_path=out / "log.txt",
+                      metrics=metrics.open_writer(options, out, hparams))
   policy = checkpoint.Policy(out, config.checkpoint.every, config.checkpoint.keep)
+  finished: set[str] = set()
 
   def keep_results(runs: list[MethodResult]) -> None:
     write_json_atomic(out / "results.json",
                       results_document(args.command, problem, dataset.source, runs))
+    for run in runs:
+      if run.method not in finished:
+        progress.scalars(run.method, len(run.curve), {"accuracy/final": run.test_accuracy})
+        finished.add(run.method)
 
   if not args.quiet:
     print(f"dataset {dataset.name} from {dataset.source}: {len(problem.train_y)} train, "
           f"{len(problem.test_y)} test, {problem.num_classes} classes; devices "
           f"{', '.join(f'{d.platform}:{d.id}' for d in problem.devices)}", file=sys.stderr)
-  runs = experiment(problem, progress, checkpoints=policy, on_result=keep_results)
-  keep_results(runs)
-  if args.tensorboard:
-    write_tensorboard(results_document(args.command, problem, dataset.source, runs),
-                      out / "tensorboard")
+  try:
+    runs = experiment(problem, progress, checkpoints=policy, on_result=keep_results)
+    keep_results(runs)
+  finally:
+    progress.close()
   print(format_table(runs))
   print(f"results: {out / 'results.json'}")
   if dataset.name == "digits" and not args.quiet:
@@ -86,6 +102,20 @@ def _run(args: argparse.Namespace, experiment: exp.Experiment) -> int:
           "paper's experiment: synthpart compare experiments/emnist_balanced.toml --download",
           file=sys.stderr)
   return 0
+
+
+def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
+  """The live metric writers beside --tensorboard (`synthpart.metrics`)."""
+  parser.add_argument("--wandb", action="store_true",
+                      help="also log to Weights & Biases (pip install wandb; WANDB_MODE=offline "
+                           "keeps it local) (default: off)")
+  parser.add_argument("--wandb-project", default="synthpart", metavar="NAME",
+                      help="the Weights & Biases project (default: %(default)s)")
+  parser.add_argument("--metrics-writer", action="append", default=[],
+                      metavar="MODULE:FUNCTION",
+                      help="a writer of your own: FUNCTION(run_dir, hparams) returns an object "
+                           "with write_scalars, write_hparams, flush and close (repeatable; "
+                           "default: none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("compare", help="conventional vs partitioned (both schedules, with and "
                      "without recovery) on one config")
   add_run_arguments(p)
+  add_metrics_arguments(p)
   p.add_argument("--with-model-parallel", action="store_true",
                  help="also train model-parallel backprop (segments on their devices, "
                       "activations and gradients crossing every step)")
@@ -103,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
       exp.compare, with_model_parallel=a.with_model_parallel)))
   p = sub.add_parser("train", help="train one configuration")
   add_run_arguments(p)
+  add_metrics_arguments(p)
   p.set_defaults(func=lambda a: _run(a, exp.train_one))
   p = sub.add_parser("export", help="write a trained method's composed network (parameters and "
                      "a jax.export function of the raw inputs) for `synthpart.load_model`")

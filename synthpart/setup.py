@@ -90,7 +90,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                            "simulated on CPU)")
   parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
   parser.add_argument("--tensorboard", action="store_true",
-                      help="also write TensorBoard event files under DIR/tensorboard")
+                      help="also write TensorBoard event files under DIR/tensorboard, as the "
+                           "run goes (pip install tensorboardX) (default: off)")
 
 
 def load_config(args: argparse.Namespace) -> config_lib.Config:

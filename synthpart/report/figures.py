@@ -38,13 +38,19 @@ def _style(method: str) -> dict[str, Any]:
   return {"color": color, "linestyle": line}
 
 
+def require_matplotlib() -> None:
+  """Raises a one-line `ConfigError` where matplotlib cannot be imported."""
+  try:
+    import matplotlib  # noqa: F401
+  except ImportError:
+    raise ConfigError("matplotlib is not installed: pip install matplotlib") from None
+
+
 def _figure(rows: int = 1, cols: int = 1, width: float = 6.4,
             height: float = 4.2) -> tuple[Figure, Any]:
   """A Figure and its grid of axes [rows][cols]."""
-  try:
-    from matplotlib.figure import Figure
-  except ImportError:
-    raise ConfigError("reports draw with matplotlib: pip install matplotlib") from None
+  require_matplotlib()
+  from matplotlib.figure import Figure
   fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
   axes = fig.subplots(rows, cols, squeeze=False)
   return fig, axes

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from synthpart import config as config_lib
 from synthpart import experiment as exp
+from synthpart import metrics
 from synthpart.data import Dataset
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
@@ -30,7 +31,6 @@ from synthpart.sweep.grid import (
   sweep_document,
 )
 from synthpart.sweep.summary import summarize, write_summary
-from synthpart.tblog import write_tensorboard
 from synthpart.train.problem import Problem, make_problem
 
 # experiment(problem, progress) -> the results of the methods it trains
@@ -121,6 +121,8 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
   dataset is loaded once per sweep.
   """
   out = Path(out)
+  writers = metrics.MetricsOptions(tensorboard=options.tensorboard)
+  metrics.check(writers)
   points = expand(sweep)
   todo = jobs(sweep, points)
   write_json_atomic(out / "sweep.json", sweep_document(sweep, points))
@@ -135,12 +137,18 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
     wanted = options.devices or job.config.model.num_segments
     problem = make_problem(job.config, dataset, devices[:wanted])
     command, experiment = job_experiment(job)
-    runs = experiment(problem, Progress(quiet=not options.verbose))
-    document = results_document(command, problem, dataset.source, runs)
     run_dir = out / job.directory
+    hparams = {"dataset": dataset.name, **metrics.flat_hparams(job.config.to_dict())}
+    progress = Progress(quiet=not options.verbose,
+                        metrics=metrics.open_writer(writers, run_dir, hparams))
+    try:
+      runs = experiment(problem, progress)
+      for run in runs:
+        progress.scalars(run.method, len(run.curve), {"accuracy/final": run.test_accuracy})
+    finally:
+      progress.close()
+    document = results_document(command, problem, dataset.source, runs)
     write_json_atomic(run_dir / "results.json", document)
-    if options.tensorboard:
-      write_tensorboard(document, run_dir / "tensorboard")
     bar.update(1)
   bar.close()
   summary = summarize(out)

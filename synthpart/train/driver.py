@@ -14,6 +14,12 @@ are defined here once:
 
 Loops restored from checkpoints at different epochs each resume from their own; the method's
 curve resumes from the loop that got least far.
+
+Where bars are shown, a long epoch (`epoch_chunks`) is dispatched as a few chunks of steps
+(`Loop.dispatch_steps`, the very steps of the whole epoch in order, so the bits are the same)
+and each bar moves as its chunks finish; the chunks are compiled before training, with the
+epoch, so the timings exclude them. After every round the method's scalars go to the progress's
+metric writer.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ from synthpart.train.loop import TrainState, make_epoch, make_steps
 from synthpart.train.objectives import Constants, Task, make_loss
 from synthpart.train.optim import make_optimizer
 
+# A bar moves within an epoch of at least 2 * MIN_CHUNK_STEPS steps, in up to EPOCH_CHUNKS chunks.
+EPOCH_CHUNKS = 8
+MIN_CHUNK_STEPS = 50
+
 # evaluate(params of every driven loop, in order) -> accuracy of the network they compose
 Evaluate = Callable[[list[Params]], float]
 # on_error(loop, error): a caller's failure policy; without one, errors propagate
@@ -60,6 +70,8 @@ class Loop:
   last_checkpoint: str | None = None
   # chunk(num_steps) -> jitted steps of the epoch in chunks (`make_steps`), compiled on first use
   chunk: Callable[[int], jax.stages.Wrapped] | None = None
+  # num_steps -> that chunk compiled ahead of training (`compile_chunks`)
+  compiled_chunks: dict[int, Callable[..., Any]] = dataclasses.field(default_factory=dict)
 
   @property
   def done(self) -> int:
@@ -81,9 +93,34 @@ class Loop:
       raise ValueError(f"{self.result.name}: this loop does not run epochs in chunks")
     index = jax.device_put(np.uint32(epoch), self.device)
     start = jax.device_put(np.int32(first), self.device)
-    self.state, losses = self.chunk(count)(self.state, self.data, self.consts, self.key, index,
-                                           start)
+    steps = self.compiled_chunks.get(count) or self.chunk(count)
+    self.state, losses = steps(self.state, self.data, self.consts, self.key, index, start)
     return losses
+
+  def compile_chunks(self, sizes: Sequence[int]) -> float:
+    """Compiles the chunks of `sizes` steps ahead of training; returns the seconds it took."""
+    if self.chunk is None:
+      raise ValueError(f"{self.result.name}: this loop does not run epochs in chunks")
+    start = time.perf_counter()
+    with jax.default_device(groups_lib.lead_device(self.device)):
+      for count in sorted(set(sizes) - set(self.compiled_chunks)):
+        index = jax.device_put(np.uint32(0), self.device)
+        first = jax.device_put(np.int32(0), self.device)
+        self.compiled_chunks[count] = self.chunk(count).lower(
+            self.state, self.data, self.consts, self.key, index, first).compile()
+    return time.perf_counter() - start
+
+  def dispatch_epoch(self, epoch: int, method: str, sizes: Sequence[int]) -> list[jax.Array]:
+    """Enqueues one epoch, whole or as chunks of `sizes` steps (which add up to the epoch);
+    returns the losses of each piece without waiting for them."""
+    if len(sizes) <= 1:
+      return [self.dispatch(epoch, method)]
+    pieces, first = [], 0
+    for count in sizes:
+      pieces.append(self.dispatch_steps(epoch, first, count))
+      first += count
+    checkpoint.crash_point(f"epoch-dispatched:{method}/{self.result.name}:{epoch + 1}")
+    return pieces
 
   def resume(self, policy: checkpoint.Policy | None, method: str) -> dict[str, Any]:
     """Restores this loop's newest checkpoint, if any; returns its meta ({} if none)."""
@@ -110,9 +147,11 @@ class Loop:
     self.last_checkpoint = str(checkpoint.save(policy, method, self.result.name, epoch,
                                                self.state, meta))
 
-  def record(self, losses: jax.Array, seconds: float) -> bool:
-    """Stores an epoch's mean loss; returns False (and marks divergence) if it is not finite."""
-    loss = float(np.mean(jax.device_get(losses)))
+  def record(self, losses: jax.Array | Sequence[jax.Array], seconds: float) -> bool:
+    """Stores an epoch's mean loss (its per-step losses, whole or in pieces); returns False (and
+    marks divergence) if it is not finite."""
+    pieces = jax.device_get(list(losses) if isinstance(losses, (list, tuple)) else [losses])
+    loss = float(np.mean(np.concatenate([np.ravel(p) for p in pieces])))
     self.result.loss_per_epoch.append(loss)
     self.result.epoch_seconds.append(seconds)
     if not math.isfinite(loss):
@@ -157,6 +196,33 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
       flops_per_step=segment_step_flops(task.spec, train.batch_size, train.optimizer),
       forward_flops=segment_flops(task.spec).forward)
   return Loop(result, device, compiled, state, data, consts, key, chunk=chunk)
+
+
+def epoch_chunks(steps: int) -> tuple[int, ...]:
+  """The chunk sizes an epoch of `steps` steps is dispatched in where bars are shown: the whole
+  epoch when it is short, else up to EPOCH_CHUNKS nearly equal chunks of at least
+  MIN_CHUNK_STEPS steps (two sizes at most, so at most two more programs to compile)."""
+  count = min(EPOCH_CHUNKS, steps // MIN_CHUNK_STEPS)
+  if count <= 1:
+    return (steps,)
+  size, extra = divmod(steps, count)
+  return tuple(size + 1 if k < extra else size for k in range(count))
+
+
+def _prepare_chunks(loops: Sequence[Loop], result: MethodResult,
+                    progress: Progress) -> list[tuple[int, ...]]:
+  """Each loop's chunk sizes; chunks compiled now, their time counted as compile time."""
+  plans = []
+  for loop in loops:
+    sizes = (loop.result.steps_per_epoch,)
+    if not progress.quiet and loop.chunk is not None and loop.done < loop.result.epochs:
+      sizes = epoch_chunks(loop.result.steps_per_epoch)
+    if len(sizes) > 1:
+      seconds = loop.compile_chunks(sizes)
+      loop.result.compile_seconds += seconds
+      result.compile_seconds += seconds
+    plans.append(sizes)
+  return plans
 
 
 def _examples(result: MethodResult) -> list[int]:
@@ -204,6 +270,7 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
   bars = [progress.bar(f"{label} {loop.result.name}" if label else loop.result.name,
                        loop.result.epochs, position=i, done=loop.done)
           for i, loop in enumerate(loops)]
+  plans = _prepare_chunks(loops, result, progress)
   failed: set[int] = set()
   stopped: set[int] = set()
   for epoch in range(start_epoch, max((loop.result.epochs for loop in loops), default=0)):
@@ -216,13 +283,15 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
     for i in active:
       if epoch >= loops[i].done:
         try:
-          pending.append((i, loops[i].dispatch(epoch, result.method)))
+          pending.append((i, loops[i].dispatch_epoch(epoch, result.method, plans[i])))
         except Exception as e:
           _fail(on_error, loops[i], e, failed, i)
     ran = []
     for i, losses in pending:
       try:
-        jax.block_until_ready(losses)
+        for k, piece in enumerate(losses, start=1):
+          jax.block_until_ready(piece)
+          bars[i].advance(k / len(losses))
       except Exception as e:
         _fail(on_error, loops[i], e, failed, i)
         continue
@@ -236,6 +305,7 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
                              "examples": _examples(result)}
     if evaluate is not None and not failed and not any(l.result.diverged for l in loops):
       point["accuracy"] = evaluate([loop.state.params for loop in loops])
+    progress.scalars(result.method, len(result.curve) + 1, _scalars(loops, ran, point))
     if len(loops) == 1 and loops[0].result.diverged:
       pass  # a lone loop that diverged ends the method without a point
     else:
@@ -249,6 +319,15 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
         bars[i].update(**metrics)
   for bar in bars:
     bar.close()
+
+
+def _scalars(loops: Sequence[Loop], ran: Sequence[int], point: dict[str, Any]) -> dict[str, float]:
+  """A round's scalars for the metric writer: each loop's loss, the accuracy, the seconds."""
+  values = {f"loss/{loops[i].result.name}": loops[i].result.loss_per_epoch[-1] for i in ran}
+  values["seconds"] = point["seconds"]
+  if "accuracy" in point:
+    values["accuracy/test"] = point["accuracy"]
+  return values
 
 
 def _fail(on_error: OnError | None, loop: Loop, e: Exception, failed: set[int], i: int) -> None:
