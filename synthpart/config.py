@@ -50,6 +50,7 @@ from typing import Any
 
 from synthpart.blocks import ACTIVATIONS, BUILT_IN
 from synthpart.errors import ConfigError
+from synthpart.groups import BACKENDS
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
 from synthpart.registry import Registry
 from synthpart.train.optim import DECAY_MASKS, LR_SCHEDULES, OPTIMIZERS
@@ -140,10 +141,12 @@ class PlacementConfig:
   """How many devices each segment trains on (see `synthpart.groups`).
 
   `groups` lists one size per segment, in order (uneven sizes allowed); where it is empty every
-  segment gets `devices_per_segment`. A group of k > 1 devices trains its segment data-parallel.
+  segment gets `devices_per_segment`. A group of k > 1 devices trains its segment data-parallel,
+  through `backend` (`synthpart.groups.BACKENDS`).
   """
   groups: tuple[int, ...] = ()
   devices_per_segment: int = 1
+  backend: str = "sharding"  # sharding (jax.jit + NamedSharding) | pmap (jax.pmap)
 
   def sizes(self, num_segments: int) -> tuple[int, ...]:
     """The group size of every segment."""
@@ -458,6 +461,7 @@ def validate(config: Config) -> None:
   if config.data.validation_size < 0:
     raise ConfigError(f"data.validation_size must be >= 0, got {config.data.validation_size}")
   _check_placement(config.placement, m.num_segments)
+  _check_backend(config)
   PRNG_IMPLS.check(config.seeds.prng_impl, "seeds.prng_impl")
 
 
@@ -475,6 +479,20 @@ def _check_placement(p: PlacementConfig, num_segments: int) -> None:
                       f"{num_segments} segments")
   if any(size < 1 for size in p.groups):
     raise ConfigError(f"placement.groups sizes must be at least 1, got {list(p.groups)}")
+
+
+def _check_backend(config: Config) -> None:
+  """pmap splits every minibatch evenly over a group: the batch size must divide by its size."""
+  BACKENDS.check(config.placement.backend)
+  if config.placement.backend != "pmap":
+    return
+  sizes = config.placement.sizes(config.model.num_segments)
+  loops = [(f"segments.{i}", config.segment_train(i), sizes[i]) for i in range(len(sizes))]
+  loops += [("train", config.train, sizes[0]), ("recovery", config.recovery, sizes[0])]
+  for path, t, size in loops:
+    if t.batch_size % size:
+      raise ConfigError(f"{path}.batch_size {t.batch_size} does not divide over the "
+                        f"{size} devices of its group (placement.backend = pmap)")
 
 
 def validate_for_data(config: Config, num_train: int) -> None:

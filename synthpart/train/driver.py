@@ -167,11 +167,12 @@ def objective(task: Task) -> str:
 
 def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, Any],
                consts: Constants, key: jax.Array, device: groups_lib.Placement,
-               name: str) -> Loop:
+               name: str, backend: str = "sharding") -> Loop:
   """Commits params, optimizer state and data to `device` and compiles the epoch there.
 
   `device` may be a sharding replicated over a device group (`Problem.device_of`): everything is
-  replicated over the group and each minibatch split over it (`synthpart.groups`).
+  replicated over the group and each minibatch split over it (`synthpart.groups`), by `jax.jit`
+  over the group's mesh, or with `backend="pmap"` by `jax.pmap` (whose epochs run whole).
   """
   num_examples = len(data["y"])
   optimizer = make_optimizer(train, num_examples // train.batch_size)
@@ -180,10 +181,19 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
     state = jax.jit(lambda p: TrainState(p, optimizer.init(p)))(params)
     data = jax.device_put(data, device)
     key = key_on(key, device)
-    loss = groups_lib.shard_batches(make_loss(task), device)
-    epoch = make_epoch(loss, optimizer, train.batch_size, num_examples, train.loss_scale)
-    chunk = functools.lru_cache(maxsize=None)(functools.partial(
-        make_steps, loss, optimizer, train.batch_size, num_examples, loss_scale=train.loss_scale))
+    chunk = None
+    if backend == "pmap" and groups_lib.is_group(device):
+      size = len(groups_lib.group_devices(device))
+      epoch = groups_lib.PmapEpoch(
+          make_epoch(groups_lib.pmap_loss(make_loss(task), size), optimizer, train.batch_size,
+                     num_examples, train.loss_scale, reduce=groups_lib.pmap_mean),
+          device, jax.random.key_impl(key))
+    else:
+      loss = groups_lib.shard_batches(make_loss(task), device)
+      epoch = make_epoch(loss, optimizer, train.batch_size, num_examples, train.loss_scale)
+      chunk = functools.lru_cache(maxsize=None)(functools.partial(
+          make_steps, loss, optimizer, train.batch_size, num_examples,
+          loss_scale=train.loss_scale))
     start = time.perf_counter()
     compiled = epoch.lower(state, data, consts, key, jax.device_put(np.uint32(0), device)).compile()
     compile_seconds = time.perf_counter() - start

@@ -42,10 +42,18 @@ def scaled_value_and_grad(loss_fn: LossFn, loss_scale: float = 1.0) -> Callable[
   return scaled
 
 
-def _step(loss_fn: LossFn, optimizer: optax.GradientTransformation, loss_scale: float = 1.0
+# reduce((loss, grads)) -> (loss, grads) averaged over the devices of a `jax.pmap` group
+Reduce = Callable[[tuple[jax.Array, Any]], tuple[jax.Array, Any]]
+
+
+def _step(loss_fn: LossFn, optimizer: optax.GradientTransformation, loss_scale: float = 1.0,
+          reduce: Reduce | None = None
           ) -> Callable[[Carry, tuple[jax.Array, jax.Array]], tuple[Carry, jax.Array]]:
-  """One optimizer step on the minibatch `idx` [batch] gathered from the data on the device."""
+  """One optimizer step on the minibatch `idx` [batch] gathered from the data on the device;
+  under `jax.pmap`, `reduce` averages the loss and gradients over the group first."""
   grad_fn = scaled_value_and_grad(loss_fn, loss_scale)
+  if reduce is not None:
+    grad_fn = _reduced(grad_fn, reduce)
 
   def step(carry: tuple[TrainState, dict, Constants], xs: tuple[jax.Array, jax.Array]):
     state, data, consts = carry
@@ -59,19 +67,26 @@ def _step(loss_fn: LossFn, optimizer: optax.GradientTransformation, loss_scale: 
   return step
 
 
+def _reduced(grad_fn: Callable[..., Any], reduce: Reduce) -> Callable[..., Any]:
+  def reduced(*args: Any) -> tuple[jax.Array, Any]:
+    return reduce(grad_fn(*args))
+  return reduced
+
+
 def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
-               num_examples: int, loss_scale: float = 1.0) -> jax.stages.Wrapped:
+               num_examples: int, loss_scale: float = 1.0,
+               reduce: Reduce | None = None) -> jax.stages.Wrapped:
   """Returns jitted epoch(state, data, consts, key, epoch) -> (state, losses [steps]).
 
   `data` is a dict of per-example arrays [num_examples, ...] already on the device; each step
   gathers its minibatch from them, so nothing leaves the device during the epoch. The order is a
   fresh permutation per epoch from fold_in(key, epoch); the last partial batch is dropped. The
   state is donated: its buffers are reused for the updated state. `loss_scale`: see
-  `scaled_value_and_grad`.
+  `scaled_value_and_grad`; `reduce`: see `_step` (`synthpart.groups.PmapEpoch`).
   """
   steps = num_examples // batch_size
 
-  step = _step(loss_fn, optimizer, loss_scale)
+  step = _step(loss_fn, optimizer, loss_scale, reduce)
 
   def epoch(state: TrainState, data: dict, consts: Constants, key: jax.Array,
             epoch_index: jax.Array) -> tuple[TrainState, jax.Array]:
