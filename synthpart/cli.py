@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from synthpart import checkpoint, metrics
+from synthpart import __version__, checkpoint, metrics
 from synthpart import experiment as exp
 from synthpart.bench import add_bench_command
 from synthpart.data.cli import add_data_commands
@@ -118,10 +118,33 @@ def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
                            "default: none)")
 
 
+def _shown_default(action: argparse.Action) -> str:
+  """An option's default as --help states it: a flag is off; nothing given is "none"."""
+  if action.nargs == 0:  # store_true, store_false, count: the flag is not given
+    return "off"
+  if action.default is None or action.default == []:
+    return "none"
+  return str(action.default)
+
+
+def state_defaults(parser: argparse.ArgumentParser) -> None:
+  """Appends "(default: ...)" to every option's help that does not state it yet, in `parser`
+  and every subcommand's parser."""
+  for action in parser._actions:
+    if isinstance(action, argparse._SubParsersAction):
+      for sub in dict.fromkeys(action.choices.values()):
+        state_defaults(sub)
+    elif (action.option_strings and action.help != argparse.SUPPRESS
+          and not action.required and "default" not in (action.help or "")
+          and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+      action.help = f"{action.help or ''} (default: {_shown_default(action)})".strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="synthpart",
       description="Partitioned neural network training with synthetic intermediate labels.")
+  parser.add_argument("--version", action="version", version=f"synthpart {__version__}")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   p = sub.add_parser("compare", help="conventional vs partitioned (both schedules, with and "
                      "without recovery) on one config")
@@ -148,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
   add_report_commands(sub)
   add_bench_command(sub)
   add_launch_command(sub)
+  state_defaults(parser)
   return parser
 
 

@@ -9,6 +9,7 @@ run's `seed`, exactly as before those settings existed.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -120,6 +121,7 @@ def make_problem(config: Config, dataset: Dataset,
                     test_y=np.asarray(dataset.test_labels, np.int32),
                     num_classes=dataset.num_classes, specs=specs,
                     devices=tuple(devices or jax.devices()), sil={}, input_scale=scale)
+  warn_shared_devices(problem)
   tables = sil_tables(problem.key(SIL_STREAM), shapes, config.model.cuts, dataset.num_classes,
                       config.sil.kind, config.sil.scale)
   mean = std = None
@@ -128,6 +130,25 @@ def make_problem(config: Config, dataset: Dataset,
     mean, std = x.mean(0), x.std(0) + 1e-6
   return dataclasses.replace(problem, sil=jax.device_get(tables), pixel_mean=mean,
                              pixel_std=std)
+
+
+def shared_devices(problem: Problem) -> dict[str, list[int]]:
+  """The devices that hold more than one segment's group: device name -> those segments."""
+  holders: dict[str, list[int]] = {}
+  for segment in range(len(problem.specs)):
+    for device in problem.group_of(segment):
+      holders.setdefault(f"{device.platform}:{device.id}", []).append(segment)
+  return {name: segments for name, segments in holders.items() if len(segments) > 1}
+
+
+def warn_shared_devices(problem: Problem) -> None:
+  """Warns where segments share a device: correct, but they take turns there instead of
+  training at once (pass more devices; on CPU they are simulated, `select_devices`)."""
+  for name, segments in shared_devices(problem).items():
+    warnings.warn(f"segments {', '.join(map(str, segments))} share device {name}: they train "
+                  f"there one after another, not at once; give each its own device (on CPU, "
+                  f"synthpart.setup.select_devices({problem.config.num_devices}, ...) or "
+                  f"--devices {problem.config.num_devices} simulates them)", stacklevel=3)
 
 
 def input_constants(problem: Problem, device: groups_lib.Placement) -> Constants:
