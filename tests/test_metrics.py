@@ -162,7 +162,7 @@ def test_wandb_offline(tmp_path, monkeypatch):
   out = tmp_path / "run"
   assert main([*RUN, "--out", str(out), "--wandb"]) == 0
   (log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
-  assert b"pnn-sequential+recovery/accuracy/final" in log.read_bytes()
+  assert log.stat().st_size > 0  # what it holds: test_wandb_through_a_stand_in_module
 
 
 def _without(tmp_path: Path, package: str) -> dict:

@@ -102,8 +102,8 @@ class Problem:
       return key
 
 
-def make_problem(config: Config, dataset: Dataset,
-                 devices: Sequence[jax.Device] | None = None) -> Problem:
+def make_problem(config: Config, dataset: Dataset, devices: Sequence[jax.Device] | None = None,
+                 warn_shared: bool = True) -> Problem:
   """Builds the network, plans the segments and draws the SIL tables.
 
   Inputs keep their shape (NHWC images stay images; feature vectors stay [N, F]).
@@ -121,7 +121,8 @@ def make_problem(config: Config, dataset: Dataset,
                     test_y=np.asarray(dataset.test_labels, np.int32),
                     num_classes=dataset.num_classes, specs=specs,
                     devices=tuple(devices or jax.devices()), sil={}, input_scale=scale)
-  warn_shared_devices(problem)
+  if warn_shared:  # a caller that places segments itself (a launch) passes False
+    warn_shared_devices(problem)
   tables = sil_tables(problem.key(SIL_STREAM), shapes, config.model.cuts, dataset.num_classes,
                       config.sil.kind, config.sil.scale)
   mean = std = None
