@@ -34,7 +34,7 @@ from pathlib import Path
 
 import jax
 
-from synthpart import checkpoint, rundir
+from synthpart import __version__, checkpoint, metrics, rundir
 from synthpart import experiment as exp
 from synthpart.bench import add_bench_command
 from synthpart.budget import add_budget_command
@@ -55,7 +55,6 @@ from synthpart.results import (
 )
 from synthpart.setup import add_run_arguments, load_config, prepare_dataset, select_devices
 from synthpart.sweep import add_sweep_commands
-from synthpart.tblog import write_tensorboard
 from synthpart.train.driver import is_out_of_memory
 from synthpart.train.problem import make_problem
 
@@ -76,6 +75,12 @@ def _out_dir(args: argparse.Namespace) -> Path:
     if e.errno != errno.ENAMETOOLONG:
       raise ConfigError(f"--out {out} cannot be used: {e.strerror}") from None
   return out
+
+
+def _metrics_options(args: argparse.Namespace) -> metrics.MetricsOptions:
+  return metrics.MetricsOptions(tensorboard=args.tensorboard, wandb=args.wandb,
+                                wandb_project=args.wandb_project,
+                                factories=tuple(args.metrics_writer))
 
 
 def _run(args: argparse.Namespace, experiment: exp.Experiment) -> int:
@@ -110,31 +115,42 @@ def _run(args: argparse.Namespace, experiment: exp.Experiment) -> int:
 
 def _run_locked(args: argparse.Namespace, experiment: exp.Experiment, config: Config,
                 out: Path) -> int:
-  # Checked before any work: a run directory holding another run is never touched.
+  # Checked before any work: a run directory holding another run is never touched, and no run
+  # trains for a metric writer whose package is missing.
   rundir.prepare_run_dir(out, config.to_dict(), resume=args.resume,
-                             overwrite=args.overwrite, dry_run=True)
+                         overwrite=args.overwrite, dry_run=True)
+  options = _metrics_options(args)
+  metrics.check(options)
   # One device per segment by default; segment groups need the sum of their sizes.
   devices = select_devices(args.devices, config.num_devices)
   dataset = prepare_dataset(config, progress=not args.quiet)
   problem = make_problem(config, dataset, devices)
   rundir.prepare_run_dir(out, config.to_dict(), resume=args.resume,
-                             overwrite=args.overwrite)
-  progress = Progress(quiet=args.quiet, log_path=out / "log.txt")
+                         overwrite=args.overwrite)
+  hparams = {"dataset": dataset.name, "dataset_source": dataset.source,
+             **metrics.flat_hparams(config.to_dict())}
+  progress = Progress(quiet=args.quiet, log_path=out / "log.txt",
+                      metrics=metrics.open_writer(options, out, hparams))
   policy = checkpoint.Policy(out, config.checkpoint.every, config.checkpoint.keep)
+  finished: set[str] = set()
 
   def keep_results(runs: list[MethodResult]) -> None:
     write_json_atomic(out / "results.json",
                       results_document(args.command, problem, dataset.source, runs))
+    for run in runs:
+      if run.method not in finished and run.test_accuracy is not None:
+        progress.scalars(run.method, len(run.curve), {"accuracy/final": run.test_accuracy})
+        finished.add(run.method)
 
   if not args.quiet:
     print(f"dataset {dataset.name} from {dataset.source}: {len(problem.train_y)} train, "
           f"{len(problem.test_y)} test, {problem.num_classes} classes; devices "
           f"{', '.join(f'{d.platform}:{d.id}' for d in problem.devices)}", file=sys.stderr)
-  runs = experiment(problem, progress, checkpoints=policy, on_result=keep_results)
-  keep_results(runs)
-  if args.tensorboard:
-    write_tensorboard(results_document(args.command, problem, dataset.source, runs),
-                      out / "tensorboard")
+  try:
+    runs = experiment(problem, progress, checkpoints=policy, on_result=keep_results)
+    keep_results(runs)
+  finally:
+    progress.close()
   print(format_table(runs))
   print(f"results: {out / 'results.json'}")
   if dataset.name == "digits" and not args.quiet:
@@ -153,14 +169,52 @@ def _first_line(e: BaseException) -> str:
   return text.splitlines()[0][:200] if text else type(e).__name__
 
 
+def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
+  """The live metric writers beside --tensorboard (`synthpart.metrics`)."""
+  parser.add_argument("--wandb", action="store_true",
+                      help="also log to Weights & Biases (pip install wandb; WANDB_MODE=offline "
+                           "keeps it local) (default: off)")
+  parser.add_argument("--wandb-project", default="synthpart", metavar="NAME",
+                      help="the Weights & Biases project (default: %(default)s)")
+  parser.add_argument("--metrics-writer", action="append", default=[],
+                      metavar="MODULE:FUNCTION",
+                      help="a writer of your own: FUNCTION(run_dir, hparams) returns an object "
+                           "with write_scalars, write_hparams, flush and close (repeatable; "
+                           "default: none)")
+
+
+def _shown_default(action: argparse.Action) -> str:
+  """An option's default as --help states it: a flag is off; nothing given is "none"."""
+  if action.nargs == 0:  # store_true, store_false, count: the flag is not given
+    return "off"
+  if action.default is None or action.default == []:
+    return "none"
+  return str(action.default)
+
+
+def state_defaults(parser: argparse.ArgumentParser) -> None:
+  """Appends "(default: ...)" to every option's help that does not state it yet, in `parser`
+  and every subcommand's parser."""
+  for action in parser._actions:
+    if isinstance(action, argparse._SubParsersAction):
+      for sub in dict.fromkeys(action.choices.values()):
+        state_defaults(sub)
+    elif (action.option_strings and action.help != argparse.SUPPRESS
+          and not action.required and "default" not in (action.help or "")
+          and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+      action.help = f"{action.help or ''} (default: {_shown_default(action)})".strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="synthpart",
       description="Partitioned neural network training with synthetic intermediate labels.")
+  parser.add_argument("--version", action="version", version=f"synthpart {__version__}")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   p = sub.add_parser("compare", help="conventional vs partitioned (every schedule, with and "
                      "without recovery) on one config")
   add_run_arguments(p)
+  add_metrics_arguments(p)
   p.add_argument("--with-model-parallel", action="store_true",
                  help="also train model-parallel backprop (segments on their devices, "
                       "activations and gradients crossing every step, one compiled program "
@@ -169,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
       exp.compare, with_model_parallel=a.with_model_parallel)))
   p = sub.add_parser("train", help="train one configuration")
   add_run_arguments(p)
+  add_metrics_arguments(p)
   p.set_defaults(func=lambda a: _run(a, exp.train_one))
   p = sub.add_parser("export", help="write a trained method's composed network (parameters and "
                      "a jax.export function of the raw inputs) for `synthpart.load_model`")
@@ -183,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
   add_report_commands(sub)
   add_bench_command(sub)
   add_launch_command(sub)
+  state_defaults(parser)
   return parser
 
 

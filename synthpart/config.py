@@ -41,6 +41,8 @@ A config file mirrors the dataclasses::
   [pipeline]                          # the pipelined schedule
   refresh_steps = 50                  # steps between refreshes of a segment's inputs
   delay_epochs = 1                    # epochs segment k-1 trains before segment k starts
+  [seeds]                             # optional seeds per purpose; unset: from `seed`
+  sil = 7                             # the SIL tables alone (also init, order, prng_impl)
 
 Overrides use dotted keys (``train.learning_rate=3e-4``, ``segments.1.epochs=4``), so every
 setting is reachable from the command line without a flag of its own.
@@ -61,9 +63,10 @@ from typing import Any
 
 from synthpart.blocks import ACTIVATIONS, BUILT_IN
 from synthpart.errors import ConfigError
+from synthpart.groups import BACKENDS
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
 from synthpart.registry import Registry
-from synthpart.train.optim import OPTIMIZERS
+from synthpart.train.optim import DECAY_MASKS, LR_SCHEDULES, OPTIMIZERS
 
 # The names a run's `schedule` may take; `synthpart.train.schedules` implements each one.
 SCHEDULES: Registry[str] = Registry("schedule")
@@ -129,12 +132,16 @@ class SILConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """One optax loop: optimizer, learning rate, batch size and epochs."""
+  """One optax loop: optimizer, learning rate and its schedule, batch size and epochs.
+
+  The optax chain these build is `synthpart.train.optim.make_optimizer`; every default keeps
+  the plain optimizer at a constant rate.
+  """
   optimizer: str = "adam"
   learning_rate: float = 1e-3
   batch_size: int = 128
   epochs: int = 10
-  weight_decay: float = 0.0
+  weight_decay: float = 0.0  # decoupled for adamw and lamb, added to the gradients otherwise
   momentum: float = 0.9
   # One jitted lax.scan per epoch (fastest for dense networks); false: a Python loop over a
   # jitted step, for convolutional networks on CPU (`synthpart.train.loop.StepwiseEpoch`).
@@ -144,6 +151,14 @@ class TrainConfig:
   chance_epochs: int = 5
   # > 0: exactly this many steps instead of `epochs` epochs (the last epoch cut short)
   steps: int = 0
+  lr_schedule: str = "constant"  # constant | cosine | step
+  warmup_epochs: float = 0.0  # linear warmup from 0 (fractions of an epoch allowed)
+  final_lr_factor: float = 0.0  # cosine: the rate ends at learning_rate * this
+  step_epochs: int = 1  # step: the rate is multiplied by step_factor every step_epochs epochs
+  step_factor: float = 0.1
+  clip_norm: float = 0.0  # clip the gradients' global norm to this (0: no clipping)
+  decay_mask: str = "all"  # all | kernels (no decay on biases and normalisation scales)
+  loss_scale: float = 1.0  # static loss scale for float16 (1: none); overflowed steps skipped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,10 +178,12 @@ class PlacementConfig:
   """How many devices each segment trains on (see `synthpart.groups`).
 
   `groups` lists one size per segment, in order (uneven sizes allowed); where it is empty every
-  segment gets `devices_per_segment`. A group of k > 1 devices trains its segment data-parallel.
+  segment gets `devices_per_segment`. A group of k > 1 devices trains its segment data-parallel,
+  through `backend` (`synthpart.groups.BACKENDS`).
   """
   groups: tuple[int, ...] = ()
   devices_per_segment: int = 1
+  backend: str = "sharding"  # sharding (jax.jit + NamedSharding) | pmap (jax.pmap)
 
   def sizes(self, num_segments: int) -> tuple[int, ...]:
     """The group size of every segment."""
@@ -189,6 +206,29 @@ class CheckpointConfig:
   keep: int = 2
 
 
+PRNG_IMPLS: Registry[str] = Registry("seeds.prng_impl")
+PRNG_IMPLS.add("default", "", "jax's default (the jax_default_prng_impl flag: threefry2x32 "
+               "unless changed)")
+for _name, _doc in (("threefry2x32", "Threefry, JAX's default: the same bits on every backend"),
+                    ("rbg", "the hardware RNG bit generator, faster on TPU"),
+                    ("unsafe_rbg", "rbg with a cheaper split and fold_in")):
+  PRNG_IMPLS.add(_name, _name, _doc)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedsConfig:
+  """Seeds per purpose, each optional: unset, a purpose draws from the run's `seed` exactly as
+  it always did, so one seed gives the same bits. Set, it replaces `seed` for that purpose
+  alone: `sil` for the SIL tables, `init` for the initial parameters, `order` for the data
+  order of every loop (recovery's too). `prng_impl` chooses the PRNG implementation of every
+  key the run draws.
+  """
+  sil: int | None = None
+  init: int | None = None
+  order: int | None = None
+  prng_impl: str = "default"
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """A whole run. `segments` holds per-segment overrides of `train`, by segment index."""
@@ -205,6 +245,7 @@ class Config:
   placement: PlacementConfig = PlacementConfig()
   eval: EvalConfig = EvalConfig()
   pipeline: PipelineConfig = PipelineConfig()
+  seeds: SeedsConfig = SeedsConfig()
 
   def segment_train(self, index: int) -> TrainConfig:
     """The training settings of segment `index`: `train` with that segment's overrides."""
@@ -225,7 +266,8 @@ class Config:
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "sil": SILConfig, "train": TrainConfig,
              "recovery": TrainConfig, "checkpoint": CheckpointConfig,
-              "placement": PlacementConfig, "eval": EvalConfig, "pipeline": PipelineConfig}
+              "placement": PlacementConfig, "eval": EvalConfig, "pipeline": PipelineConfig,
+              "seeds": SeedsConfig}
 
 
 def _coerce(path: str, value: Any, default: Any) -> Any:
@@ -315,12 +357,14 @@ def _build(cls: type, path: str, values: Mapping[str, Any]) -> Any:
     raise ConfigError(f"[{path}] must be a table of settings, got {values!r}")
   fields = {f.name: f for f in dataclasses.fields(cls)}
   defaults = cls()
-  kwargs = {}
+  kwargs: dict[str, Any] = {}
   for key, value in values.items():
     if key not in fields:
       raise ConfigError(f"unknown setting {path}.{_shown(key)}; allowed: {', '.join(fields)}")
     if cls is ModelConfig and key == "layers":
       kwargs[key] = parse_layers(f"{path}.{key}", value)
+    elif cls is SeedsConfig and key != "prng_impl":
+      kwargs[key] = None if value is None else _coerce(f"{path}.{key}", value, 0)
     else:
       kwargs[key] = _coerce(f"{path}.{key}", value, getattr(defaults, key))
   return cls(**kwargs)
@@ -430,6 +474,22 @@ def _check_train(path: str, t: TrainConfig, allow_zero_epochs: bool = False) -> 
   if not 0 <= t.steps <= MAX_EPOCHS * 10**4:
     raise ConfigError(f"{path}.steps must be an integer in 0..{MAX_EPOCHS * 10**4} (0: whole "
                       f"epochs), got {t.steps}")
+  LR_SCHEDULES.check(t.lr_schedule, f"{path}.lr_schedule")
+  DECAY_MASKS.check(t.decay_mask, f"{path}.decay_mask")
+  if not (0 <= t.warmup_epochs <= t.epochs):
+    raise ConfigError(f"{path}.warmup_epochs must be between 0 and {path}.epochs "
+                      f"({t.epochs}), got {t.warmup_epochs}")
+  if not 0 <= t.final_lr_factor <= 1:
+    raise ConfigError(f"{path}.final_lr_factor must be in [0, 1], got {t.final_lr_factor}")
+  if t.step_epochs < 1:
+    raise ConfigError(f"{path}.step_epochs must be at least 1, got {t.step_epochs}")
+  if not 0 < t.step_factor <= 1:
+    raise ConfigError(f"{path}.step_factor must be in (0, 1], got {t.step_factor}")
+  if not (t.clip_norm >= 0 and math.isfinite(t.clip_norm)):
+    raise ConfigError(f"{path}.clip_norm must be >= 0 (0: no clipping), got {t.clip_norm}")
+  if not (t.loss_scale > 0 and math.isfinite(t.loss_scale)):
+    raise ConfigError(f"{path}.loss_scale must be a positive number (1: none), got "
+                      f"{t.loss_scale}")
 
 
 def validate(config: Config) -> None:
@@ -482,6 +542,8 @@ def validate(config: Config) -> None:
   if config.data.validation_size < 0:
     raise ConfigError(f"data.validation_size must be >= 0, got {config.data.validation_size}")
   _check_placement(config.placement, m.num_segments)
+  _check_backend(config)
+  PRNG_IMPLS.check(config.seeds.prng_impl, "seeds.prng_impl")
 
 
 def _check_placement(p: PlacementConfig, num_segments: int) -> None:
@@ -498,6 +560,30 @@ def _check_placement(p: PlacementConfig, num_segments: int) -> None:
                       f"{num_segments} segments")
   if any(not 1 <= size <= MAX_SIZE for size in p.groups):
     raise ConfigError(f"placement.groups sizes must be in 1..{MAX_SIZE}, got {list(p.groups)}")
+
+
+def _check_backend(config: Config) -> None:
+  """pmap splits every minibatch evenly over a group: the batch size must divide by its size."""
+  BACKENDS.check(config.placement.backend)
+  if config.placement.backend != "pmap":
+    return
+  sizes = config.placement.sizes(config.model.num_segments)
+  loops = [(f"segments.{i}", config.segment_train(i), sizes[i]) for i in range(len(sizes))]
+  loops += [("train", config.train, sizes[0]), ("recovery", config.recovery, sizes[0])]
+  for path, t, size in loops:
+    if t.batch_size % size:
+      raise ConfigError(f"{path}.batch_size {t.batch_size} does not divide over the "
+                        f"{size} devices of its group (placement.backend = pmap)")
+    if size > 1 and (t.steps or not t.scan):
+      raise ConfigError(f"placement.backend = pmap runs whole scanned epochs: {path}.steps must "
+                        f"be 0 and {path}.scan true, got {t.steps} and {str(t.scan).lower()}")
+  if max(sizes) > 1 and config.schedule == "pipelined":
+    raise ConfigError("placement.backend = pmap runs whole epochs, and the pipelined schedule "
+                      "runs them in chunks: use placement.backend = sharding")
+  if max(sizes) > 1 and (config.eval.every_steps or config.eval.log_spaced):
+    raise ConfigError("placement.backend = pmap runs whole epochs: eval.every_steps must be 0 "
+                      "and eval.log_spaced false (evaluations inside epochs need the sharding "
+                      "backend)")
 
 
 def validate_for_data(config: Config, num_train: int) -> None:

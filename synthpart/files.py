@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader sees the whole new file or the old one, never half of either."""
+"""Atomic file writes: a reader sees the whole new file or the old one, never half of either.
+
+Files get the mode a plain `open` would give them (0o666 less the process's umask, so 0o644
+under the usual umask 022 and 0o664 under 002): colleagues sharing a run directory can read
+results, configs and checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +30,28 @@ def is_disk_full(e: BaseException) -> bool:
   return any(os.strerror(code) in str(e) for code in _FULL)
 
 
+def umask() -> int:
+  """The process's file-creation mask: from /proc where Linux shows it, else read by setting it
+  and putting it back at once."""
+  try:
+    for line in Path("/proc/self/status").read_text().splitlines():
+      if line.startswith("Umask:"):
+        return int(line.split()[1], 8)
+  except OSError:
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def default_mode() -> int:
+  """The mode `open(path, "w")` gives a new file: 0o666 less the umask."""
+  return 0o666 & ~umask()
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-  """Calls `write` on a temporary file beside `path`, fsyncs it, then renames it into place.
+  """Calls `write` on a temporary file beside `path`, fsyncs it, then renames it into place,
+  with the umask's usual mode (`default_mode`).
 
   A full disk raises `DiskFullError` naming `path`; the old file, if any, is left as it was.
   """
@@ -34,6 +59,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
+    os.fchmod(fd, default_mode())  # mkstemp creates 0o600
     with os.fdopen(fd, "wb") as f:
       write(f)
       f.flush()

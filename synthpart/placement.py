@@ -84,4 +84,5 @@ def key_on(key: jax.Array, device: jax.Device) -> jax.Array:
   Keys are tiny; taking them through the host keeps device-to-device traffic for real data alone.
   """
   raw = jax.device_get(jax.random.key_data(key))
-  return jax.random.wrap_key_data(jax.device_put(np.asarray(raw), device))
+  return jax.random.wrap_key_data(jax.device_put(np.asarray(raw), device),
+                                  impl=jax.random.key_impl(key))

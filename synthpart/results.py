@@ -10,6 +10,7 @@ results.json (schema version 1)::
     "config": {... every setting, as in the TOML file ...},
     "devices": ["cpu:0", ...],
     "backend": "cpu" | "gpu" | "tpu",
+    "prng_impl": "threefry2x32" | "rbg" | "unsafe_rbg" (the PRNG of every key the run drew),
     "versions": {"synthpart", "jax", "jaxlib", "flax", "optax", "numpy", "python"},
     "runs": [
       {
@@ -57,7 +58,7 @@ import jax
 
 from synthpart.errors import DataError
 from synthpart.placement import Transfer
-from synthpart.train.problem import Problem
+from synthpart.train.problem import Problem, prng_impl
 
 SCHEMA_VERSION = 1
 METHODS = ("conventional", "pnn-sequential", "pnn-parallel", "pnn-sequential+recovery",
@@ -176,6 +177,7 @@ def results_document(command: str, problem: Problem, dataset_source: str,
       "config": problem.config.to_dict(),
       "devices": [f"{d.platform}:{d.id}" for d in problem.devices],
       "backend": jax.default_backend(),
+      "prng_impl": prng_impl(problem.config),
       "versions": versions(),
       "runs": [r.to_dict() for r in runs],
   }

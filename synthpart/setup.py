@@ -19,7 +19,7 @@ from synthpart.blocks import ACTIVATIONS
 from synthpart.data import Dataset, load_dataset, split_validation
 from synthpart.errors import ConfigError
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
-from synthpart.train.optim import OPTIMIZERS
+from synthpart.train.optim import LR_SCHEDULES, OPTIMIZERS
 
 _DEFAULTS = config_lib.Config()
 
@@ -41,11 +41,19 @@ SETTING_FLAGS: dict[str, tuple[str, str]] = {
     "--schedule": ("schedule", config_lib.SCHEDULES.choices()),
     "--optimizer": ("train.optimizer", OPTIMIZERS.choices()),
     "--lr": ("train.learning_rate", "learning rate of every loop"),
+    "--lr-schedule": ("train.lr_schedule", LR_SCHEDULES.choices()),
+    "--warmup-epochs": ("train.warmup_epochs", "linear warmup of the learning rate, in epochs"),
+    "--clip-norm": ("train.clip_norm", "clip the gradients' global norm (0: no clipping)"),
+    "--weight-decay": ("train.weight_decay", "weight decay (adamw, lamb: decoupled)"),
     "--batch-size": ("train.batch_size", "batch size of every loop"),
     "--epochs": ("train.epochs", "epochs of every segment and of the baseline"),
     "--recovery-epochs": ("recovery.epochs", "end-to-end epochs after composing (0: none)"),
     "--recovery-lr": ("recovery.learning_rate", "learning rate of the recovery epochs"),
     "--seed": ("seed", "seed of the run's PRNG key"),
+    "--sil-seed": ("seeds.sil", "seed of the SIL tables alone (unset: from --seed)"),
+    "--init-seed": ("seeds.init", "seed of the initial parameters alone (unset: from --seed)"),
+    "--order-seed": ("seeds.order", "seed of the data order alone (unset: from --seed)"),
+    "--prng-impl": ("seeds.prng_impl", config_lib.PRNG_IMPLS.choices()),
     "--group-sizes": ("placement.groups", "devices of each segment, comma separated; a segment "
                       "trains data-parallel on its group (default one device each)"),
 }
@@ -58,7 +66,7 @@ def default_of(dotted: str) -> Any:
     node = getattr(node, part)
   if isinstance(node, tuple):
     return ",".join(map(str, node)) or "none"
-  return node
+  return "unset" if node is None else node
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +91,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                            "simulated on CPU)")
   parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
   parser.add_argument("--tensorboard", action="store_true",
-                      help="also write TensorBoard event files under DIR/tensorboard")
+                      help="also write TensorBoard event files under DIR/tensorboard, as the "
+                           "run goes (pip install tensorboardX) (default: off)")
 
 
 def load_config(args: argparse.Namespace) -> config_lib.Config:

@@ -60,3 +60,19 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, flags, words):
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("synthpart: error: ") and words in lines[0]
   assert not out.exists()
+
+
+def test_every_help_states_its_defaults_and_the_version_is_shown(capsys):
+  from synthpart import __version__
+  from synthpart.cli import build_parser
+  parser = build_parser()
+  missing = []
+  for action in parser._subparsers._group_actions[0].choices.values():
+    for a in action._actions:
+      if a.option_strings and a.help != "==SUPPRESS==" and not a.required and a.dest != "help":
+        if "default" not in (a.help or ""):
+          missing.append((action.prog, a.option_strings[-1]))
+  assert missing == []
+  with pytest.raises(SystemExit):
+    main(["--version"])
+  assert capsys.readouterr().out.strip() == f"synthpart {__version__}"

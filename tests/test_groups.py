@@ -171,5 +171,53 @@ def test_sequential_groups_match_one_device_and_copy_the_cut_to_each_device():
 
 def test_placement_config_round_trips_through_to_dict():
   config = tiny_config(**{"placement.groups": [1, 3]})
-  assert config.to_dict()["placement"] == {"groups": (1, 3), "devices_per_segment": 1}
+  assert config.to_dict()["placement"] == {"groups": (1, 3), "devices_per_segment": 1,
+                                           "backend": "sharding"}
   assert config_lib.from_dict(config.to_dict()) == config
+
+
+def _leaves(params):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(params))]
+
+
+@pytest.mark.parametrize("train", [S.train_sequential, S.train_parallel])
+def test_pmap_backend_reaches_the_sharding_backends_parameters(train):
+  """Groups of 2 through jax.pmap and through jit + NamedSharding: the same parameters up to
+  the order of floating-point sums (no input noise, which each backend draws its own way)."""
+  settings = {"placement.groups": [2, 2], "sil.noise": 0.0}
+  sharded_params, sharded = train(_problem(**settings), QUIET)
+  pmap_params, pmapped = train(_problem(**settings, **{"placement.backend": "pmap"}), QUIET)
+  for a, b in zip(_leaves(sharded_params), _leaves(pmap_params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+  assert [s.device for s in pmapped.segments] == [s.device for s in sharded.segments]
+  np.testing.assert_allclose([s.loss_per_epoch for s in pmapped.segments],
+                             [s.loss_per_epoch for s in sharded.segments], rtol=2e-4)
+
+
+def test_pmap_backend_conventional_and_recovery_and_noise():
+  problem = _problem(**{"placement.devices_per_segment": 2, "placement.backend": "pmap"})
+  params, result = S.train_parallel(problem, QUIET)  # with input noise
+  assert all(np.isfinite(s.loss_per_epoch).all() for s in result.segments)
+  _, recovered = S.train_recovery(problem, params, result, QUIET)
+  _, conventional = S.train_conventional(problem, QUIET)
+  for r in (result, recovered, conventional):
+    assert 0.5 < r.test_accuracy <= 1, r.method
+  # Outside the epoch the arrays are the sharding backend's: replicated over the group.
+  spec, target = problem.specs[0], problem.device_of(0)
+  loop = start_loop(S.segment_task(problem, spec, "pixels"), problem.config.train,
+                    S.init_params(problem, spec, target),
+                    {"x": problem.train_x, "y": problem.train_y},
+                    S.segment_constants(problem, spec, "pixels", target),
+                    problem.key(P.ORDER_STREAM, 0), target, "segment 0", backend="pmap")
+  assert isinstance(loop.epoch_fn, groups.PmapEpoch) and loop.result.memory["temp"] >= 0
+  losses = loop.dispatch(0)
+  assert losses.shape == (loop.result.steps_per_epoch,)
+  for leaf in jax.tree.leaves(loop.state):
+    assert leaf.sharding == target
+
+
+def test_pmap_backend_needs_batches_that_divide():
+  with pytest.raises(ConfigError, match="does not divide over the 3 devices"):
+    config_lib.load(overrides={"placement.groups": [3, 1], "placement.backend": "pmap"})
+  with pytest.raises(ConfigError, match="placement.backend"):
+    config_lib.load(overrides={"placement.backend": "pjit"})

@@ -12,7 +12,7 @@ from synthpart.model import apply_segment
 from synthpart.placement import hand_over
 from synthpart.progress import Progress
 from synthpart.train import problem as P
-from synthpart.train import refresh
+from synthpart.train import driver, refresh
 from synthpart.train import schedules as S
 
 from tiny import tiny_config, tiny_dataset
@@ -147,3 +147,16 @@ def test_each_chunk_reads_the_current_outputs_of_the_segments_before_it(monkeypa
   steps = len(problem.train_y) // problem.config.train.batch_size
   # Segments 1 and 2 train every epoch in chunks of 3 steps.
   assert len(checked) == 2 * problem.config.train.epochs * -(-steps // 3)
+
+
+def test_evaluations_and_moving_bars_inside_epochs_change_no_result(monkeypatch):
+  # Evaluation stops after steps 2, 4, 6 and bar chunks split the refresh spans of 3 steps;
+  # the refreshes still come every 3 steps, so the training is the same, bit for bit.
+  overrides = {"model.cuts": [1, 2], "pipeline.refresh_steps": 3, "pipeline.delay_epochs": 0}
+  plain_params, plain = S.train_pipelined(_problem(jax.devices()[:3], **overrides), QUIET)
+  monkeypatch.setattr(driver, "MIN_CHUNK_STEPS", 2)  # the tiny epoch's 8 steps: 4 bar chunks
+  problem = _problem(jax.devices()[:3], **overrides, **{"eval.every_steps": 2})
+  params, result = S.train_pipelined(problem, Progress(quiet=False))
+  assert _same_params(plain_params, params)
+  assert [s.loss_per_epoch for s in plain.segments] == [s.loss_per_epoch for s in result.segments]
+  assert any(p.get("partial") for p in result.curve)

@@ -43,13 +43,16 @@ def test_run_report_has_a_table_and_every_figure(tmp_path, document):
   assert path == tmp_path / "run" / "report.md"
   for method in results_lib.METHODS[:5]:
     assert f"| {method} |" in text
-  figures = sorted(p.name for p in (tmp_path / "run" / "figures").iterdir())
+  figures = sorted(p.name for p in (tmp_path / "run" / "figures").glob("*.png"))
   assert figures == ["accuracy_per_epoch.png", "accuracy_vs_flops.png",
                      "accuracy_vs_wall_time.png", "bytes_moved.png", "memory_per_device.png"]
   for name in figures:
     assert f"](figures/{name})" in text
     assert (tmp_path / "run" / "figures" / name).read_bytes().startswith(PNG)
+    pdf = (tmp_path / "run" / "figures" / name).with_suffix(".pdf")
+    assert pdf.read_bytes().startswith(b"%PDF") and f"](figures/{pdf.name})" in text
   assert "No memory recorded" not in text
+  assert "1 epoch at lr" in text and "1 epochs" not in text and "training GFLOP" in text
 
 
 def test_memory_per_device_is_what_each_loop_recorded(document):
@@ -141,7 +144,7 @@ def fake_sweep(out, document, kappas=(0.5, 2.0), cuts=((1,), (2,)), seeds=(0, 1,
 def test_sweep_report_pivots_deltas_and_draws_axis_figures(tmp_path, document):
   fake_sweep(tmp_path, document)
   text = report_lib.write_report(tmp_path, memory=False).read_text()
-  figures = {p.name for p in (tmp_path / "figures").iterdir()}
+  figures = {p.name for p in (tmp_path / "figures").glob("*.png")}
   assert {"accuracy_vs_sil_scale.png", "accuracy_vs_model_cuts.png",
           "accuracy_per_epoch_points.png", "accuracy_per_epoch.png", "accuracy_vs_flops.png",
           "accuracy_vs_wall_time.png", "bytes_moved.png"} <= figures

@@ -198,7 +198,7 @@ def train_own(ctx: Context, config: Config, dataset: Dataset | None,
   try:
     if dataset is None:
       dataset = prepare_dataset(config, progress=False)
-    problem = make_problem(config, dataset, devices)
+    problem = make_problem(config, dataset, devices, warn_shared=False)
     problem = dataclasses.replace(problem, groups=own_groups(devices, sizes, own))
     outcomes = run_segments(ctx, problem, own)
   except Exception as e:  # noqa: BLE001  (recorded in each segment's status)
@@ -300,7 +300,7 @@ def run_only(args: argparse.Namespace, config: Config, out: Path, identity: Iden
   for k in only:
     run.status(k).unlink(missing_ok=True)
   dataset = prepare_dataset(config, progress=False)
-  problem = make_problem(config, dataset, devices)
+  problem = make_problem(config, dataset, devices, warn_shared=False)
   problem = dataclasses.replace(problem, groups=own_groups(devices, sizes, only))
   outcomes = run_segments(ctx, problem, only)
   found = {k: outcomes.get(k) or read_json(run.status(k)) for k in range(len(problem.specs))}

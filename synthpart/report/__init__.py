@@ -1,7 +1,11 @@
 """`synthpart report DIR`: a self-contained Markdown report of a run or a sweep, with figures.
 
-Output: ``report.md`` plus PNG figures in ``figures/`` beside it (in DIR, or in --out), drawn
-with matplotlib outside pyplot, so the report reads anywhere Markdown renders images.
+Output: ``report.md`` plus figures in ``figures/`` beside it (in DIR, or in --out), each as a
+PNG (shown in the report) and a PDF (for papers), drawn with matplotlib outside pyplot. Titles
+name the dataset and the settings; every method has its own colour, line style and marker and is
+labelled at its line's end; a method with recovery is drawn from where the same method without
+it ends, so neither hides the other; panels that are compared share their y axis; compute is in
+GFLOP, as in the tables.
 
 - A run directory holds results.json (`synthpart compare` / `train`).
 - A sweep directory holds sweep.json and one results.json per point and seed (`synthpart sweep`).

@@ -26,7 +26,7 @@ COST_NAMES = {"flops": "training compute", "seconds": "training wall time"}
 def _style(method: str) -> dict[str, Any]:
   """The run report's colour for a method ("sequential" draws as "pnn-sequential")."""
   key = method if method == CONVENTIONAL else f"pnn-{method}"
-  color, _ = METHOD_STYLE.get(key, ("tab:gray", ":"))
+  color = METHOD_STYLE[key][0] if key in METHOD_STYLE else "tab:gray"
   return {"color": color}
 
 

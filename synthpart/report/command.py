@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from synthpart.report.figures import require_matplotlib
 from synthpart.report.markdown import write_report
 
 
@@ -19,6 +20,7 @@ def add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _report_command(args: argparse.Namespace) -> int:
+  require_matplotlib()
   path = write_report(args.directory, args.out, memory=not args.no_memory)
   print(f"report: {path}")
   return 0

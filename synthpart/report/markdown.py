@@ -30,7 +30,13 @@ from synthpart.report.reading import (
   reference_point,
   runs_outside_grid,
 )
-from synthpart.report.sections import cost_figures, image, notes_section, settings_line
+from synthpart.report.sections import (
+  cost_figures,
+  image,
+  notes_section,
+  setting_title,
+  settings_line,
+)
 from synthpart.sweep.grid import read_document, value_label
 from synthpart.sweep.summary import summarize, summary_markdown
 
@@ -67,7 +73,7 @@ def _runs_table(document: Mapping[str, Any]) -> list[str]:
   curves = accuracy_curves(document)
   conventional = next((r for r in document["runs"] if r["method"] == "conventional"), None)
   lines = [("| method | test accuracy (%) | Δ vs conventional (points) | training wall s | "
-            "compile s | training TFLOP | MiB moved between devices |"),
+            "compile s | training GFLOP | MiB moved between devices |"),
            "|---|---|---|---|---|---|---|"]
   base = None if conventional is None else conventional.get("test_accuracy")
   for run in document["runs"]:
@@ -75,10 +81,11 @@ def _runs_table(document: Mapping[str, Any]) -> list[str]:
     shown = "DIVERGED" if accuracy is None else f"{100 * accuracy:.2f}"
     delta = "" if accuracy is None or base is None else f"{100 * (accuracy - base):+.2f}"
     curve = curves[run["method"]]
-    total = curve[-1]["flops"] / 1e12 if curve else 0.0
+    total = curve[-1]["flops"] / 1e9 if curve else 0.0
     moved = ledger_bytes(run.get("transfers", [])) / 2**20
     lines.append(f"| {run['method']} | {shown} | {delta} | "
-                 f"{run['wall_seconds']:.1f} | {run['compile_seconds']:.1f} | {total:.2f} | "
+                 f"{run['wall_seconds']:.1f} | {run['compile_seconds']:.1f} | "
+                 f"{f'{total:,.1f}' if total >= 10 else f'{total:.3g}'} | "
                  f"{moved:,.1f} |")
   return lines + [""]
 
@@ -98,10 +105,12 @@ def run_report(directory: Path, out: Path, memory: bool = True) -> str:
                "interpolated between evaluations, over budgets and seeds."), "",
               format_time_to_accuracy(time_to_accuracy(document)), ""]
   lines += ["## Figures", ""]
-  fig = plot_accuracy_per_epoch([document], f"Test accuracy per epoch — {directory.name}")
+  label = setting_title(document)
+  fig = plot_accuracy_per_epoch([document], f"Test accuracy per epoch round — {label}")
   lines.append(image(out, save(fig, out / "figures" / "accuracy_per_epoch.png"),
-                     "Test accuracy of the composed network after each epoch round."))
-  lines += cost_figures(out, [document], directory.name, notes, memory)
+                     "Test accuracy of the composed network after each epoch round; a method "
+                     "with recovery is drawn from where the same method without it ends."))
+  lines += cost_figures(out, [document], label, notes, memory)
   lines += notes_section(notes)
   return "\n".join(lines)
 
@@ -113,10 +122,11 @@ def sweep_report(directory: Path, out: Path, memory: bool = True) -> str:
   notes: list[str] = []
   methods = list(dict.fromkeys(r["method"] for r in summary["rows"]))
   pnn_methods = [m for m in methods if m != "conventional"]
-  points = [(p["name"], point_documents(directory, p)) for p in sweep["points"]]
+  points = [(p["values"], point_documents(directory, p)) for p in sweep["points"]]
   first_docs = next((docs for _, docs in points if docs), [])
   if not first_docs:
     raise ConfigError(f"{directory} holds no finished runs yet")
+  dataset = first_docs[0]["dataset"]["name"]
   runs = sum(len(docs) for _, docs in points)
   expected = sum(len(p["runs"]) for p in sweep["points"])
   axes_text = "; ".join(f"`{a['key']}` ∈ {a['values']}" for a in sweep["axes"])
@@ -138,23 +148,26 @@ def sweep_report(directory: Path, out: Path, memory: bool = True) -> str:
   figures = out / "figures"
   for axis in sweep["axes"]:
     name = axis["key"].replace(".", "_")
-    fig = plot_axis(summary, axis, pnn_methods, f"Test accuracy vs {axis_label(axis['key'])}")
+    fig = plot_axis(summary, axis, pnn_methods,
+                    f"{dataset}: test accuracy vs {axis_label(axis['key'])}")
     lines.append(image(out, save(fig, figures / f"accuracy_vs_{name}.png"),
                        f"Final test accuracy against {axis['key']} (mean ± sample std over "
                        f"{len(sweep['seeds'])} seeds); grey: conventional training."))
   # A method with recovery repeats its plain curve, then continues: draw only those if present.
   curve_methods = [m for m in pnn_methods if m.endswith("+recovery")] or pnn_methods
-  fig = plot_sweep_curves(points, curve_methods,
-                          "Test accuracy per epoch round, every point (mean over seeds)")
+  fig = plot_sweep_curves(points, sweep["axes"], curve_methods,
+                          f"{dataset}: test accuracy per epoch round, every point (mean over "
+                          "seeds)")
   lines.append(image(out, save(fig, figures / "accuracy_per_epoch_points.png"),
                      "Test accuracy of the composed network after each epoch round, per "
                      "point and method."))
   reference = reference_point(sweep, directory)
   documents = point_documents(directory, reference) + baseline_documents(directory, reference)
-  label = reference["name"]
-  fig = plot_accuracy_per_epoch(documents, f"Test accuracy per epoch — {label}")
+  label = setting_title(documents[0], reference["name"])
+  fig = plot_accuracy_per_epoch(documents, f"Test accuracy per epoch round — {label}")
   lines.append(image(out, save(fig, figures / "accuracy_per_epoch.png"),
-                     f"Test accuracy per epoch round at {label} (thin: each seed; bold: mean)."))
+                     f"Test accuracy per epoch round at {reference['name']} (thin: each seed; "
+                     "bold: mean)."))
   lines += cost_figures(out, documents, label, notes, memory)
   lines += notes_section(notes)
   return "\n".join(lines)

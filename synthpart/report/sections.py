@@ -6,13 +6,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from synthpart.curves import Document
-from synthpart.report.figures import plot_accuracy_vs, plot_bytes_moved, plot_memory, save
+from synthpart.report.figures import plot_accuracy_vs, plot_bytes_moved, plot_memory, plural, save
 from synthpart.report.reading import memory_per_device
 
 
 def image(out: Path, path: Path, caption: str) -> str:
-  """A Markdown image of `path`, relative to the report's folder `out`, with its caption."""
-  return f"![{path.stem.replace('_', ' ')}]({path.relative_to(out).as_posix()})\n\n*{caption}*\n"
+  """A Markdown image of `path` (a PNG), relative to the report's folder `out`, with its caption
+  and a link to the PDF beside it."""
+  pdf = path.with_suffix(".pdf").relative_to(out).as_posix()
+  return (f"![{path.stem.replace('_', ' ')}]({path.relative_to(out).as_posix()})\n\n"
+          f"*{caption}* ([PDF]({pdf}))\n")
+
+
+def setting_title(document: Document, label: str = "") -> str:
+  """A figure title's setting: the dataset, the cuts, κ and the epochs per loop (and `label`,
+  a sweep point's name, where given)."""
+  c = document["config"]
+  cuts = ", ".join(map(str, c["model"]["cuts"])) or "none"
+  text = (f"{document['dataset']['name']}, cut after {cuts}, κ = {c['sil']['scale']:g}, "
+          f"{plural(c['train']['epochs'], 'epoch')} per loop")
+  return f"{text} ({label})" if label else text
 
 
 def notes_section(notes: Sequence[str]) -> list[str]:
@@ -32,8 +45,8 @@ def settings_line(document: Document) -> str:
           f"({c['model']['activation']}); cuts {c['model']['cuts']}; SIL {c['sil']['kind']} "
           f"κ={c['sil']['scale']:g}, {c['sil']['loss']}, noise {c['sil']['noise']:g}; "
           f"{t['optimizer']} lr {t['learning_rate']:g}, batch {t['batch_size']}, "
-          f"{t['epochs']} epochs{per_segment}; "
-          f"recovery {r['epochs']} epochs at lr {r['learning_rate']:g}; devices "
+          f"{plural(t['epochs'], 'epoch')}{per_segment}; "
+          f"recovery {plural(r['epochs'], 'epoch')} at lr {r['learning_rate']:g}; devices "
           f"{', '.join(document['devices'])} ({document.get('backend', '?')})")
 
 
@@ -42,7 +55,7 @@ def cost_figures(out: Path, documents: Sequence[Document], label: str, notes: li
   """Accuracy vs FLOPs, vs wall time, bytes moved and memory, for one setting's documents."""
   figures = out / "figures"
   parts = []
-  fig = plot_accuracy_vs(documents, "flops", 1e12, "cumulative training compute (TFLOP)",
+  fig = plot_accuracy_vs(documents, "flops", 1e9, "cumulative training compute (GFLOP)",
                          f"Test accuracy vs training compute — {label}")
   parts.append(image(out, save(fig, figures / "accuracy_vs_flops.png"),
                      "Test accuracy against cumulative training FLOPs (analytic count: "

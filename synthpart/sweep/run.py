@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from synthpart import config as config_lib
 from synthpart import experiment as exp
+from synthpart import metrics
 from synthpart.data import Dataset
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
@@ -30,7 +31,6 @@ from synthpart.sweep.grid import (
   sweep_document,
 )
 from synthpart.sweep.summary import summarize, write_summary
-from synthpart.tblog import write_tensorboard
 from synthpart.train.problem import Problem, make_problem
 
 # experiment(problem, progress) -> the results of the methods it trains
@@ -116,7 +116,9 @@ class RunOptions:
 def run_jobs(todo: Sequence[Job], pending: Sequence[Job], out: Path, options: RunOptions,
              load: Loader | None, label: str) -> None:
   """Runs the `pending` jobs of `todo` in order, on devices enough for any of them, each
-  distinct dataset read once, with one progress bar labelled `label`."""
+  distinct dataset read once, with one progress bar labelled `label`. A metric writer whose
+  package is missing stops it before any job trains."""
+  metrics.check(_writers(options))
   devices = select_devices(options.devices, max(j.config.num_devices for j in todo))
   datasets: dict[tuple[Any, ...], Dataset] = {}
   bar = tqdm(total=len(todo), initial=len(todo) - len(pending), unit="run", desc=label,
@@ -128,6 +130,10 @@ def run_jobs(todo: Sequence[Job], pending: Sequence[Job], out: Path, options: Ru
   bar.close()
 
 
+def _writers(options: RunOptions) -> metrics.MetricsOptions:
+  return metrics.MetricsOptions(tensorboard=options.tensorboard)
+
+
 def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
               load: Loader | None = None) -> dict[str, Any]:
   """Runs every job not yet done, then writes the summary; returns the summary document.
@@ -136,6 +142,7 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
   dataset is loaded once per sweep.
   """
   out = Path(out)
+  metrics.check(_writers(options))
   points = expand(sweep)
   todo = jobs(sweep, points)
   write_json_atomic(out / "sweep.json", sweep_document(sweep, points))
@@ -148,19 +155,27 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
 
 def run_job(job: Job, out: Path, devices: Sequence[Any], options: RunOptions,
             datasets: dict[tuple[Any, ...], Dataset], load: Loader | None = None) -> None:
-  """Trains one job and writes its results.json (and TensorBoard logs) under `out`.
+  """Trains one job, its metrics written live where `options` asks, and writes its
+  results.json under `out`.
 
   `datasets` caches each distinct dataset source across jobs."""
   dataset = _dataset(job.config, datasets, load)
   wanted = options.devices or job.config.model.num_segments
   problem = make_problem(job.config, dataset, devices[:wanted])
   command, experiment = job_experiment(job)
-  runs = experiment(problem, Progress(quiet=not options.verbose))
-  document = results_document(command, problem, dataset.source, runs)
   run_dir = out / job.directory
+  hparams = {"dataset": dataset.name, **metrics.flat_hparams(job.config.to_dict())}
+  progress = Progress(quiet=not options.verbose,
+                      metrics=metrics.open_writer(_writers(options), run_dir, hparams))
+  try:
+    runs = experiment(problem, progress)
+    for run in runs:
+      if run.test_accuracy is not None:
+        progress.scalars(run.method, len(run.curve), {"accuracy/final": run.test_accuracy})
+  finally:
+    progress.close()
+  document = results_document(command, problem, dataset.source, runs)
   write_json_atomic(run_dir / "results.json", document)
-  if options.tensorboard:
-    write_tensorboard(document, run_dir / "tensorboard")
 
 
 def _dataset(config: config_lib.Config, cache: dict[tuple[Any, ...], Dataset],

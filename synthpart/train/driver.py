@@ -43,6 +43,11 @@ Running out of device or host memory raises `ResourceError` naming the loop and 
 Loops restored from checkpoints at different epochs each resume from their own; the method's
 curve resumes from the round that the least advanced loop reached.
 
+Where bars are shown, a long epoch (`epoch_chunks`) is dispatched as a few chunks of steps too,
+and each bar moves as its chunks finish; no chunk waits on the host for another (only
+evaluations and the round's end do). After every round the method's scalars go to the
+progress's metric writer.
+
 This module is longer than most (over 400 lines) on purpose: it is the one place that defines
 what an epoch round is (resume, chunks, evaluation points, divergence, checkpoints, progress).
 """
@@ -51,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -81,6 +87,10 @@ from synthpart.train.stops import (
   round_stops,
   steps_in_epoch,
 )
+
+# A bar moves within an epoch of at least 2 * MIN_CHUNK_STEPS steps, in up to EPOCH_CHUNKS chunks.
+EPOCH_CHUNKS = 8
+MIN_CHUNK_STEPS = 50
 
 # evaluate(params of every driven loop, in order) -> accuracy of the network they compose
 Evaluate = Callable[[list[Params]], float]
@@ -274,13 +284,15 @@ def objective(task: Task) -> str:
 
 def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, Any],
                consts: Constants, key: jax.Array, device: groups_lib.Placement,
-               name: str) -> Loop:
+               name: str, backend: str = "sharding") -> Loop:
   """Commits params, optimizer state and data to `device` and compiles the epoch there.
 
   `device` may be a sharding replicated over a device group (`Problem.device_of`): everything is
-  replicated over the group and each minibatch split over it (`synthpart.groups`).
+  replicated over the group and each minibatch split over it (`synthpart.groups`), by `jax.jit`
+  over the group's mesh, or with `backend="pmap"` by `jax.pmap` (whose epochs run whole).
   """
-  optimizer = make_optimizer(train)
+  num_examples = len(data["y"])
+  optimizer = make_optimizer(train, num_examples // train.batch_size)
   classifies = task.spec.is_last or consts.sil_out is None  # as `make_loss` decides
   chance = chance_loss(data["y"]) if classifies else None
   try:
@@ -289,19 +301,30 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
       state = jax.jit(lambda p: TrainState(p, optimizer.init(p)))(params)
       data = jax.device_put(data, device)
       key = key_on(key, device)
-      num_examples = len(data["y"])
-      loss = groups_lib.shard_batches(make_loss(task), device)
       start = time.perf_counter()
-      chunk: Callable[[int], Callable[..., tuple[TrainState, jax.Array]]]
-      if train.scan:
-        epoch = make_epoch(loss, optimizer, train.batch_size, num_examples)
-        chunk = functools.lru_cache(maxsize=None)(
-            functools.partial(make_steps, loss, optimizer, train.batch_size, num_examples))
-        compiled = epoch.lower(state, data, consts, key,
-                               jax.device_put(np.uint32(0), device)).compile()
-        run: Callable[..., tuple[TrainState, jax.Array]] = compiled
+      chunk: Callable[[int], Callable[..., tuple[TrainState, jax.Array]]] | None = None
+      run: Callable[..., tuple[TrainState, jax.Array]]
+      compiled: Any  # what `compiled_memory` reads: a compiled program, or a bound pmap epoch
+      if backend == "pmap" and groups_lib.is_group(device):
+        size = len(groups_lib.group_devices(device))
+        pmapped = groups_lib.PmapEpoch(
+            make_epoch(groups_lib.pmap_loss(make_loss(task), size), optimizer, train.batch_size,
+                       num_examples, train.loss_scale, reduce=groups_lib.pmap_mean),
+            device, jax.random.key_impl(key))
+        run = compiled = pmapped.lower(state, data, consts, key,
+                                       jax.device_put(np.uint32(0), device)).compile()
+      elif train.scan:
+        loss = groups_lib.shard_batches(make_loss(task), device)
+        epoch = make_epoch(loss, optimizer, train.batch_size, num_examples, train.loss_scale)
+        chunk = functools.lru_cache(maxsize=None)(functools.partial(
+            make_steps, loss, optimizer, train.batch_size, num_examples,
+            loss_scale=train.loss_scale))
+        run = compiled = epoch.lower(state, data, consts, key,
+                                     jax.device_put(np.uint32(0), device)).compile()
       else:
-        run = stepwise = StepwiseEpoch(loss, optimizer, train.batch_size, num_examples)
+        loss = groups_lib.shard_batches(make_loss(task), device)
+        run = stepwise = StepwiseEpoch(loss, optimizer, train.batch_size, num_examples,
+                                       train.loss_scale)
         chunk = functools.lru_cache(maxsize=None)(stepwise.chunk)
         compiled = stepwise.compile(state, data, consts, key)
       compile_seconds = time.perf_counter() - start
@@ -339,6 +362,17 @@ def _resource_error(loop: Loop, method: str, e: Exception) -> Exception:
   return ResourceError(f"out of memory training {method} {r.name} on {r.device} (batch size "
                        f"{r.batch_size}, compiled peak {_mib(peak) if peak else 'unknown'}): try "
                        f"smaller model.hidden or train.batch_size")
+
+
+def epoch_chunks(steps: int) -> tuple[int, ...]:
+  """The chunk sizes an epoch of `steps` steps is dispatched in where bars are shown: the whole
+  epoch when it is short, else up to EPOCH_CHUNKS nearly equal chunks of at least
+  MIN_CHUNK_STEPS steps (two sizes at most, so at most two more programs to compile)."""
+  count = min(EPOCH_CHUNKS, steps // MIN_CHUNK_STEPS)
+  if count <= 1:
+    return (steps,)
+  size, extra = divmod(steps, count)
+  return tuple(size + 1 if k < extra else size for k in range(count))
 
 
 def _examples(result: MethodResult) -> list[int]:
@@ -411,6 +445,13 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
           for i, loop in enumerate(loops)]
   chunked = (chunk_steps > 0 or (evaluate is not None and evaluation.schedule.within_epochs)
              or any(loop.result.max_steps % loop.result.steps_per_epoch for loop in loops))
+  # Bars move within long epochs where every loop can run chunks (a pmap epoch runs whole).
+  show = (not progress.quiet and all(loop.chunk is not None for loop in loops)
+          and any(len(epoch_chunks(loop.result.steps_per_epoch)) > 1 for loop in loops))
+
+  def advance(i: int, fraction: float) -> None:
+    bars[i].advance(fraction)
+
   failed: set[int] = set()
   stopped: set[int] = set()
   end = max((loop.start_round + loop.result.epochs for loop in loops), default=0)
@@ -420,9 +461,9 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
     if not epochs:
       break
     due = {i: e for i, e in epochs.items() if e >= loops[i].done}
-    if chunked:
+    if chunked or show:
       ran = _chunked_round(loops, due, round_index, result, failed, on_error, evaluate,
-                           evaluation, chunk_steps, before_chunk)
+                           evaluation, chunk_steps, before_chunk, advance if show else None)
     else:
       ran = _whole_round(loops, due, result, failed, on_error)
     for i in ran:
@@ -434,6 +475,7 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
       point["steps"] = [s.steps for s in result.segments]
     if evaluate is not None and not failed and not any(l.result.diverged for l in loops):
       point["accuracy"] = _evaluate(evaluate, loops, result, evaluation)
+    progress.scalars(result.method, len(result.curve) + 1, _scalars(loops, ran, point))
     if len(loops) == 1 and loops[0].result.diverged:
       pass  # a lone loop that diverged ends the method without a point
     else:
@@ -484,51 +526,78 @@ def _evaluate(evaluate: Evaluate, loops: Sequence[Loop], result: MethodResult,
   return accuracy
 
 
+@dataclasses.dataclass(frozen=True)
+class RoundPlan:
+  """How a chunked round runs: per due loop, its chunks (first, count), one per stop; whether
+  the network is evaluated after each stop; and, where a chunk opens a refresh span (every
+  `chunk_steps` steps), that span's (first, count) per loop, else None."""
+  chunks: dict[int, list[tuple[int, int]]]
+  evaluated: list[bool]
+  spans: list[dict[int, tuple[int, int]] | None]
+
+
 def _round_plan(loops: Sequence[Loop], due: dict[int, int], evaluate: bool,
-                schedule: EvalSchedule, chunk_steps: int
-                ) -> tuple[dict[int, list[tuple[int, int]]], list[bool]]:
-  """Each due loop's chunks (first, count) in this round, one per stop
-  (`synthpart.train.stops`), and whether the network is evaluated after each stop."""
+                schedule: EvalSchedule, chunk_steps: int, bars: bool) -> RoundPlan:
+  """The round's stops (`synthpart.train.stops`): evaluations, every `chunk_steps` steps,
+  `epoch_chunks` where `bars` move, the end. `before_chunk` sees the refresh spans only, so
+  where the bars move or the network is evaluated changes no result."""
   counts = {i: steps_in_epoch(e, loops[i].result.steps_per_epoch, loops[i].result.max_steps)
             for i, e in due.items()}
   reference = max(due, key=lambda i: loops[i].result.steps_per_epoch)
   per_epoch = loops[reference].result.steps_per_epoch
   length = max(-(-counts[i] * per_epoch // loops[i].result.steps_per_epoch) for i in due)
   evaluated = set(round_stops(schedule, due[reference] * per_epoch, length, evaluate)[:-1])
-  stops = sorted(evaluated | set(range(chunk_steps, length, chunk_steps or length)) | {length})
-  plan = {i: chunks(positions(stops, per_epoch, loops[i].result.steps_per_epoch, counts[i]))
-          for i in due}
-  return plan, [stop in evaluated for stop in stops]
+  moves = set(itertools.accumulate(epoch_chunks(length))) if bars else set()
+  refreshes = sorted(set(range(chunk_steps, length, chunk_steps or length)) | {length})
+  stops = sorted(evaluated | set(refreshes) | moves | {length})
+
+  def plan(at: list[int]) -> dict[int, list[tuple[int, int]]]:
+    return {i: chunks(positions(at, per_epoch, loops[i].result.steps_per_epoch, counts[i]))
+            for i in due}
+
+  spans = plan(refreshes)
+  opens = {0: 0} | {stop: k + 1 for k, stop in enumerate(refreshes[:-1])}
+  return RoundPlan(plan(stops), [stop in evaluated for stop in stops],
+                   [None if start not in opens else {i: spans[i][opens[start]] for i in due}
+                    for start in [0, *stops[:-1]]])
 
 
 def _chunked_round(loops: Sequence[Loop], due: dict[int, int], round_index: int,
                    result: MethodResult, failed: set[int], on_error: OnError | None,
                    evaluate: Evaluate | None, evaluation: Evaluation, chunk_steps: int,
-                   before_chunk: BeforeChunk | None) -> list[int]:
+                   before_chunk: BeforeChunk | None,
+                   advance: Callable[[int, float], None] | None = None) -> list[int]:
   """One epoch (or what the step budget leaves of it) of every due loop ({loop index: epoch}),
   in chunks that end at the round's stops, each group of chunks after `before_chunk`; a point
   inside the round after each evaluation stop, evaluated where every loss so far is finite.
+  With `advance`, `advance(loop index, fraction of its round done)` as each chunk finishes.
   Compiling the chunks is not timed as training."""
   if not due:
     return []
-  plan, evaluated = _round_plan(loops, due, evaluate is not None, evaluation.schedule,
-                                chunk_steps)
+  rounds = _round_plan(loops, due, evaluate is not None, evaluation.schedule, chunk_steps,
+                       advance is not None)
+  plan, evaluated = rounds.chunks, rounds.evaluated
   for i in due:
     for first, count in plan[i]:
       if count and not _whole(loops[i], first, count):
         result.compile_seconds += loops[i].prepare_chunk(count)
   pieces: dict[int, list[jax.Array]] = {i: [] for i in due}
+  ends: dict[int, list[int]] = {i: [] for i in due}  # each piece's last step in the round
   host: dict[int, list[np.ndarray]] = {i: [] for i in due}  # the pieces fetched so far
   seconds = dict.fromkeys(due, 0.0)
   live, finite, last = list(due), True, len(evaluated) - 1
   start = time.perf_counter()  # of the stretch of training since the last evaluation
   for k, evaluates in enumerate(evaluated):
     group = [Chunk(i, due[i], *plan[i][k]) for i in live if plan[i][k][1]]
-    if before_chunk is not None and group:
-      before_chunk(group)
+    span = rounds.spans[k]
+    if before_chunk is not None and span is not None:
+      opened = [Chunk(i, due[i], *span[i]) for i in live if span[i][1]]
+      if opened:
+        before_chunk(opened)
     for c in group:
       try:
         pieces[c.loop].append(_dispatch(loops[c.loop], c.epoch, c.first, c.count, result.method))
+        ends[c.loop].append(c.first + c.count)
       except Exception as e:
         _fail(on_error, loops[c.loop], _resource_error(loops[c.loop], result.method, e), failed,
               c.loop)
@@ -538,9 +607,11 @@ def _chunked_round(loops: Sequence[Loop], due: dict[int, int], round_index: int,
       continue  # chunks queue on without waiting: only evaluations and the round's end wait
     for i in live:
       try:
-        fresh = [np.asarray(p) for p in jax.device_get(pieces[i][len(host[i]):])]
-        host[i] += fresh
-        finite = finite and all(bool(np.isfinite(p).all()) for p in fresh)
+        for k_piece in range(len(host[i]), len(pieces[i])):
+          host[i].append(np.asarray(jax.device_get(pieces[i][k_piece])))
+          finite = finite and bool(np.isfinite(host[i][-1]).all())
+          if advance is not None:
+            advance(i, (ends[i][k_piece] - plan[i][0][0]) / sum(c for _, c in plan[i]))
       except Exception as e:
         _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
         continue
@@ -575,6 +646,15 @@ def _dispatch(loop: Loop, epoch: int, first: int, count: int, method: str) -> ja
   checkpoint.crash_point(f"steps-dispatched:{method}/{loop.result.name}:{epoch + 1}:"
                          f"{first + count}")
   return losses
+
+
+def _scalars(loops: Sequence[Loop], ran: Sequence[int], point: dict[str, Any]) -> dict[str, float]:
+  """A round's scalars for the metric writer: each loop's loss, the accuracy, the seconds."""
+  values = {f"loss/{loops[i].result.name}": loops[i].result.loss_per_epoch[-1] for i in ran}
+  values["seconds"] = point["seconds"]
+  if "accuracy" in point:
+    values["accuracy/test"] = point["accuracy"]
+  return values
 
 
 def _fail(on_error: OnError | None, loop: Loop, e: Exception, failed: set[int], i: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,14 +28,39 @@ class TrainState(NamedTuple):
 Carry = tuple[TrainState, dict, Constants]
 
 
-def _step(loss_fn: LossFn, optimizer: optax.GradientTransformation
+def scaled_value_and_grad(loss_fn: LossFn, loss_scale: float = 1.0) -> Callable[..., Any]:
+  """`jax.value_and_grad(loss_fn)`, with the loss multiplied by `loss_scale` before the backward
+  pass and the loss and gradients divided by it after (static loss scaling for float16, so
+  small gradients do not flush to zero). A scale of 1 is plain `value_and_grad`."""
+  grad_fn = jax.value_and_grad(loss_fn)
+  if loss_scale == 1.0:
+    return grad_fn
+
+  def scaled(params: Params, *args: Any) -> tuple[jax.Array, Any]:
+    loss, grads = jax.value_and_grad(lambda p: loss_fn(p, *args) * loss_scale)(params)
+    return loss / loss_scale, jax.tree.map(lambda g: g / loss_scale, grads)
+
+  return scaled
+
+
+# reduce((loss, grads)) -> (loss, grads) averaged over the devices of a `jax.pmap` group
+Reduce = Callable[[tuple[jax.Array, Any]], tuple[jax.Array, Any]]
+
+
+def _step(loss_fn: LossFn, optimizer: optax.GradientTransformation, loss_scale: float = 1.0,
+          reduce: Reduce | None = None
           ) -> Callable[[Carry, tuple[jax.Array, jax.Array]], tuple[Carry, jax.Array]]:
-  """One optimizer step on the minibatch `idx` [batch] gathered from the data on the device."""
+  """One optimizer step on the minibatch `idx` [batch] gathered from the data on the device;
+  under `jax.pmap`, `reduce` averages the loss and gradients over the group first."""
+  grad_fn = scaled_value_and_grad(loss_fn, loss_scale)
+  if reduce is not None:
+    grad_fn = _reduced(grad_fn, reduce)
+
   def step(carry: tuple[TrainState, dict, Constants], xs: tuple[jax.Array, jax.Array]):
     state, data, consts = carry
     idx, key = xs
     batch = {name: array[idx] for name, array in data.items()}
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, consts, key)
+    loss, grads = grad_fn(state.params, batch, consts, key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return (TrainState(params, opt_state), data, consts), loss
@@ -60,18 +85,26 @@ def _step_keys(key: jax.Array, epoch_index: jax.Array, steps: int) -> jax.Array:
   return jax.random.split(step_key, steps)
 
 
+def _reduced(grad_fn: Callable[..., Any], reduce: Reduce) -> Callable[..., Any]:
+  def reduced(*args: Any) -> tuple[jax.Array, Any]:
+    return reduce(grad_fn(*args))
+  return reduced
+
+
 def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
-               num_examples: int) -> jax.stages.Wrapped:
+               num_examples: int, loss_scale: float = 1.0,
+               reduce: Reduce | None = None) -> jax.stages.Wrapped:
   """Returns jitted epoch(state, data, consts, key, epoch) -> (state, losses [steps]).
 
   `data` is a dict of per-example arrays [num_examples, ...] already on the device; each step
   gathers its minibatch from them, so nothing leaves the device during the epoch. The order is a
   fresh permutation per epoch from fold_in(key, epoch); the last partial batch is dropped. The
-  state is donated: its buffers are reused for the updated state.
+  state is donated: its buffers are reused for the updated state. `loss_scale`: see
+  `scaled_value_and_grad`; `reduce`: see `_step` (`synthpart.groups.PmapEpoch`).
   """
   steps = num_examples // batch_size
 
-  step = _step(loss_fn, optimizer)
+  step = _step(loss_fn, optimizer, loss_scale, reduce)
 
   def epoch(state: TrainState, data: dict, consts: Constants, key: jax.Array,
             epoch_index: jax.Array) -> tuple[TrainState, jax.Array]:
@@ -94,9 +127,9 @@ class StepwiseEpoch:
   """
 
   def __init__(self, loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
-               num_examples: int):
+               num_examples: int, loss_scale: float = 1.0):
     self.steps = steps = num_examples // batch_size
-    step = _step(loss_fn, optimizer)
+    step = _step(loss_fn, optimizer, loss_scale)
 
     def plan(key: jax.Array, epoch_index: jax.Array) -> tuple[jax.Array, jax.Array]:
       order_key, step_key = jax.random.split(jax.random.fold_in(key, epoch_index))
@@ -137,7 +170,7 @@ class StepwiseEpoch:
 
 
 def make_steps(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
-               num_examples: int, num_steps: int) -> jax.stages.Wrapped:
+               num_examples: int, num_steps: int, loss_scale: float = 1.0) -> jax.stages.Wrapped:
   """Returns jitted steps(state, data, consts, key, epoch, first) -> (state, losses [num_steps]):
   steps first .. first+num_steps-1 of the epoch `make_epoch` runs whole, with the same order and
   step keys, so an epoch run in chunks trains exactly as the whole epoch does."""
@@ -145,7 +178,7 @@ def make_steps(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_s
   if not 1 <= num_steps <= steps:
     raise ValueError(f"a chunk of {num_steps} steps does not fit an epoch of {steps}")
 
-  step = _step(loss_fn, optimizer)
+  step = _step(loss_fn, optimizer, loss_scale)
 
   def chunk(state: TrainState, data: dict, consts: Constants, key: jax.Array,
             epoch_index: jax.Array, first: jax.Array) -> tuple[TrainState, jax.Array]:

@@ -298,7 +298,7 @@ def start_model_parallel(problem: Problem, name: str = METHOD) -> tuple[Loop, Pl
   devices = _devices(problem)
   mesh = Mesh(np.array(devices), (AXIS,))
   rows_sharding, everywhere = NamedSharding(mesh, PS(AXIS)), NamedSharding(mesh, PS())
-  optimizer = make_optimizer(train)
+  optimizer = make_optimizer(train, len(problem.train_y) // train.batch_size)
   states = [jax.jit(lambda p: TrainState(p, optimizer.init(p)))(
       init_params(problem, spec, device)) for spec, device in zip(problem.specs, devices)]
   plan = Plan(problem.specs, plan_slots([s.params for s in states]),

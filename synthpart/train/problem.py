@@ -1,12 +1,15 @@
 """A `Problem`: everything the schedules share, prepared once from a config and a dataset.
 
 The run's PRNG key is split by purpose into streams (folded in), so each use draws independently
-of the others: initialisation, the SIL tables, the data order of each loop, recovery.
+of the others: initialisation, the SIL tables, the data order of each loop, recovery. Each
+purpose may have a seed of its own (`[seeds]`: sil, init, order); without one it draws from the
+run's `seed`, exactly as before those settings existed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -14,7 +17,7 @@ import numpy as np
 
 from synthpart import groups as groups_lib
 from synthpart.blocks import Block, Shape
-from synthpart.config import Config, validate_for_data
+from synthpart.config import PRNG_IMPLS, Config, validate_for_data
 from synthpart.data import Dataset
 from synthpart.labels import sil_tables
 from synthpart.model import build_network, network_shapes, whole_network
@@ -23,6 +26,22 @@ from synthpart.train.objectives import Constants
 
 # Streams of the run's key, folded in so that each use draws independently of the others.
 INIT_STREAM, SIL_STREAM, ORDER_STREAM, RECOVERY_STREAM = 0, 1, 2, 3
+# The `[seeds]` setting each stream reads (recovery's data order is data order too).
+STREAM_SEEDS = {INIT_STREAM: "init", SIL_STREAM: "sil", ORDER_STREAM: "order",
+                RECOVERY_STREAM: "order"}
+
+
+def stream_seed(config: Config, stream: int) -> int:
+  """The seed a stream's key starts from: its own `[seeds]` entry where set, else `seed`."""
+  own = getattr(config.seeds, STREAM_SEEDS.get(stream, ""), None)
+  return config.seed if own is None else own
+
+
+def prng_impl(config: Config) -> str:
+  """The PRNG implementation the run's keys use: the setting, or jax's default."""
+  chosen = PRNG_IMPLS[config.seeds.prng_impl]
+  # jax.config exposes its flags as attributes that its stubs do not declare
+  return chosen or str(jax.config.jax_default_prng_impl)  # type: ignore[attr-defined]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,17 +92,19 @@ class Problem:
     return groups_lib.placement_of(self.group_of(segment))
 
   def key(self, *path: int) -> jax.Array:
-    """The run's key folded with `path`. Seeds and stream numbers are Python integers that
-    must reach the device: allowed here even where a caller forbids implicit transfers."""
+    """The run's key folded with `path` (a stream, then anything within it), started from the
+    stream's seed (`stream_seed`). Seeds and stream numbers are Python integers that must reach
+    the device: allowed here even where a caller forbids implicit transfers."""
+    seed = stream_seed(self.config, path[0]) if path else self.config.seed
     with jax.transfer_guard("allow"):
-      key = jax.random.key(self.config.seed)
+      key = jax.random.key(seed, impl=prng_impl(self.config))
       for p in path:
         key = jax.random.fold_in(key, p)
       return key
 
 
-def make_problem(config: Config, dataset: Dataset,
-                 devices: Sequence[jax.Device] | None = None) -> Problem:
+def make_problem(config: Config, dataset: Dataset, devices: Sequence[jax.Device] | None = None,
+                 warn_shared: bool = True) -> Problem:
   """Builds the network, plans the segments and draws the SIL tables.
 
   Inputs keep their shape (NHWC images stay images; feature vectors stay [N, F]).
@@ -101,6 +122,8 @@ def make_problem(config: Config, dataset: Dataset,
                     test_y=np.asarray(dataset.test_labels, np.int32),
                     num_classes=dataset.num_classes, specs=specs,
                     devices=tuple(devices or jax.devices()), sil={}, input_scale=scale)
+  if warn_shared:  # a caller that places segments itself (a launch) passes False
+    warn_shared_devices(problem)
   tables = sil_tables(problem.key(SIL_STREAM), shapes, config.model.cuts, dataset.num_classes,
                       config.sil.kind, config.sil.scale,
                       {c: network[c - 1].activation for c in config.model.cuts})
@@ -110,6 +133,25 @@ def make_problem(config: Config, dataset: Dataset,
     mean, std = x.mean(0), x.std(0) + 1e-6
   return dataclasses.replace(problem, sil=jax.device_get(tables), pixel_mean=mean,
                              pixel_std=std)
+
+
+def shared_devices(problem: Problem) -> dict[str, list[int]]:
+  """The devices that hold more than one segment's group: device name -> those segments."""
+  holders: dict[str, list[int]] = {}
+  for segment in range(len(problem.specs)):
+    for device in problem.group_of(segment):
+      holders.setdefault(f"{device.platform}:{device.id}", []).append(segment)
+  return {name: segments for name, segments in holders.items() if len(segments) > 1}
+
+
+def warn_shared_devices(problem: Problem) -> None:
+  """Warns where segments share a device: correct, but they take turns there instead of
+  training at once (pass more devices; on CPU they are simulated, `select_devices`)."""
+  for name, segments in shared_devices(problem).items():
+    warnings.warn(f"segments {', '.join(map(str, segments))} share device {name}: they train "
+                  f"there one after another, not at once; give each its own device (on CPU, "
+                  f"synthpart.setup.select_devices({problem.config.num_devices}, ...) or "
+                  f"--devices {problem.config.num_devices} simulates them)", stacklevel=3)
 
 
 def input_constants(problem: Problem, device: groups_lib.Placement) -> Constants:

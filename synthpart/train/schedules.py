@@ -172,7 +172,8 @@ def train_network(problem: Problem, method: str, train: TrainConfig, params: Par
   evaluate = make_evaluator(problem, device, result.transfers)
   loop = start_loop(segment_task(problem, whole_network(problem.specs), "pixels"), train, params,
                     {"x": problem.train_x, "y": problem.train_y},
-                    input_constants(problem, device), key, device, name)
+                    input_constants(problem, device), key, device, name,
+                    problem.config.placement.backend)
   _add(result, loop)
   drive([loop], result, progress, label=method, checkpoints=checkpoints, evaluate=evaluate,
         evaluation=evaluation_of(problem))
@@ -251,7 +252,8 @@ def sequential_segment(problem: Problem, spec: SegmentSpec, inputs_x: Any, progr
   loop = start_loop(task, problem.config.segment_train(spec.index),
                     init_params(problem, spec, device), {"x": inputs_x, "y": problem.train_y},
                     segment_constants(problem, spec, inputs, device),
-                    problem.key(ORDER_STREAM, spec.start), device, f"segment {spec.index}")
+                    problem.key(ORDER_STREAM, spec.start), device, f"segment {spec.index}",
+                    problem.config.placement.backend)
   _add(result, loop)
   drive([loop], result, progress, label=result.method, checkpoints=checkpoints,
         evaluate=evaluate, evaluation=evaluation_of(problem))
@@ -274,7 +276,8 @@ def parallel_loop(problem: Problem, segment: int) -> Loop:
   return start_loop(segment_task(problem, spec, inputs), problem.config.segment_train(segment),
                     init_params(problem, spec, device), data,
                     segment_constants(problem, spec, inputs, device),
-                    problem.key(ORDER_STREAM, spec.start), device, f"segment {segment}")
+                    problem.key(ORDER_STREAM, spec.start), device, f"segment {segment}",
+                    problem.config.placement.backend)
 
 
 def train_parallel(problem: Problem, progress: Progress, track_accuracy: bool = True,

@@ -173,7 +173,7 @@ def start_model_parallel(problem: Problem, train: TrainConfig, key: jax.Array,
   if train.batch_size > n:
     raise ConfigError(f"train.batch_size {train.batch_size} is larger than the {n} training "
                       "examples")
-  optimizer = make_optimizer(train)
+  optimizer = make_optimizer(train, n // train.batch_size)
   stages, states, results, order_fns = [], [], [], []
   for spec in problem.specs:
     device = problem.device_of(spec.index)
