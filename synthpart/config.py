@@ -544,6 +544,10 @@ def validate(config: Config) -> None:
   _check_placement(config.placement, m.num_segments)
   _check_backend(config)
   PRNG_IMPLS.check(config.seeds.prng_impl, "seeds.prng_impl")
+  for purpose in ("sil", "init", "order"):
+    own = getattr(config.seeds, purpose)
+    if own is not None and not 0 <= own <= MAX_SEED:
+      raise ConfigError(f"seeds.{purpose} must be an integer in 0..2^63-1 (or unset), got {own}")
 
 
 def _check_placement(p: PlacementConfig, num_segments: int) -> None:

@@ -12,7 +12,7 @@ from synthpart.model import apply_segment
 from synthpart.placement import hand_over
 from synthpart.progress import Progress
 from synthpart.train import problem as P
-from synthpart.train import driver, refresh
+from synthpart.train import refresh, stops
 from synthpart.train import schedules as S
 
 from tiny import tiny_config, tiny_dataset
@@ -154,7 +154,7 @@ def test_evaluations_and_moving_bars_inside_epochs_change_no_result(monkeypatch)
   # the refreshes still come every 3 steps, so the training is the same, bit for bit.
   overrides = {"model.cuts": [1, 2], "pipeline.refresh_steps": 3, "pipeline.delay_epochs": 0}
   plain_params, plain = S.train_pipelined(_problem(jax.devices()[:3], **overrides), QUIET)
-  monkeypatch.setattr(driver, "MIN_CHUNK_STEPS", 2)  # the tiny epoch's 8 steps: 4 bar chunks
+  monkeypatch.setattr(stops, "MIN_CHUNK_STEPS", 2)  # the tiny epoch's 8 steps: 4 bar chunks
   problem = _problem(jax.devices()[:3], **overrides, **{"eval.every_steps": 2})
   params, result = S.train_pipelined(problem, Progress(quiet=False))
   assert _same_params(plain_params, params)

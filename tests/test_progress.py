@@ -8,7 +8,7 @@ import numpy as np
 from synthpart.progress import Bar, Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
-from synthpart.train.driver import MIN_CHUNK_STEPS, epoch_chunks
+from synthpart.train.stops import MIN_CHUNK_STEPS, epoch_chunks
 
 from tiny import tiny_config, tiny_dataset
 

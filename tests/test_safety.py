@@ -203,10 +203,11 @@ def test_a_diverged_method_is_flagged_and_the_others_kept(tmp_path, capsys):
   document = _strict(out / "results.json")
   status = {r["method"]: (r["status"], r["test_accuracy"]) for r in document["runs"]}
   assert status["conventional"][0] == "ok" and status["conventional"][1] > 0.3
-  assert status["pnn-sequential"] == status["pnn-parallel"] == ("diverged", None)
+  assert (status["pnn-sequential"] == status["pnn-parallel"] == status["pnn-pipelined"]
+          == ("diverged", None))
   assert "DIVERGED" in captured.out and "%" in captured.out
   lines = captured.err.strip().splitlines()
-  assert len(lines) == 2 and all("diverged" in line and "chance" in line for line in lines)
+  assert len(lines) == 3 and all("diverged" in line and "chance" in line for line in lines)
 
 
 def test_non_finite_losses_are_null_in_strict_json(tmp_path, capsys):
@@ -391,6 +392,14 @@ _BAD = {
     "--seed": [*_INTEGER, str(2**63), "-5"],
     "--group-sizes": ["0", "-1", "a", "nan", "1,2,3", "99999999999999999999999", "🙂"],
     "--data-dir": ["/nonexistent/ünïcode", "/dev/null"],
+    "--weight-decay": ["-1", "nan", "inf", "", "abc", "∞", "🙂"],
+    "--lr-schedule": _CHOICE,
+    "--warmup-epochs": ["-1", "nan", "inf", "", "abc", "🙂", "1e400"],
+    "--clip-norm": ["-1", "nan", "inf", "", "abc", "∞", "🙂"],
+    "--sil-seed": [*_INTEGER, str(2**63), "-5"],
+    "--init-seed": [*_INTEGER, str(2**63), "-5"],
+    "--order-seed": [*_INTEGER, str(2**63), "-5"],
+    "--prng-impl": _CHOICE,
 }
 
 

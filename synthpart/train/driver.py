@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -79,18 +78,7 @@ from synthpart.results import MethodResult, SegmentResult
 from synthpart.train.loop import StepwiseEpoch, TrainState, make_epoch, make_steps
 from synthpart.train.objectives import Constants, Task, make_loss
 from synthpart.train.optim import make_optimizer
-from synthpart.train.stops import (
-  EvalSchedule,
-  chunks,
-  epochs_for,
-  positions,
-  round_stops,
-  steps_in_epoch,
-)
-
-# A bar moves within an epoch of at least 2 * MIN_CHUNK_STEPS steps, in up to EPOCH_CHUNKS chunks.
-EPOCH_CHUNKS = 8
-MIN_CHUNK_STEPS = 50
+from synthpart.train.stops import EvalSchedule, epoch_chunks, epochs_for, round_plan, steps_in_epoch
 
 # evaluate(params of every driven loop, in order) -> accuracy of the network they compose
 Evaluate = Callable[[list[Params]], float]
@@ -364,17 +352,6 @@ def _resource_error(loop: Loop, method: str, e: Exception) -> Exception:
                        f"smaller model.hidden or train.batch_size")
 
 
-def epoch_chunks(steps: int) -> tuple[int, ...]:
-  """The chunk sizes an epoch of `steps` steps is dispatched in where bars are shown: the whole
-  epoch when it is short, else up to EPOCH_CHUNKS nearly equal chunks of at least
-  MIN_CHUNK_STEPS steps (two sizes at most, so at most two more programs to compile)."""
-  count = min(EPOCH_CHUNKS, steps // MIN_CHUNK_STEPS)
-  if count <= 1:
-    return (steps,)
-  size, extra = divmod(steps, count)
-  return tuple(size + 1 if k < extra else size for k in range(count))
-
-
 def _examples(result: MethodResult) -> list[int]:
   return [s.examples for s in result.segments]
 
@@ -526,42 +503,6 @@ def _evaluate(evaluate: Evaluate, loops: Sequence[Loop], result: MethodResult,
   return accuracy
 
 
-@dataclasses.dataclass(frozen=True)
-class RoundPlan:
-  """How a chunked round runs: per due loop, its chunks (first, count), one per stop; whether
-  the network is evaluated after each stop; and, where a chunk opens a refresh span (every
-  `chunk_steps` steps), that span's (first, count) per loop, else None."""
-  chunks: dict[int, list[tuple[int, int]]]
-  evaluated: list[bool]
-  spans: list[dict[int, tuple[int, int]] | None]
-
-
-def _round_plan(loops: Sequence[Loop], due: dict[int, int], evaluate: bool,
-                schedule: EvalSchedule, chunk_steps: int, bars: bool) -> RoundPlan:
-  """The round's stops (`synthpart.train.stops`): evaluations, every `chunk_steps` steps,
-  `epoch_chunks` where `bars` move, the end. `before_chunk` sees the refresh spans only, so
-  where the bars move or the network is evaluated changes no result."""
-  counts = {i: steps_in_epoch(e, loops[i].result.steps_per_epoch, loops[i].result.max_steps)
-            for i, e in due.items()}
-  reference = max(due, key=lambda i: loops[i].result.steps_per_epoch)
-  per_epoch = loops[reference].result.steps_per_epoch
-  length = max(-(-counts[i] * per_epoch // loops[i].result.steps_per_epoch) for i in due)
-  evaluated = set(round_stops(schedule, due[reference] * per_epoch, length, evaluate)[:-1])
-  moves = set(itertools.accumulate(epoch_chunks(length))) if bars else set()
-  refreshes = sorted(set(range(chunk_steps, length, chunk_steps or length)) | {length})
-  stops = sorted(evaluated | set(refreshes) | moves | {length})
-
-  def plan(at: list[int]) -> dict[int, list[tuple[int, int]]]:
-    return {i: chunks(positions(at, per_epoch, loops[i].result.steps_per_epoch, counts[i]))
-            for i in due}
-
-  spans = plan(refreshes)
-  opens = {0: 0} | {stop: k + 1 for k, stop in enumerate(refreshes[:-1])}
-  return RoundPlan(plan(stops), [stop in evaluated for stop in stops],
-                   [None if start not in opens else {i: spans[i][opens[start]] for i in due}
-                    for start in [0, *stops[:-1]]])
-
-
 def _chunked_round(loops: Sequence[Loop], due: dict[int, int], round_index: int,
                    result: MethodResult, failed: set[int], on_error: OnError | None,
                    evaluate: Evaluate | None, evaluation: Evaluation, chunk_steps: int,
@@ -574,8 +515,11 @@ def _chunked_round(loops: Sequence[Loop], due: dict[int, int], round_index: int,
   Compiling the chunks is not timed as training."""
   if not due:
     return []
-  rounds = _round_plan(loops, due, evaluate is not None, evaluation.schedule, chunk_steps,
-                       advance is not None)
+  rounds = round_plan({i: loops[i].result.steps_per_epoch for i in due},
+                      {i: steps_in_epoch(e, loops[i].result.steps_per_epoch,
+                                         loops[i].result.max_steps) for i, e in due.items()},
+                      due, evaluation.schedule if evaluate is not None else None, chunk_steps,
+                      advance is not None)
   plan, evaluated = rounds.chunks, rounds.evaluated
   for i in due:
     for first, count in plan[i]:
