@@ -22,24 +22,23 @@ mkdir -p /usr/share/datasets && { [ -e /usr/share/datasets/fashion-mnist ] || cp
 CPU2=(env JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=2)
 step() { echo "== $(date +%T) $*"; }
 step "1 compare on 2 CPU devices"
-timeout 200 "${CPU2[@]}" python3 -m synthpart compare --dataset fashion-mnist --epochs 3 \
+timeout 150 "${CPU2[@]}" python3 -m synthpart compare --dataset fashion-mnist --epochs 3 \
   --recovery-epochs 0 --with-model-parallel --quiet --out "$RUNS/cpu2" 2>&1 | tail -15
+cp "$RUNS/cpu2/results.json" "$OUT/compare_cpu2dev.json"
 step "2 bench paper on 2 CPU devices"
-timeout 120 "${CPU2[@]}" python3 -m synthpart bench paper --no-memory-report --repeats 2 \
+timeout 90 "${CPU2[@]}" python3 -m synthpart bench paper --no-memory-report --repeats 2 \
   --out "$RUNS/bench_cpu2" 2>&1 | tail -12
+cp "$RUNS/bench_cpu2/bench.json" "$OUT/bench_paper_cpu2dev.json"
 step "3 pmap against sharding, group of 2 CPU devices"
-timeout 150 env JAX_PLATFORMS=cpu python3 benchmarks/pmap_vs_sharding.py --examples 20000 \
+timeout 110 env JAX_PLATFORMS=cpu python3 benchmarks/pmap_vs_sharding.py --examples 20000 \
   --epochs 4 --rounds 2 2>&1 | tail -12
 step "4 compare on the GPU"
-timeout 150 python3 -m synthpart compare --dataset fashion-mnist --quiet --out "$RUNS/gpu" 2>&1 | tail -15
+timeout 130 python3 -m synthpart compare --dataset fashion-mnist --quiet --out "$RUNS/gpu" 2>&1 | tail -15
+cp "$RUNS/gpu/results.json" "$OUT/compare_gpu.json"
 step "5 bench paper and wide-8192 on the GPU"
 for suite in paper wide-8192; do
-  timeout 90 python3 -m synthpart bench $suite --no-memory-report --repeats 2 \
+  timeout 75 python3 -m synthpart bench $suite --no-memory-report --repeats 2 \
     --loops conventional,sequential,parallel,model-parallel-stepwise --out "$RUNS/bench_gpu_$suite" 2>&1 | tail -10
+  cp "$RUNS/bench_gpu_$suite/bench.json" "$OUT/bench_${suite}_gpu.json"
 done
 step done
-# What comes back: one file per measurement.
-cp "$RUNS/cpu2/results.json" "$OUT/compare_cpu2dev.json"
-cp "$RUNS/gpu/results.json" "$OUT/compare_gpu.json"
-cp "$RUNS/bench_cpu2/bench.json" "$OUT/bench_paper_cpu2dev.json"
-for suite in paper wide-8192; do cp "$RUNS/bench_gpu_$suite/bench.json" "$OUT/bench_${suite}_gpu.json"; done

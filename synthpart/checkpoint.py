@@ -147,25 +147,38 @@ def remove_incomplete(policy: Policy, method: str, loop: str) -> list[Path]:
   return partial
 
 
-def latest(policy: Policy, method: str, loop: str) -> int | None:
-  """The newest complete step of a loop, or None."""
+def latest(policy: Policy, method: str, loop: str, at_most: int | None = None) -> int | None:
+  """The newest complete step of a loop (no later than `at_most`, where given), or None."""
   directory = policy.loop_dir(method, loop)
   if not directory.is_dir():
     return None
   steps = [int(p.name) for p in directory.iterdir()
-           if p.name.isdigit() and (p / "meta").exists()]
+           if p.name.isdigit() and (p / "meta").exists()
+           and (at_most is None or int(p.name) <= at_most)]
   return max(steps) if steps else None
 
 
+def discard_after(policy: Policy, method: str, loop: str, step: int) -> None:
+  """Deletes a loop's checkpoints of epochs after `step`: a loop taken back to an earlier
+  epoch trains those epochs again and saves them anew."""
+  directory = policy.loop_dir(method, loop)
+  if directory.is_dir():
+    for path in directory.iterdir():
+      if path.name.isdigit() and int(path.name) > step:
+        shutil.rmtree(path)
+
+
 def restore(policy: Policy, method: str, loop: str, like: Any,
-            device: jax.Device | jax.sharding.Sharding) -> tuple[Any, dict[str, Any]] | None:
-  """The loop's newest checkpoint, restored onto `device` in the structure of `like`.
+            device: jax.Device | jax.sharding.Sharding,
+            at_most: int | None = None) -> tuple[Any, dict[str, Any]] | None:
+  """The loop's newest checkpoint (of an epoch no later than `at_most`, where given), restored
+  onto `device` in the structure of `like`.
 
   Returns None where the loop has none. A corrupt or truncated one raises `CheckpointError`.
   Half-written steps left by an interrupted save are deleted first.
   """
   remove_incomplete(policy, method, loop)
-  step = latest(policy, method, loop)
+  step = latest(policy, method, loop, at_most)
   if step is None:
     return None
   path = policy.loop_dir(method, loop) / str(step)

@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from synthpart.checkpoint import crash_point
+from synthpart.config import Config
 from synthpart.errors import CheckpointError
 from synthpart.files import write_json_atomic
 
@@ -178,9 +179,12 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  """The dotted settings whose values differ between two config documents."""
+  """The dotted settings whose values differ between two config documents; a setting one of
+  them lacks (a run directory written before the setting existed) counts at its default."""
+  defaults = _flatten(json.loads(json.dumps(Config().to_dict())))
   a, b = _flatten(stored), _flatten(json.loads(json.dumps(current)))
-  return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
+  return sorted(k for k in a.keys() | b.keys()
+                if a.get(k, defaults.get(k, "<unset>")) != b.get(k, defaults.get(k, "<unset>")))
 
 
 def holds_run(root: Path, markers: Sequence[str]) -> bool:

@@ -1,5 +1,6 @@
 """Checkpoints: round trip, and damaged files give one-line errors, never silent garbage."""
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from synthpart import checkpoint, rundir
+from synthpart import config as config_lib
 from synthpart.errors import CheckpointError
 from synthpart.train.loop import TrainState
 
@@ -80,3 +82,16 @@ def test_damaged_checkpoint_restores_exactly_or_fails_in_one_line(tmp_path, data
     # Damage the format does not depend on (metadata padding, say) may leave it readable:
     # then it must be the very state that was saved.
     assert restored is None or _equal(restored[0], state)
+
+
+def test_settings_added_since_a_run_count_at_their_defaults(tmp_path):
+  current = config_lib.Config().to_dict()
+  older = json.loads(json.dumps(current))
+  del older["pipeline"], older["seeds"]["order"]  # a run directory from before these existed
+  assert rundir.config_differences(older, current) == []
+  changed = {**current, "pipeline": {**current["pipeline"], "refresh_steps": 7}}
+  assert rundir.config_differences(older, changed) == ["pipeline.refresh_steps"]
+  root = tmp_path / "run"
+  root.mkdir()
+  (root / "config.json").write_text(json.dumps(older))
+  rundir.prepare_run_dir(root, current, resume=True, overwrite=False)  # no refusal

@@ -38,16 +38,16 @@ def _final_state(out: Path, schedule: str) -> list:
 
 def _losses(out: Path) -> list:
   runs = json.loads((out / "results.json").read_text())["runs"]
-  return [(r["method"], r["test_accuracy"], [s["loss_per_epoch"] for s in r["segments"]])
-          for r in runs]
+  return [(r["method"], r["test_accuracy"], [s["loss_per_epoch"] for s in r["segments"]],
+           [(t["kind"], t["bytes"]) for t in r["transfers"]]) for r in runs]
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   out = {}
-  for schedule in ("sequential", "parallel"):
+  for schedule in ("sequential", "parallel", "pipelined"):
     path = tmp_path_factory.mktemp(f"reference-{schedule}")
-    proc = _train(path, "--schedule", schedule)
+    proc = _train(path, *_schedule(schedule))
     assert proc.returncode == 0, proc.stderr
     out[schedule] = (_final_state(path, schedule), _losses(path))
   return out
@@ -55,20 +55,28 @@ def reference(tmp_path_factory):
 
 KILL_POINTS = [
     ("sequential", "epoch-dispatched:pnn-sequential/segment 0:2"),  # mid-epoch
-    ("sequential", "checkpoint-saved:pnn-sequential/segment 0:2"),  # between epochs
     ("sequential", "checkpoint-write:pnn-sequential/segment 1:2"),  # during a checkpoint write
     ("sequential", "handover:pnn-sequential:cut 2"),  # between the segments
     ("sequential", "epoch-dispatched:pnn-sequential+recovery/recovery:2"),  # during recovery
     ("parallel", "epoch-dispatched:pnn-parallel/segment 1:3"),  # mid-epoch, parallel
+    # Pipelined: segment 0 saved its round, segment 1 not yet (both go back to one round) ...
+    ("pipelined", "checkpoint-saved:pnn-pipelined/segment 0:3"),
+    ("pipelined", "steps-dispatched:pnn-pipelined/segment 1:2:10"),  # ... and mid-epoch
 ]
+
+
+def _schedule(schedule: str) -> list[str]:
+  """The flags of a schedule; the pipelined one refreshes every 5 steps of its 22."""
+  extra = ["--set", "pipeline.refresh_steps=5"] if schedule == "pipelined" else []
+  return ["--schedule", schedule, *extra]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("schedule,point", KILL_POINTS)
 def test_killed_run_resumes_bit_for_bit(tmp_path, reference, schedule, point):
-  killed = _train(tmp_path, "--schedule", schedule, crash_at=point)
+  killed = _train(tmp_path, *_schedule(schedule), crash_at=point)
   assert killed.returncode == -signal.SIGKILL, killed.stderr
-  resumed = _train(tmp_path, "--schedule", schedule, "--resume")
+  resumed = _train(tmp_path, *_schedule(schedule), "--resume")
   assert resumed.returncode == 0, resumed.stderr
   want_params, want_losses = reference[schedule]
   for got, want in zip(_final_state(tmp_path, schedule), want_params):

@@ -72,7 +72,7 @@ from synthpart.errors import ResourceError
 from synthpart.flops import segment_flops, segment_step_flops
 from synthpart.memory import compiled_memory, tree_bytes
 from synthpart.model import Params
-from synthpart.placement import device_name, key_on
+from synthpart.placement import Transfer, device_name, key_on
 from synthpart.progress import Progress
 from synthpart.results import MethodResult, SegmentResult
 from synthpart.train.loop import StepwiseEpoch, TrainState, make_epoch, make_steps
@@ -203,10 +203,12 @@ class Loop:
     self.result.compile_seconds += seconds
     return seconds
 
-  def resume(self, policy: checkpoint.Policy | None, method: str) -> dict[str, Any]:
-    """Restores this loop's newest checkpoint, if any; returns its meta ({} if none)."""
+  def resume(self, policy: checkpoint.Policy | None, method: str,
+             at_most: int | None = None) -> dict[str, Any]:
+    """Restores this loop's newest checkpoint (of an epoch no later than `at_most`, where
+    given), if any; returns its meta ({} if none: the loop is left as it is)."""
     restored = None if policy is None else checkpoint.restore(
-        policy, method, self.result.name, self.state, self.device)
+        policy, method, self.result.name, self.state, self.device, at_most)
     if policy is None or restored is None:
       return {}
     self.state, meta = restored
@@ -226,7 +228,8 @@ class Loop:
             "epoch_seconds": self.result.epoch_seconds,
             "curve": progress.curve, "wall_seconds": progress.wall_seconds,
             "evaluations": progress.evaluations, "eval_seconds": progress.eval_seconds,
-            "eval_flops": progress.eval_flops}
+            "eval_flops": progress.eval_flops,
+            "transfers": [dataclasses.asdict(t) for t in progress.transfers]}
     self.last_checkpoint = str(checkpoint.save(policy, method, self.result.name, epoch,
                                                self.state, meta))
 
@@ -357,15 +360,35 @@ def _examples(result: MethodResult) -> list[int]:
 
 
 def _resume(loops: Sequence[Loop], result: MethodResult, checkpoints: checkpoint.Policy | None,
-            evaluation: Evaluation) -> int:
-  """Restores every loop; the method's curve, time and evaluation cost from the round that the
-  least advanced loop reached, taken from the checkpoint of the loop that saved at or nearest
-  after it (less what that loop's checkpoint holds beyond the round).
+            evaluation: Evaluation, coupled: bool) -> int:
+  """Restores every loop; the method's curve, time, evaluation cost and transfers from the
+  round that the least advanced loop reached, taken from the checkpoint of the loop that saved
+  at or nearest after it (less what that loop's checkpoint holds beyond the round).
 
-  Returns the first round still to run.
+  `coupled` loops read each other's parameters while they train (the pipelined schedule's
+  refreshes): every one of them is restored at the same round, the latest that all their
+  checkpoints hold, so that the resumed run trains exactly as an uninterrupted one; a loop with
+  no checkpoint that early starts afresh. Returns the first round still to run.
   """
+  fresh = [(loop.state, loop.result.loss_per_epoch, loop.result.epoch_seconds)
+           for loop in loops]
   metas = [loop.resume(checkpoints, result.method) for loop in loops]
   reached = [loop.start_round + loop.done for loop in loops]
+  while coupled and checkpoints is not None:
+    target = min(reached, default=0)
+    ahead = [i for i, loop in enumerate(loops) if loop.done > max(0, target - loop.start_round)]
+    if not ahead:
+      break
+    for i in ahead:
+      loop = loops[i]
+      back = max(0, target - loop.start_round)
+      metas[i] = loop.resume(checkpoints, result.method, at_most=back) if back else {}
+      checkpoint.discard_after(checkpoints, result.method, loop.result.name, back)
+      if not metas[i]:  # no checkpoint that early: the loop starts afresh
+        loop.state, losses, seconds = fresh[i]
+        loop.result.loss_per_epoch, loop.result.epoch_seconds = list(losses), list(seconds)
+        loop.last_checkpoint = None
+      reached[i] = loop.start_round + loop.done
   start = min(reached, default=0)
   saved = [i for i, meta in enumerate(metas) if meta and reached[i] >= start]
   if not start or not saved:
@@ -385,6 +408,8 @@ def _resume(loops: Sequence[Loop], result: MethodResult, checkpoints: checkpoint
                            * (evaluations - dropped) / evaluations)
   result.evaluations = evaluations - dropped
   result.eval_flops = meta.get("eval_flops", result.eval_flops) - dropped * evaluation.flops
+  if "transfers" in meta and reached[donor] == start:  # in place: evaluators hold the list
+    result.transfers[:] = [Transfer(**t) for t in meta["transfers"]]
   return start
 
 
@@ -416,7 +441,8 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
   propagate (running out of memory as `ResourceError`).
   """
   loops = list(loops)
-  start_round = _resume(loops, result, checkpoints, evaluation)
+  start_round = _resume(loops, result, checkpoints, evaluation,
+                        coupled=before_chunk is not None)
   bars = [progress.bar(f"{label} {loop.result.name}" if label else loop.result.name,
                        loop.result.epochs, position=i, done=loop.done)
           for i, loop in enumerate(loops)]

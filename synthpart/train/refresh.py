@@ -129,7 +129,12 @@ class Feeds:
   def _rows(self, chunk: Chunk) -> None:
     """Loop k's buffer at the chunk's rows, through the current segments s..k-1."""
     k, loop = chunk.loop, self.loops[chunk.loop]
-    s = max(j for j in range(k) if self.complete[j])
+    # The deepest earlier segment whose inputs are final (all before it finished): its whole
+    # buffer is made once, so the chunk starts there. This depends on where training stands,
+    # not on what was computed before, so a resumed run refreshes as an uninterrupted one.
+    s = max(j for j in range(k) if all(self.loops[m].finished for m in range(j)))
+    if s:
+      self._whole(s)
     sizes = {"batch_size": loop.result.batch_size, "count": chunk.count}
 
     def scalars(j: int) -> tuple[Any, Any]:

@@ -39,7 +39,7 @@ from synthpart.groups import Placement
 from synthpart.labels import sil_distances
 from synthpart.model import Params, apply_segment, compose, init_segment, whole_network
 from synthpart.partition import SegmentSpec
-from synthpart.placement import EVALUATION, Transfer, hand_over, key_on, summarize
+from synthpart.placement import EVALUATION, TRAINING, Transfer, hand_over, key_on, summarize
 from synthpart.progress import Progress
 from synthpart.results import MethodResult
 from synthpart.train.driver import Evaluate, Evaluation, Loop, drive, start_loop
@@ -349,13 +349,13 @@ def train_pipelined(problem: Problem, progress: Progress, track_accuracy: bool =
     _add(result, loop)
   tasks = [segment_task(problem, spec, "pixels" if spec.is_first else "features")
            for spec in problem.specs]
-  handed: list[Transfer] = []
-  feeds = Feeds(loops, tasks, handed)
+  feeds = Feeds(loops, tasks, result.transfers)  # with evaluations; checkpointed with them
   evaluate = make_evaluator(problem, problem.device_of(0), result.transfers)
   drive(loops, result, progress, label=result.method, checkpoints=checkpoints,
         evaluate=evaluate if track_accuracy else None, evaluation=evaluation_of(problem),
         chunk_steps=problem.config.pipeline.refresh_steps, before_chunk=feeds.refresh)
-  result.transfers[:0] = summarize(handed)
+  result.transfers[:] = (summarize([t for t in result.transfers if t.kind == TRAINING])
+                         + [t for t in result.transfers if t.kind != TRAINING])
   params = jax.device_get([loop.state.params for loop in loops])
   result.test_accuracy = evaluate(params)
   return params, result
