@@ -14,6 +14,7 @@ from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import refresh, stops
 from synthpart.train import schedules as S
+from synthpart.train.loop import epoch_order
 
 from tiny import tiny_config, tiny_dataset
 
@@ -133,9 +134,9 @@ def test_each_chunk_reads_the_current_outputs_of_the_segments_before_it(monkeypa
       if c.loop == 0:
         continue
       loop = feeds.loops[c.loop]
-      rows = np.asarray(refresh.chunk_rows(jax.device_get(loop.key), np.uint32(c.epoch),
-                                           np.int32(c.first), len(problem.train_y),
-                                           loop.result.batch_size, c.count))
+      order = epoch_order(jax.device_get(loop.key), np.uint32(c.epoch), len(problem.train_y),
+                          loop.result.batch_size)  # drawn here, apart from the schedule's
+      rows = np.asarray(refresh.chunk_rows(order, np.int32(c.first), c.count))
       x = problem.train_x[rows].astype(np.float32) / 255
       for spec in problem.specs[:c.loop]:  # the earlier segments as they are now
         x = apply_segment(params[spec.index], x, spec)

@@ -75,7 +75,7 @@ from synthpart.model import Params
 from synthpart.placement import Transfer, device_name, key_on
 from synthpart.progress import Progress
 from synthpart.results import MethodResult, SegmentResult
-from synthpart.train.loop import StepwiseEpoch, TrainState, make_epoch, make_steps
+from synthpart.train.loop import StepwiseEpoch, TrainState, epoch_plan, make_epoch, make_steps
 from synthpart.train.objectives import Constants, Task, make_loss
 from synthpart.train.optim import make_optimizer
 from synthpart.train.stops import EvalSchedule, epoch_chunks, epochs_for, round_plan, steps_in_epoch
@@ -151,6 +151,10 @@ class Loop:
   chance: float | None = None  # a classifying loop's chance-level loss (`chance_loss`)
   chance_epochs: int = 0  # epochs in a row at chance that stop it (0: never)
   start_round: int = 0  # the round of `drive` in which this loop trains its first epoch
+  # plan(key, epoch) -> (order, step keys) of an epoch (`epoch_plan`), jitted; with the epoch
+  # it was last made for, so the chunks of one epoch share it
+  plan: Callable[..., tuple[jax.Array, jax.Array]] | None = None
+  planned: tuple[int, tuple[jax.Array, jax.Array]] | None = None
 
   @property
   def done(self) -> int:
@@ -178,15 +182,20 @@ class Loop:
     """Enqueues steps first .. first+count-1 of `epoch` (exactly as the whole epoch would run
     them) and returns their losses [count] without waiting; `count` steps to the epoch's end
     complete it."""
-    index, start = self._chunk_args(epoch, first)
     self.prepare_chunk(count)
-    self.state, losses = self.compiled_chunks[count](self.state, self.data, self.consts, self.key,
-                                                     index, start)
+    order, step_keys = self.plan_of(epoch)
+    self.state, losses = self.compiled_chunks[count](
+        self.state, self.data, self.consts, order, step_keys,
+        jax.device_put(np.int32(first), self.device))
     return losses
 
-  def _chunk_args(self, epoch: int, first: int) -> tuple[jax.Array, jax.Array]:
-    return (jax.device_put(np.uint32(epoch), self.device),
-            jax.device_put(np.int32(first), self.device))
+  def plan_of(self, epoch: int) -> tuple[jax.Array, jax.Array]:
+    """The epoch's order and step keys, made on the device once for all its chunks."""
+    if self.plan is None:
+      raise ValueError(f"{self.result.name}: this loop does not run epochs in chunks")
+    if self.planned is None or self.planned[0] != epoch:
+      self.planned = (epoch, self.plan(self.key, jax.device_put(np.uint32(epoch), self.device)))
+    return self.planned[1]
 
   def prepare_chunk(self, count: int) -> float:
     """Compiles the chunk of `count` steps unless done before; returns the seconds it took."""
@@ -198,7 +207,8 @@ class Loop:
     chunk = self.chunk(count)
     lower = getattr(chunk, "lower", None)  # a stepwise epoch's chunks are compiled already
     self.compiled_chunks[count] = chunk if lower is None else lower(
-        self.state, self.data, self.consts, self.key, *self._chunk_args(0, 0)).compile()
+        self.state, self.data, self.consts, *self.plan_of(0),
+        jax.device_put(np.int32(0), self.device)).compile()
     seconds = time.perf_counter() - start
     self.result.compile_seconds += seconds
     return seconds
@@ -294,6 +304,8 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
       key = key_on(key, device)
       start = time.perf_counter()
       chunk: Callable[[int], Callable[..., tuple[TrainState, jax.Array]]] | None = None
+      plan = jax.jit(functools.partial(epoch_plan, num_examples=num_examples,
+                                       batch_size=train.batch_size))
       run: Callable[..., tuple[TrainState, jax.Array]]
       compiled: Any  # what `compiled_memory` reads: a compiled program, or a bound pmap epoch
       if backend == "pmap" and groups_lib.is_group(device):
@@ -336,7 +348,7 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
       flops_per_step=segment_step_flops(task.spec, train.batch_size, train.optimizer),
       forward_flops=segment_flops(task.spec).forward)
   return Loop(result, device, run, state, data, consts, key, chunk=chunk, chance=chance,
-              chance_epochs=train.chance_epochs)
+              chance_epochs=train.chance_epochs, plan=None if chunk is None else plan)
 
 
 def _mib(size: int) -> str:

@@ -85,6 +85,15 @@ def _step_keys(key: jax.Array, epoch_index: jax.Array, steps: int) -> jax.Array:
   return jax.random.split(step_key, steps)
 
 
+def epoch_plan(key: jax.Array, epoch_index: jax.Array, num_examples: int,
+               batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """An epoch's minibatches [steps, batch] (`epoch_order`) and step keys [steps], as the
+  whole epoch (`make_epoch`) draws them: made once per epoch for the epoch's chunks."""
+  steps = num_examples // batch_size
+  return (epoch_order(key, epoch_index, num_examples, batch_size),
+          _step_keys(key, epoch_index, steps))
+
+
 def _reduced(grad_fn: Callable[..., Any], reduce: Reduce) -> Callable[..., Any]:
   def reduced(*args: Any) -> tuple[jax.Array, Any]:
     return reduce(grad_fn(*args))
@@ -122,26 +131,22 @@ class StepwiseEpoch:
   XLA's CPU backend runs convolutions inside a loop body (a `lax.scan`) about ten times slower
   than the same convolutions at the top level of a program (measured in benchmarks/RESULTS.md),
   so loops over convolutional blocks dispatch one step at a time (`train.scan = false`). Called
-  as epoch(state, data, consts, key, epoch, first=0, count=None) -> (state, losses [count]);
-  steps first .. first+count-1 run, the whole epoch by default.
+  as epoch(state, data, consts, key, epoch) -> (state, losses [steps]); `chunk(count)` runs
+  steps first .. first+count-1 of an epoch planned by `epoch_plan`, as `make_steps` does.
   """
 
   def __init__(self, loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
                num_examples: int, loss_scale: float = 1.0):
-    self.steps = steps = num_examples // batch_size
+    self.steps = num_examples // batch_size
     step = _step(loss_fn, optimizer, loss_scale)
-
-    def plan(key: jax.Array, epoch_index: jax.Array) -> tuple[jax.Array, jax.Array]:
-      order_key, step_key = jax.random.split(jax.random.fold_in(key, epoch_index))
-      order = jax.random.permutation(order_key, num_examples)[:steps * batch_size]
-      return order.reshape(steps, batch_size), jax.random.split(step_key, steps)
 
     def one(state: TrainState, data: dict, consts: Constants, idx: jax.Array,
             key: jax.Array) -> tuple[TrainState, jax.Array]:
       (state, _, _), loss = step((state, data, consts), (idx, key))
       return state, loss
 
-    self.plan = jax.jit(plan)
+    self.plan = jax.jit(functools.partial(epoch_plan, num_examples=num_examples,
+                                          batch_size=batch_size))
     self.one = jax.jit(one, donate_argnums=0)
 
   def compile(self, state: TrainState, data: dict, consts: Constants,
@@ -154,39 +159,44 @@ class StepwiseEpoch:
     return self.one.lower(state, data, consts, idx, step_key).compile()
 
   def chunk(self, count: int) -> Callable[..., tuple[TrainState, jax.Array]]:
-    """The epoch's steps first .. first+count-1, called as (state, ..., epoch, first)."""
-    return functools.partial(self, count=count)
+    """Steps first .. first+count-1, called as (state, data, consts, order, step_keys, first)."""
+    return functools.partial(self.run, count=count)
 
-  def __call__(self, state: TrainState, data: dict, consts: Constants, key: jax.Array,
-               epoch_index: jax.Array, first: int | jax.Array = 0,
-               count: int | None = None) -> tuple[TrainState, jax.Array]:
-    order, keys = self.plan(key, epoch_index)
-    first = int(first)
+  def run(self, state: TrainState, data: dict, consts: Constants, order: jax.Array,
+          step_keys: jax.Array, first: int | jax.Array, count: int
+          ) -> tuple[TrainState, jax.Array]:
+    """Steps first .. first+count-1 of the planned epoch (`epoch_plan`)."""
+    start = int(first)
     losses = []
-    for i in range(first, first + (self.steps if count is None else count)):
-      state, loss = self.one(state, data, consts, order[i], keys[i])
+    for i in range(start, start + count):
+      state, loss = self.one(state, data, consts, order[i], step_keys[i])
       losses.append(loss)
     return state, jnp.stack(losses)
+
+  def __call__(self, state: TrainState, data: dict, consts: Constants, key: jax.Array,
+               epoch_index: jax.Array) -> tuple[TrainState, jax.Array]:
+    order, step_keys = self.plan(key, epoch_index)
+    return self.run(state, data, consts, order, step_keys, 0, self.steps)
 
 
 def make_steps(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
                num_examples: int, num_steps: int, loss_scale: float = 1.0) -> jax.stages.Wrapped:
-  """Returns jitted steps(state, data, consts, key, epoch, first) -> (state, losses [num_steps]):
-  steps first .. first+num_steps-1 of the epoch `make_epoch` runs whole, with the same order and
-  step keys, so an epoch run in chunks trains exactly as the whole epoch does."""
+  """Returns jitted steps(state, data, consts, order, step_keys, first) -> (state, losses
+  [num_steps]): steps first .. first+num_steps-1 of the epoch that `epoch_plan` planned
+  (order [steps, batch], step_keys [steps]), with the order and step keys `make_epoch` uses,
+  so an epoch run in chunks trains exactly as the whole epoch does. The plan is made once per
+  epoch, not once per chunk (a permutation of the training set is not free)."""
   steps = num_examples // batch_size
   if not 1 <= num_steps <= steps:
     raise ValueError(f"a chunk of {num_steps} steps does not fit an epoch of {steps}")
 
   step = _step(loss_fn, optimizer, loss_scale)
 
-  def chunk(state: TrainState, data: dict, consts: Constants, key: jax.Array,
-            epoch_index: jax.Array, first: jax.Array) -> tuple[TrainState, jax.Array]:
-    order = jax.lax.dynamic_slice_in_dim(
-        epoch_order(key, epoch_index, num_examples, batch_size), first, num_steps)
-    step_keys = jax.lax.dynamic_slice_in_dim(_step_keys(key, epoch_index, steps), first,
-                                             num_steps)
-    (state, _, _), losses = jax.lax.scan(step, (state, data, consts), (order, step_keys))
+  def chunk(state: TrainState, data: dict, consts: Constants, order: jax.Array,
+            step_keys: jax.Array, first: jax.Array) -> tuple[TrainState, jax.Array]:
+    xs = (jax.lax.dynamic_slice_in_dim(order, first, num_steps),
+          jax.lax.dynamic_slice_in_dim(step_keys, first, num_steps))
+    (state, _, _), losses = jax.lax.scan(step, (state, data, consts), xs)
     return state, losses
 
   return jax.jit(chunk, donate_argnums=0)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import numpy as np
@@ -48,22 +47,23 @@ def segment_outputs(task: Task, loop: Loop) -> Callable[[Params, jax.Array], jax
   return make_predict(apply)
 
 
-def chunk_rows(key: jax.Array, epoch: jax.Array, first: jax.Array, num_examples: int,
-               batch_size: int, count: int) -> jax.Array:
-  """The example indices [count * batch] of steps first .. first+count-1 of an epoch of the loop
-  whose key is `key`, in the order its steps read them (`epoch_order`)."""
-  order = epoch_order(key, epoch, num_examples, batch_size)
+def chunk_rows(order: jax.Array, first: jax.Array, count: int) -> jax.Array:
+  """The example indices [count * batch] of steps first .. first+count-1 of an epoch whose
+  minibatches are `order` [steps, batch] (`epoch_order`), in the order its steps read them."""
   return jax.lax.dynamic_slice_in_dim(order, first, count).reshape(-1)
 
 
-@functools.partial(jax.jit, static_argnames=("task", "batch_size", "count"))
-def _first_hop(params: Params, x: jax.Array, consts: Constants, key: jax.Array, epoch: jax.Array,
-               first: jax.Array, *, task: Task, batch_size: int, count: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("task", "count"))
+def _first_hop(params: Params, x: jax.Array, consts: Constants, order: jax.Array,
+               first: jax.Array, *, task: Task, count: int) -> jax.Array:
   """Segment `task.spec`'s outputs on the chunk's rows of its own inputs `x` [N, ...]."""
-  xb = x[chunk_rows(key, epoch, first, x.shape[0], batch_size, count)]
+  xb = x[chunk_rows(order, first, count)]
   if task.inputs == "pixels":
     xb = preprocess_pixels(xb, consts, task.input_scale)
   return apply_segment(params, xb, task.spec)
+
+
+_epoch_order = jax.jit(epoch_order, static_argnames=("num_examples", "batch_size"))
 
 
 @functools.partial(jax.jit, static_argnames="spec")
@@ -71,11 +71,11 @@ def _hop(params: Params, h: jax.Array, *, spec: SegmentSpec) -> jax.Array:
   return apply_segment(params, h, spec)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "count"), donate_argnums=0)
-def _take_in(buffer: jax.Array, key: jax.Array, epoch: jax.Array, first: jax.Array,
-             values: jax.Array, *, batch_size: int, count: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="count", donate_argnums=0)
+def _take_in(buffer: jax.Array, order: jax.Array, first: jax.Array, values: jax.Array, *,
+             count: int) -> jax.Array:
   """`buffer` [N, ...] with the chunk's rows set to `values` [count * batch, ...]."""
-  return buffer.at[chunk_rows(key, epoch, first, buffer.shape[0], batch_size, count)].set(values)
+  return buffer.at[chunk_rows(order, first, count)].set(values)
 
 
 @dataclasses.dataclass
@@ -91,6 +91,9 @@ class Feeds:
   # complete[k]: loop k's inputs are final for every row (loop 0: the dataset)
   complete: list[bool] = dataclasses.field(init=False)
   keys: dict[tuple[int, int], jax.Array] = dataclasses.field(init=False, default_factory=dict)
+  # (k, j) -> (epoch, loop k's minibatches of that epoch on loop j's device), made once an epoch
+  orders: dict[tuple[int, int], tuple[int, jax.Array]] = dataclasses.field(
+      init=False, default_factory=dict)
 
   def __post_init__(self) -> None:
     self.complete = [k == 0 for k in range(len(self.loops))]
@@ -110,6 +113,20 @@ class Feeds:
     if (k, j) not in self.keys:
       self.keys[(k, j)] = key_on(self.loops[k].key, self.loops[j].device)
     return self.keys[(k, j)]
+
+  def _order(self, k: int, j: int, epoch: int) -> jax.Array:
+    """Loop k's minibatches [steps, batch] of `epoch` on loop j's device: its own plan where
+    j = k, else drawn there from a copy of its key (`epoch_order`), once an epoch."""
+    loop = self.loops[k]
+    if j == k:
+      return loop.plan_of(epoch)[0]
+    cached = self.orders.get((k, j))
+    if cached is None or cached[0] != epoch:
+      device = self.loops[j].device
+      order = _epoch_order(self._key(k, j), jax.device_put(np.uint32(epoch), device),
+                           num_examples=len(loop.data["y"]), batch_size=loop.result.batch_size)
+      cached = self.orders[(k, j)] = (epoch, order)
+    return cached[1]
 
   def _what(self, k: int) -> str:
     return f"cut {self.tasks[k].spec.input_cut} activations"
@@ -135,18 +152,16 @@ class Feeds:
     s = max(j for j in range(k) if all(self.loops[m].finished for m in range(j)))
     if s:
       self._whole(s)
-    sizes = {"batch_size": loop.result.batch_size, "count": chunk.count}
-
-    def scalars(j: int) -> tuple[Any, Any]:
-      device = self.loops[j].device
-      return (jax.device_put(np.uint32(chunk.epoch), device),
-              jax.device_put(np.int32(chunk.first), device))
+    def first(j: int) -> jax.Array:
+      return jax.device_put(np.int32(chunk.first), self.loops[j].device)
 
     source = self.loops[s]
-    h = _first_hop(source.state.params, source.data["x"], source.consts, self._key(k, s),
-                   *scalars(s), task=self.tasks[s], **sizes)
+    h = _first_hop(source.state.params, source.data["x"], source.consts,
+                   self._order(k, s, chunk.epoch), first(s), task=self.tasks[s],
+                   count=chunk.count)
     for j in range(s + 1, k):
       h = hand_over(h, self.loops[j].device, self.ledger, self._what(j))
       h = _hop(self.loops[j].state.params, h, spec=self.tasks[j].spec)
     h = hand_over(h, loop.device, self.ledger, self._what(k))
-    loop.data = {**loop.data, "x": _take_in(loop.data["x"], loop.key, *scalars(k), h, **sizes)}
+    loop.data = {**loop.data, "x": _take_in(loop.data["x"], self._order(k, k, chunk.epoch),
+                                            first(k), h, count=chunk.count)}
