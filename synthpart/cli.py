@@ -55,7 +55,7 @@ from synthpart.results import (
 )
 from synthpart.setup import add_run_arguments, load_config, prepare_dataset, select_devices
 from synthpart.sweep import add_sweep_commands
-from synthpart.train.driver import is_out_of_memory
+from synthpart.train.live import is_out_of_memory
 from synthpart.train.problem import make_problem
 
 EXIT_USER_ERROR = 2

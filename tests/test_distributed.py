@@ -25,7 +25,7 @@ from synthpart.results import SegmentResult
 from synthpart.setup import load_config, prepare_dataset
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
-from synthpart.train.driver import start_loop
+from synthpart.train.live import start_loop
 
 QUIET = Progress(quiet=True)
 NUM_TRAIN = 384

@@ -23,7 +23,7 @@ from synthpart.errors import DiskFullError, ResourceError
 from synthpart.progress import Progress
 from synthpart.results import MethodResult, SegmentResult, format_table
 from synthpart.setup import SETTING_FLAGS
-from synthpart.train import driver
+from synthpart.train import driver, live
 from synthpart.train.loop import TrainState
 from synthpart.train.objectives import Constants
 
@@ -221,9 +221,9 @@ def test_non_finite_losses_are_null_in_strict_json(tmp_path, capsys):
   assert "DIVERGED" in capsys.readouterr().out
 
 
-def _loop(params, chance=None, chance_epochs=0) -> driver.Loop:
+def _loop(params, chance=None, chance_epochs=0) -> live.Loop:
   result = SegmentResult("segment 1", (0, 1), "x", "cpu:0", "adam", 1e-3, 32, 10, 4)
-  return driver.Loop(result, jax.devices()[0], lambda *a: None, TrainState(params, ()), {},
+  return live.Loop(result, jax.devices()[0], lambda *a: None, TrainState(params, ()), {},
                      Constants(), jax.random.key(0), chance=chance, chance_epochs=chance_epochs)
 
 
@@ -243,8 +243,8 @@ def test_what_counts_as_diverged():
   assert all(slow.record(jnp.array([v]), 0.1) for v in (2.36, 2.32, 2.27, 2.30, 2.29))
   never = _loop(finite, chance, 0)
   assert all(never.record(jnp.array([v]), 0.1) for v in (3.0,) * 6)
-  assert driver.chance_loss(np.array([0, 1, 2, 3] * 5)) == pytest.approx(math.log(4))
-  assert driver.chance_loss(np.zeros(7, int)) is None
+  assert live.chance_loss(np.array([0, 1, 2, 3] * 5)) == pytest.approx(math.log(4))
+  assert live.chance_loss(np.zeros(7, int)) is None
 
 
 def test_the_table_says_diverged():

@@ -24,7 +24,7 @@ from synthpart.partition import SegmentSpec
 from synthpart.placement import Transfer, device_name
 from synthpart.results import versions
 from synthpart.train import model_parallel, schedules, stepwise
-from synthpart.train.driver import start_loop
+from synthpart.train.live import start_loop
 from synthpart.train.problem import ORDER_STREAM, Problem
 
 

@@ -41,7 +41,8 @@ from synthpart.placement import Transfer, device_name, hand_over
 from synthpart.progress import Progress
 from synthpart.results import MethodResult, SegmentResult
 from synthpart.train import schedules as S
-from synthpart.train.driver import Loop, drive
+from synthpart.train.driver import drive
+from synthpart.train.live import Loop
 from synthpart.train.problem import Problem
 
 

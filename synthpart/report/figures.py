@@ -2,6 +2,10 @@
 
 Every function takes documents (or what `synthpart.report.reading` made of them) and returns a
 `matplotlib.figure.Figure` on the Agg canvas: nothing global is touched.
+
+This module is a little over 400 lines: one shared style (a colour, line style and marker per
+method, units as in the tables) is what keeps the run, sweep and memory figures consistent, so
+they stay together.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """The one epoch driver: every optax loop of every method trains through `drive`.
 
-A `Loop` is one optax loop live on its device (or device group): its compiled epoch, its state,
-its data and its key. `drive` trains a list of loops together, epoch by epoch: each round
-dispatches one epoch of every unfinished loop before waiting on any of them (so loops on distinct
-devices run concurrently), then records each loop's mean loss, stops a loop that diverged,
-appends a point to the method's curve (with the composed network's accuracy where
-asked), checkpoints and reports progress. Resuming, checkpointing, curves, divergence and progress
-are defined here once:
+A `Loop` (`synthpart.train.live`) is one optax loop live on its device (or device group): its
+compiled epoch, its state, its data and its key. `drive` trains a list of loops together, epoch
+by epoch: each round dispatches one epoch of every unfinished loop before waiting on any of them
+(so loops on distinct devices run concurrently), then records each loop's mean loss, stops a
+loop that diverged, appends a point to the method's curve (with the composed network's accuracy
+where asked), checkpoints and reports progress. Resuming, checkpointing, curves, divergence and
+progress are defined here once:
 
 - conventional training and recovery epochs drive one loop;
 - the sequential schedule drives each segment's loop alone, one after another;
@@ -41,44 +41,32 @@ it feeds (sequential) or in the method's accuracy (parallel).
 Running out of device or host memory raises `ResourceError` naming the loop and its size.
 
 Loops restored from checkpoints at different epochs each resume from their own; the method's
-curve resumes from the round that the least advanced loop reached.
+curve resumes from the round that the least advanced loop reached. Loops that read each other's
+parameters while they train (the pipelined schedule's refreshes) are all restored at one round.
 
 Where bars are shown, a long epoch (`epoch_chunks`) is dispatched as a few chunks of steps too,
 and each bar moves as its chunks finish; no chunk waits on the host for another (only
 evaluations and the round's end do). After every round the method's scalars go to the
 progress's metric writer.
-
-This module is longer than most (over 400 lines) on purpose: it is the one place that defines
-what an epoch round is (resume, chunks, evaluation points, divergence, checkpoints, progress).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from synthpart import checkpoint
-from synthpart import groups as groups_lib
-from synthpart.config import TrainConfig
-from synthpart.errors import ResourceError
-from synthpart.flops import segment_flops, segment_step_flops
-from synthpart.memory import compiled_memory, tree_bytes
 from synthpart.model import Params
-from synthpart.placement import Transfer, device_name, key_on
+from synthpart.placement import Transfer
 from synthpart.progress import Progress
-from synthpart.results import MethodResult, SegmentResult
-from synthpart.train.loop import StepwiseEpoch, TrainState, epoch_plan, make_epoch, make_steps
-from synthpart.train.objectives import Constants, Task, make_loss
-from synthpart.train.optim import make_optimizer
-from synthpart.train.stops import EvalSchedule, epoch_chunks, epochs_for, round_plan, steps_in_epoch
+from synthpart.results import MethodResult
+from synthpart.train.live import Loop, resource_error
+from synthpart.train.stops import EvalSchedule, epoch_chunks, round_plan, steps_in_epoch
 
 # evaluate(params of every driven loop, in order) -> accuracy of the network they compose
 Evaluate = Callable[[list[Params]], float]
@@ -105,266 +93,6 @@ class Chunk:
 
 # before_chunk(chunks): called before the chunks that are about to be dispatched together
 BeforeChunk = Callable[[list[Chunk]], None]
-
-
-# A loss within this fraction of chance (or above it) is no better than chance.
-CHANCE_TOLERANCE = 0.01
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-  """Whether `e` is the host or XLA running out of memory (XLA reports RESOURCE_EXHAUSTED on
-  accelerators and "Out of memory allocating" on CPU)."""
-  text = str(e)
-  return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in text or "Out of memory" in text
-
-
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-  flags = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
-           if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
-
-
-def chance_loss(labels: Any) -> float | None:
-  """The cross-entropy of predicting the labels' frequencies (log C for C balanced classes);
-  None for fewer than two classes, where there is no chance level to judge."""
-  counts = np.bincount(np.asarray(jax.device_get(labels)).ravel())
-  p = counts[counts > 0] / counts.sum() if counts.sum() else np.zeros(0)
-  entropy = float(-(p * np.log(p)).sum())
-  return entropy if len(p) > 1 else None
-
-
-@dataclasses.dataclass
-class Loop:
-  """One optax loop, live on its device: compiled epoch, state, data, constants, key."""
-  result: SegmentResult
-  device: groups_lib.Placement
-  epoch_fn: Callable[..., tuple[TrainState, jax.Array]]  # compiled: see `make_epoch`
-  state: TrainState
-  data: dict[str, jax.Array]
-  consts: Constants
-  key: jax.Array
-  last_checkpoint: str | None = None
-  # chunk(num_steps) -> steps of the epoch in chunks (`make_steps`), compiled on first use
-  chunk: Callable[[int], Callable[..., tuple[TrainState, jax.Array]]] | None = None
-  compiled_chunks: dict[int, Any] = dataclasses.field(default_factory=dict)
-  chance: float | None = None  # a classifying loop's chance-level loss (`chance_loss`)
-  chance_epochs: int = 0  # epochs in a row at chance that stop it (0: never)
-  start_round: int = 0  # the round of `drive` in which this loop trains its first epoch
-  # plan(key, epoch) -> (order, step keys) of an epoch (`epoch_plan`), jitted; with the epoch
-  # it was last made for, so the chunks of one epoch share it
-  plan: Callable[..., tuple[jax.Array, jax.Array]] | None = None
-  planned: tuple[int, tuple[jax.Array, jax.Array]] | None = None
-
-  @property
-  def done(self) -> int:
-    """Epochs trained so far."""
-    return len(self.result.loss_per_epoch)
-
-  @property
-  def finished(self) -> bool:
-    """Whether every epoch of its budget is trained."""
-    return self.done >= self.result.epochs
-
-  def epoch_in(self, round_index: int) -> int | None:
-    """The epoch this loop trains in round `round_index` of `drive`, or None outside its span."""
-    epoch = round_index - self.start_round
-    return epoch if 0 <= epoch < self.result.epochs else None
-
-  def dispatch(self, epoch: int, method: str = "") -> jax.Array:
-    """Enqueues one epoch and returns its per-step losses without waiting for them."""
-    epoch_index = jax.device_put(np.uint32(epoch), self.device)
-    self.state, losses = self.epoch_fn(self.state, self.data, self.consts, self.key, epoch_index)
-    checkpoint.crash_point(f"epoch-dispatched:{method}/{self.result.name}:{epoch + 1}")
-    return losses
-
-  def dispatch_steps(self, epoch: int, first: int, count: int) -> jax.Array:
-    """Enqueues steps first .. first+count-1 of `epoch` (exactly as the whole epoch would run
-    them) and returns their losses [count] without waiting; `count` steps to the epoch's end
-    complete it."""
-    self.prepare_chunk(count)
-    order, step_keys = self.plan_of(epoch)
-    self.state, losses = self.compiled_chunks[count](
-        self.state, self.data, self.consts, order, step_keys,
-        jax.device_put(np.int32(first), self.device))
-    return losses
-
-  def plan_of(self, epoch: int) -> tuple[jax.Array, jax.Array]:
-    """The epoch's order and step keys, made on the device once for all its chunks."""
-    if self.plan is None:
-      raise ValueError(f"{self.result.name}: this loop does not run epochs in chunks")
-    if self.planned is None or self.planned[0] != epoch:
-      self.planned = (epoch, self.plan(self.key, jax.device_put(np.uint32(epoch), self.device)))
-    return self.planned[1]
-
-  def prepare_chunk(self, count: int) -> float:
-    """Compiles the chunk of `count` steps unless done before; returns the seconds it took."""
-    if count in self.compiled_chunks:
-      return 0.0
-    if self.chunk is None:
-      raise ValueError(f"{self.result.name}: this loop does not run epochs in chunks")
-    start = time.perf_counter()
-    chunk = self.chunk(count)
-    lower = getattr(chunk, "lower", None)  # a stepwise epoch's chunks are compiled already
-    self.compiled_chunks[count] = chunk if lower is None else lower(
-        self.state, self.data, self.consts, *self.plan_of(0),
-        jax.device_put(np.int32(0), self.device)).compile()
-    seconds = time.perf_counter() - start
-    self.result.compile_seconds += seconds
-    return seconds
-
-  def resume(self, policy: checkpoint.Policy | None, method: str,
-             at_most: int | None = None) -> dict[str, Any]:
-    """Restores this loop's newest checkpoint (of an epoch no later than `at_most`, where
-    given), if any; returns its meta ({} if none: the loop is left as it is)."""
-    restored = None if policy is None else checkpoint.restore(
-        policy, method, self.result.name, self.state, self.device, at_most)
-    if policy is None or restored is None:
-      return {}
-    self.state, meta = restored
-    self.result.loss_per_epoch = list(meta["loss_per_epoch"])
-    self.result.epoch_seconds = list(meta["epoch_seconds"])
-    self.last_checkpoint = str(policy.loop_dir(method, self.result.name) / str(meta["epoch"]))
-    return meta
-
-  def save(self, policy: checkpoint.Policy | None, method: str, progress: MethodResult) -> None:
-    """Checkpoints every `policy.every` epochs and after the last; never a non-finite state."""
-    epoch = self.done
-    if (policy is None or self.result.diverged
-        or (epoch % policy.every and epoch != self.result.epochs)):
-      return
-    meta = {"epoch": epoch, "key": jax.device_get(jax.random.key_data(self.key)).tolist(),
-            "loss_per_epoch": self.result.loss_per_epoch,
-            "epoch_seconds": self.result.epoch_seconds,
-            "curve": progress.curve, "wall_seconds": progress.wall_seconds,
-            "evaluations": progress.evaluations, "eval_seconds": progress.eval_seconds,
-            "eval_flops": progress.eval_flops,
-            "transfers": [dataclasses.asdict(t) for t in progress.transfers]}
-    self.last_checkpoint = str(checkpoint.save(policy, method, self.result.name, epoch,
-                                               self.state, meta))
-
-  def record(self, losses: jax.Array | np.ndarray, seconds: float) -> bool:
-    """Stores an epoch's mean loss and time, then `judge`s it; returns False if it diverged."""
-    self.store(losses, seconds)
-    return self.judge()
-
-  def store(self, losses: jax.Array | np.ndarray, seconds: float) -> None:
-    """Stores an epoch's mean loss and time."""
-    self.result.loss_per_epoch.append(float(np.mean(jax.device_get(losses))))
-    self.result.epoch_seconds.append(seconds)
-
-  def judge(self) -> bool:
-    """Marks the loop diverged, saying why, where after its last epoch the loss or the parameters
-    are not finite or the loss stayed at chance (module docstring); returns False then. The
-    parameters are checked on their device, outside the timed part of a round."""
-    if not self.result.diverged:
-      reason = self._divergence(self.result.loss_per_epoch[-1])
-      if reason:
-        self.result.diverged = True
-        self.result.divergence = reason
-    return not self.result.diverged
-
-  def _divergence(self, loss: float) -> str | None:
-    if not math.isfinite(loss):
-      return f"loss {loss} at epoch {self.done}"
-    if not bool(_all_finite(self.state.params)):
-      return f"parameters not finite after epoch {self.done}"
-    n, recent = self.chance_epochs, self.result.loss_per_epoch[-self.chance_epochs:]
-    if (self.chance is not None and n and len(recent) == n
-        and all(l >= (1 - CHANCE_TOLERANCE) * self.chance for l in recent)):
-      return (f"loss no better than chance ({self.chance:.4g}) for {n} epochs in a row, last "
-              f"{loss:.4g}")
-    return None
-
-
-def objective(task: Task) -> str:
-  """What a loop learns, for results: ``inputs -> sil``, ``activations -> labels``..."""
-  source = {"pixels": "inputs", "features": "activations", "sil": "sil+noise"}[task.inputs]
-  return f"{source} -> {'labels' if task.spec.is_last else 'sil'}"
-
-
-def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, Any],
-               consts: Constants, key: jax.Array, device: groups_lib.Placement,
-               name: str, backend: str = "sharding") -> Loop:
-  """Commits params, optimizer state and data to `device` and compiles the epoch there.
-
-  `device` may be a sharding replicated over a device group (`Problem.device_of`): everything is
-  replicated over the group and each minibatch split over it (`synthpart.groups`), by `jax.jit`
-  over the group's mesh, or with `backend="pmap"` by `jax.pmap` (whose epochs run whole).
-  """
-  num_examples = len(data["y"])
-  optimizer = make_optimizer(train, num_examples // train.batch_size)
-  classifies = task.spec.is_last or consts.sil_out is None  # as `make_loss` decides
-  chance = chance_loss(data["y"]) if classifies else None
-  try:
-    with jax.default_device(groups_lib.lead_device(device)):
-      params = jax.device_put(params, device)
-      state = jax.jit(lambda p: TrainState(p, optimizer.init(p)))(params)
-      data = jax.device_put(data, device)
-      key = key_on(key, device)
-      start = time.perf_counter()
-      chunk: Callable[[int], Callable[..., tuple[TrainState, jax.Array]]] | None = None
-      plan = jax.jit(functools.partial(epoch_plan, num_examples=num_examples,
-                                       batch_size=train.batch_size))
-      run: Callable[..., tuple[TrainState, jax.Array]]
-      compiled: Any  # what `compiled_memory` reads: a compiled program, or a bound pmap epoch
-      if backend == "pmap" and groups_lib.is_group(device):
-        size = len(groups_lib.group_devices(device))
-        pmapped = groups_lib.PmapEpoch(
-            make_epoch(groups_lib.pmap_loss(make_loss(task), size), optimizer, train.batch_size,
-                       num_examples, train.loss_scale, reduce=groups_lib.pmap_mean),
-            device, jax.random.key_impl(key))
-        run = compiled = pmapped.lower(state, data, consts, key,
-                                       jax.device_put(np.uint32(0), device)).compile()
-      elif train.scan:
-        loss = groups_lib.shard_batches(make_loss(task), device)
-        epoch = make_epoch(loss, optimizer, train.batch_size, num_examples, train.loss_scale)
-        chunk = functools.lru_cache(maxsize=None)(functools.partial(
-            make_steps, loss, optimizer, train.batch_size, num_examples,
-            loss_scale=train.loss_scale))
-        run = compiled = epoch.lower(state, data, consts, key,
-                                     jax.device_put(np.uint32(0), device)).compile()
-      else:
-        loss = groups_lib.shard_batches(make_loss(task), device)
-        run = stepwise = StepwiseEpoch(loss, optimizer, train.batch_size, num_examples,
-                                       train.loss_scale)
-        chunk = functools.lru_cache(maxsize=None)(stepwise.chunk)
-        compiled = stepwise.compile(state, data, consts, key)
-      compile_seconds = time.perf_counter() - start
-  except Exception as e:
-    if is_out_of_memory(e):
-      raise ResourceError(f"out of memory starting {name} on {device_name(device)}: its "
-                          f"parameters take {_mib(tree_bytes(params))} and its data "
-                          f"{_mib(tree_bytes(data))}; try smaller model.hidden or fewer "
-                          f"examples") from None
-    raise
-  steps_per_epoch = num_examples // train.batch_size
-  result = SegmentResult(
-      name=name, layers=(task.spec.start, task.spec.stop), objective=objective(task),
-      device=device_name(device), optimizer=train.optimizer, learning_rate=train.learning_rate,
-      batch_size=train.batch_size, epochs=epochs_for(steps_per_epoch, train.epochs, train.steps),
-      steps_per_epoch=steps_per_epoch, max_steps=train.steps, compile_seconds=compile_seconds,
-      memory=compiled_memory(compiled, data=tree_bytes(data)).to_dict(),
-      flops_per_step=segment_step_flops(task.spec, train.batch_size, train.optimizer),
-      forward_flops=segment_flops(task.spec).forward)
-  return Loop(result, device, run, state, data, consts, key, chunk=chunk, chance=chance,
-              chance_epochs=train.chance_epochs, plan=None if chunk is None else plan)
-
-
-def _mib(size: int) -> str:
-  return f"{size / 2**20:,.1f} MiB"
-
-
-def _resource_error(loop: Loop, method: str, e: Exception) -> Exception:
-  """An out-of-memory error of a loop's epoch as a `ResourceError` naming the loop and its size;
-  any other error as it is."""
-  if not is_out_of_memory(e):
-    return e
-  r = loop.result
-  peak = (r.memory or {}).get("peak")
-  return ResourceError(f"out of memory training {method} {r.name} on {r.device} (batch size "
-                       f"{r.batch_size}, compiled peak {_mib(peak) if peak else 'unknown'}): try "
-                       f"smaller model.hidden or train.batch_size")
 
 
 def _examples(result: MethodResult) -> list[int]:
@@ -516,13 +244,13 @@ def _whole_round(loops: Sequence[Loop], due: dict[int, int], result: MethodResul
     try:
       pending.append((i, loops[i].dispatch(epoch, result.method)))
     except Exception as e:
-      _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
+      _fail(on_error, loops[i], resource_error(loops[i], result.method, e), failed, i)
   ran = []
   for i, losses in pending:
     try:
       jax.block_until_ready(losses)
     except Exception as e:
-      _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
+      _fail(on_error, loops[i], resource_error(loops[i], result.method, e), failed, i)
       continue
     loops[i].store(losses, time.perf_counter() - start)
     ran.append(i)
@@ -581,7 +309,7 @@ def _chunked_round(loops: Sequence[Loop], due: dict[int, int], round_index: int,
         pieces[c.loop].append(_dispatch(loops[c.loop], c.epoch, c.first, c.count, result.method))
         ends[c.loop].append(c.first + c.count)
       except Exception as e:
-        _fail(on_error, loops[c.loop], _resource_error(loops[c.loop], result.method, e), failed,
+        _fail(on_error, loops[c.loop], resource_error(loops[c.loop], result.method, e), failed,
               c.loop)
     live = [i for i in live if i not in failed]
     pause = evaluate if evaluates else None
@@ -595,7 +323,7 @@ def _chunked_round(loops: Sequence[Loop], due: dict[int, int], round_index: int,
           if advance is not None:
             advance(i, (ends[i][k_piece] - plan[i][0][0]) / sum(c for _, c in plan[i]))
       except Exception as e:
-        _fail(on_error, loops[i], _resource_error(loops[i], result.method, e), failed, i)
+        _fail(on_error, loops[i], resource_error(loops[i], result.method, e), failed, i)
         continue
       seconds[i] += time.perf_counter() - start
     result.wall_seconds += time.perf_counter() - start

@@ -50,7 +50,8 @@ from synthpart.partition import SegmentSpec
 from synthpart.placement import Transfer, device_name, key_on
 from synthpart.progress import Progress
 from synthpart.results import MethodResult, SegmentResult
-from synthpart.train.driver import Loop, drive
+from synthpart.train.driver import drive
+from synthpart.train.live import Loop
 from synthpart.train.loop import TrainState, epoch_order
 from synthpart.train.objectives import Constants, preprocess_pixels
 from synthpart.train.optim import make_optimizer

@@ -30,7 +30,8 @@ import numpy as np
 from synthpart.model import Params, apply_segment
 from synthpart.partition import SegmentSpec
 from synthpart.placement import Transfer, hand_over, key_on
-from synthpart.train.driver import Chunk, Loop
+from synthpart.train.driver import Chunk
+from synthpart.train.live import Loop
 from synthpart.train.loop import epoch_order, make_predict
 from synthpart.train.objectives import Constants, Task, preprocess_pixels
 

@@ -42,7 +42,8 @@ from synthpart.partition import SegmentSpec
 from synthpart.placement import EVALUATION, TRAINING, Transfer, hand_over, key_on, summarize
 from synthpart.progress import Progress
 from synthpart.results import MethodResult
-from synthpart.train.driver import Evaluate, Evaluation, Loop, drive, start_loop
+from synthpart.train.driver import Evaluate, Evaluation, drive
+from synthpart.train.live import Loop, start_loop
 from synthpart.train.loop import count_correct, make_predict
 from synthpart.train.objectives import Constants, Task, preprocess_pixels
 from synthpart.train.problem import (
