@@ -492,6 +492,18 @@ def _check_train(path: str, t: TrainConfig, allow_zero_epochs: bool = False) -> 
                       f"{t.loss_scale}")
 
 
+def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested tables -> dotted keys; lists and scalars are leaves."""
+  out: dict[str, Any] = {}
+  for key, value in table.items():
+    dotted = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(flatten(value, f"{dotted}."))
+    else:
+      out[dotted] = value
+  return out
+
+
 def validate(config: Config) -> None:
   """Checks everything that does not depend on the data; raises `ConfigError`."""
   if not 0 <= config.seed <= MAX_SEED:

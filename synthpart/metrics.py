@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import jax
 
+from synthpart.config import flatten
 from synthpart.errors import ConfigError
 
 # What the HParams dashboard compares runs by.
@@ -220,16 +221,9 @@ def check(options: MetricsOptions) -> None:
 
 def flat_hparams(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   """Nested settings as dotted names with numbers, booleans and strings (lists as text)."""
-  out: dict[str, Any] = {}
-  for key, value in values.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      out.update(flat_hparams(value, f"{name}."))
-    elif value is None or isinstance(value, (list, tuple)):
-      out[name] = str(value if value is None else list(value))
-    else:
-      out[name] = value
-  return out
+  return {name: str(value if value is None else list(value))
+          if value is None or isinstance(value, (list, tuple)) else value
+          for name, value in flatten(values, prefix).items()}
 
 
 def open_writer(options: MetricsOptions, run_dir: str | Path,

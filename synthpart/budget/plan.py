@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from synthpart import config as config_lib
+from synthpart.config import flatten
 from synthpart.errors import ConfigError
-from synthpart.sweep.grid import Sweep, flatten, parse_sweep, read_document
+from synthpart.sweep.grid import Sweep, parse_sweep, read_document
 
 BUDGET_KEYS = ("base", "seeds", "fraction", "set", "reference", "methods")
 METHOD_KEYS = ("set", "axes")

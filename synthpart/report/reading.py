@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from synthpart.config import flatten
 from synthpart.curves import Document
-from synthpart.sweep.grid import flatten, read_document
+from synthpart.sweep.grid import read_document
 
 # Per device name ("cpu:0"): {"peak": bytes, "peak_without_data": bytes}.
 DevicePeaks = dict[str, dict[str, int]]

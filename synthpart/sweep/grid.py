@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from synthpart import config as config_lib
+from synthpart.config import flatten
 from synthpart.errors import ConfigError
 
 SCHEDULE_METHODS = ("conventional", *config_lib.SCHEDULES.names)
@@ -42,18 +43,6 @@ class Point:
   name: str
   values: tuple[tuple[str, Any], ...]
   configs: tuple[config_lib.Config, ...]  # one per seed, in the sweep's seed order
-
-
-def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """Nested tables -> dotted keys; lists and scalars are leaves."""
-  out: dict[str, Any] = {}
-  for key, value in table.items():
-    dotted = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      out.update(flatten(value, f"{dotted}."))
-    else:
-      out[dotted] = value
-  return out
 
 
 def freeze(value: Any) -> Any:
