@@ -28,9 +28,11 @@ Document = Mapping[str, Any]
 
 def accuracy_points(run: Document) -> list[tuple[int, float]]:
   """(epoch round, test accuracy) of a run's curve at the end of every round (points inside
-  rounds left out); rounds count every loop of the method."""
+  rounds left out); rounds count every loop of the method. A point may name its round
+  (`"round"`: a reference read out once, at the round its loop finished)."""
   ends = [p for p in run.get("curve", []) if not p.get("partial")]
-  return [(i, p["accuracy"]) for i, p in enumerate(ends, start=1) if "accuracy" in p]
+  return [(p.get("round", i), p["accuracy"]) for i, p in enumerate(ends, start=1)
+          if "accuracy" in p]
 
 
 def document_widths(document: Document) -> tuple[int, ...]:

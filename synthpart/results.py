@@ -31,7 +31,7 @@ results.json (schema version 1)::
                       "memory": {"argument", "output", "alias", "temp",
                       "resident", "data", "peak", "peak_without_data"} (bytes),
                       "flops_per_step", "forward_flops"}],
-        "curve": [{"epoch", "seconds", "examples": [per loop], "accuracy"?,
+        "curve": [{"epoch", "seconds", "examples": [per loop], "accuracy"?, "round"?,
                    "steps": [per loop]?, "partial": true?}],
         "transfers": [{"what", "source", "destination", "bytes",
                        "kind": "training" | "evaluation"}]

@@ -187,3 +187,6 @@ def test_the_nearest_sil_row_reads_out_the_first_segment_alone():
   assert reference.test_accuracy == np.mean(nearest == problem.test_y) > 0.25  # chance: 4 classes
   assert [s.name for s in reference.segments] == ["segment 0"] and reference.transfers == []
   assert reference.curve[-1]["accuracy"] == reference.test_accuracy
+  # Drawn at the round its segment finished, not at the first round.
+  rounds = len(reference.segments[0].loss_per_epoch)
+  assert curves.accuracy_points({"curve": reference.curve}) == [(rounds, reference.test_accuracy)]

@@ -95,9 +95,17 @@ def save(fig: Figure, path: Path) -> Path:
   return path
 
 
-def _title(ax: Axes, title: str) -> None:
-  """The panel's title, wrapped to the figure's width."""
-  ax.set_title(textwrap.fill(title, 75), fontsize=10)
+def _title(ax: Axes, title: str, width: int = 90) -> None:
+  """The panel's title, wrapped to the figure's width between its comma-separated parts."""
+  lines = [""]
+  for part in title.split(", "):
+    joined = f"{lines[-1]}, {part}" if lines[-1] else part
+    if len(joined) <= width or not lines[-1]:
+      lines[-1] = joined
+    else:
+      lines[-1] += ","
+      lines.append(part)
+  ax.set_title("\n".join(textwrap.fill(line, width) for line in lines), fontsize=10)
 
 
 def _integer_ticks(ax: Axes) -> None:

@@ -154,7 +154,8 @@ def nearest_sil_reference(problem: Problem, segment_params: list[Params],
                         compile_seconds=first.compile_seconds, segments=[first])
   result.test_accuracy = make_nearest_sil_evaluator(problem, problem.device_of(0))(
       segment_params[0])
-  result.curve = [{"epoch": len(first.loss_per_epoch), "seconds": result.wall_seconds,
+  rounds = len(first.loss_per_epoch)
+  result.curve = [{"epoch": rounds, "round": rounds, "seconds": result.wall_seconds,
                    "examples": [first.examples], "accuracy": result.test_accuracy}]
   return result
 
