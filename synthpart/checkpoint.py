@@ -165,7 +165,10 @@ def discard_after(policy: Policy, method: str, loop: str, step: int) -> None:
   if directory.is_dir():
     for path in directory.iterdir():
       if path.name.isdigit() and int(path.name) > step:
-        shutil.rmtree(path)
+        # Renamed first: a kill while deleting leaves what `remove_incomplete` clears.
+        doomed = path.with_name(f"{path.name}{ORBAX_TMP}-discarded")
+        path.rename(doomed)
+        shutil.rmtree(doomed)
 
 
 def restore(policy: Policy, method: str, loop: str, like: Any,

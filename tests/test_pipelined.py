@@ -1,11 +1,13 @@
 """The pipelined schedule: concurrent segments on the current activations of the earlier ones."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
 
+from synthpart import checkpoint, curves
 from synthpart import config as config_lib
-from synthpart import curves
 from synthpart.cli import main
 from synthpart.errors import ConfigError
 from synthpart.model import apply_segment
@@ -41,8 +43,8 @@ def test_started_after_each_segment_has_finished_it_is_the_sequential_schedule(e
   assert [s.loss_per_epoch for s in seq.segments] == [s.loss_per_epoch for s in pip.segments]
   assert pip.test_accuracy == seq.test_accuracy
   assert pip.transfers == seq.transfers  # each cut's activations over the training set, once
-  assert S.start_rounds(problem) == [0, problem.config.segment_train(0).epochs,
-                                     sum(problem.config.segment_train(k).epochs for k in (0, 1))]
+  epochs = [problem.config.segment_train(k).epochs for k in range(3)]
+  assert S.start_rounds(epochs, 99) == [0, epochs[0], epochs[0] + epochs[1]]
 
 
 def test_only_activations_cross_and_only_forward(monkeypatch):
@@ -161,3 +163,55 @@ def test_evaluations_and_moving_bars_inside_epochs_change_no_result(monkeypatch)
   assert _same_params(plain_params, params)
   assert [s.loss_per_epoch for s in plain.segments] == [s.loss_per_epoch for s in result.segments]
   assert any(p.get("partial") for p in result.curve)
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_a_finished_segment_does_not_hold_a_resume_back(tmp_path, monkeypatch):
+  # Segment 1 trains rounds 1-2 and is done; the run stops after segment 0 saved round 5 and
+  # before segment 2 did. Resuming goes back to round 4 (segment 2's), which segment 0's last
+  # two checkpoints hold, not to round 3 where the finished segment 1 stands.
+  overrides = {"model.cuts": [1, 2], "pipeline.refresh_steps": 3, "segments.0.epochs": 6,
+               "segments.1.epochs": 2, "segments.2.epochs": 6}
+  problem = _problem(jax.devices()[:3], **overrides)
+  want_params, want = S.train_pipelined(problem, QUIET, checkpoints=checkpoint.Policy(
+      tmp_path / "whole"))
+  policy = checkpoint.Policy(tmp_path / "run")
+  real = checkpoint.crash_point
+
+  def dying(name, directory=None):
+    if name == "checkpoint-saved:pnn-pipelined/segment 0:5":
+      raise _Killed(name)
+    real(name, directory)
+
+  monkeypatch.setattr(checkpoint, "crash_point", dying)
+  with pytest.raises(_Killed):
+    S.train_pipelined(problem, QUIET, checkpoints=policy)
+  monkeypatch.setattr(checkpoint, "crash_point", real)
+  restored = []
+  monkeypatch.setattr(checkpoint, "restore", functools.partial(_recording, checkpoint.restore,
+                                                               restored))
+  params, got = S.train_pipelined(problem, QUIET, checkpoints=policy)
+  assert ("segment 0", 4) in restored  # taken back one round, not to the start
+  assert _same_params(want_params, params)
+  assert [s.loss_per_epoch for s in got.segments] == [s.loss_per_epoch for s in want.segments]
+  assert got.test_accuracy == want.test_accuracy
+
+
+def _recording(restore, log, policy, method, loop, like, device, at_most=None):
+  out = restore(policy, method, loop, like, device, at_most)
+  if out is not None:
+    log.append((loop, out[1]["epoch"]))
+  return out
+
+
+def test_a_step_budget_shortens_the_delay(tmp_path):
+  # Segment 0's budget of 16 steps is 2 epochs of 8, though train.epochs says 3: segment 1
+  # starts after those 2 (the delay of 3 is capped there) and trains every epoch of its own.
+  problem = _problem(jax.devices()[:2], **{"segments.0.steps": 16, "pipeline.delay_epochs": 3})
+  _, result = S.train_pipelined(problem, QUIET)
+  first, second = result.segments
+  assert len(first.loss_per_epoch) == 2
+  assert len(second.loss_per_epoch) == second.epochs == problem.config.segment_train(1).epochs

@@ -114,8 +114,15 @@ def _resume(loops: Sequence[Loop], result: MethodResult, checkpoints: checkpoint
            for loop in loops]
   metas = [loop.resume(checkpoints, result.method) for loop in loops]
   reached = [loop.start_round + loop.done for loop in loops]
+
+  def least() -> int:
+    """The round the least advanced unfinished loop reached: loops that finished (or never
+    run again) do not hold the others back."""
+    return min((r for r, loop in zip(reached, loops, strict=True) if not loop.finished),
+               default=max(reached, default=0))
+
   while coupled and checkpoints is not None:
-    target = min(reached, default=0)
+    target = least()
     ahead = [i for i, loop in enumerate(loops) if loop.done > max(0, target - loop.start_round)]
     if not ahead:
       break
@@ -129,7 +136,7 @@ def _resume(loops: Sequence[Loop], result: MethodResult, checkpoints: checkpoint
         loop.result.loss_per_epoch, loop.result.epoch_seconds = list(losses), list(seconds)
         loop.last_checkpoint = None
       reached[i] = loop.start_round + loop.done
-  start = min(reached, default=0)
+  start = least()
   saved = [i for i, meta in enumerate(metas) if meta and reached[i] >= start]
   if not start or not saved:
     return 0
@@ -202,6 +209,9 @@ def drive(loops: Sequence[Loop], result: MethodResult, progress: Progress, *,
     epochs = {i: e for i, loop in enumerate(loops)
               if i not in failed | stopped and (e := loop.epoch_in(round_index)) is not None}
     if not epochs:
+      if any(i not in failed | stopped and loop.start_round > round_index
+             for i, loop in enumerate(loops)):
+        continue  # nothing trains in this round, but a later loop starts after it
       break
     due = {i: e for i, e in epochs.items() if e >= loops[i].done}
     if chunked or show:

@@ -156,10 +156,12 @@ class Loop:
     return meta
 
   def save(self, policy: checkpoint.Policy | None, method: str, progress: MethodResult) -> None:
-    """Checkpoints every `policy.every` epochs and after the last; never a non-finite state."""
+    """Checkpoints every `policy.every` rounds and after the last epoch; never a non-finite
+    state. Rounds, not the loop's own epochs: loops that start in later rounds (pipelined) then
+    save at the same rounds as the others, so that they can resume together."""
     epoch = self.done
     if (policy is None or self.result.diverged
-        or (epoch % policy.every and epoch != self.result.epochs)):
+        or ((self.start_round + epoch) % policy.every and epoch != self.result.epochs)):
       return
     meta = {"epoch": epoch, "key": jax.device_get(jax.random.key_data(self.key)).tolist(),
             "loss_per_epoch": self.result.loss_per_epoch,

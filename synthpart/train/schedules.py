@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -325,12 +325,12 @@ def _zeros(shape: tuple[int, ...], device: Placement) -> jax.Array:
   return jax.jit(lambda: jnp.zeros(shape, jnp.float32), out_shardings=sharding)()
 
 
-def start_rounds(problem: Problem) -> list[int]:
-  """The round each segment starts in: segment k `pipeline.delay_epochs` rounds after segment
-  k-1, or when segment k-1 has finished, whichever comes first."""
-  delay, rounds = problem.config.pipeline.delay_epochs, [0]
-  for k in range(1, len(problem.specs)):
-    rounds.append(rounds[-1] + min(delay, problem.config.segment_train(k - 1).epochs))
+def start_rounds(epochs: Sequence[int], delay: int) -> list[int]:
+  """The round each segment starts in, given each one's epochs (a step budget's included): segment
+  k `delay` rounds after segment k-1, or when segment k-1 has finished, whichever comes first."""
+  rounds = [0]
+  for before in epochs[:-1]:
+    rounds.append(rounds[-1] + min(delay, before))
   return rounds
 
 
@@ -341,12 +341,15 @@ def train_pipelined(problem: Problem, progress: Progress, track_accuracy: bool =
   chunk of `pipeline.refresh_steps` steps, the rows it will read are recomputed and handed
   forward (`refresh.Feeds`). With `track_accuracy`, the composed network is evaluated between
   rounds (outside the timing). The ledger folds the hand-overs into one record per cut and pair
-  of devices. The chunk and refresh functions compile on first use, within the first rounds'
-  time.
+  of devices. The refresh functions compile on first use, within the first rounds' time (the
+  chunks compile before, untimed).
   """
   result = MethodResult("pnn-pipelined")
-  loops = [pipelined_loop(problem, k, start)
-           for k, start in enumerate(start_rounds(problem))]
+  loops = [pipelined_loop(problem, k) for k in range(len(problem.specs))]
+  starts = start_rounds([loop.result.epochs for loop in loops],
+                        problem.config.pipeline.delay_epochs)
+  for loop, start in zip(loops, starts, strict=True):
+    loop.start_round = start
   for loop in loops:
     _add(result, loop)
   tasks = [segment_task(problem, spec, "pixels" if spec.is_first else "features")
