@@ -119,3 +119,14 @@ def test_any_file_is_a_config_or_a_config_error(tmp_path_factory, raw):
     config_lib.load(path)
   except ConfigError:
     pass
+
+
+def test_the_pmap_backend_refuses_what_needs_chunks():
+  group = {"placement.backend": "pmap", "placement.devices_per_segment": 2}
+  for extra, culprit in [({"schedule": "pipelined"}, "pipelined"),
+                         ({"eval.every_steps": 10}, "eval.every_steps"),
+                         ({"train.steps": 10}, r"steps must be 0"),
+                         ({"train.scan": False}, r"scan true")]:
+    with pytest.raises(ConfigError, match=culprit):
+      config_lib.load(overrides={**group, **extra})
+  config_lib.load(overrides={"placement.backend": "pmap", "schedule": "pipelined"})  # no group
