@@ -119,7 +119,8 @@ def round_plan(steps_per_epoch: Mapping[int, int], counts: Mapping[int, int],
   evaluated = (set(round_stops(schedule, epochs[reference] * per_epoch, length, True)[:-1])
                if schedule is not None else set())
   moves = set(itertools.accumulate(epoch_chunks(length))) if bars else set()
-  refreshes = sorted(set(range(chunk_steps, length, chunk_steps or length)) | {length})
+  refreshes = sorted((set(range(chunk_steps, length, chunk_steps)) if chunk_steps else set())
+                     | {length})
   stops = sorted(evaluated | set(refreshes) | moves | {length})
 
   def plan(at: list[int]) -> dict[int, list[tuple[int, int]]]:
