@@ -170,11 +170,11 @@ class _Killed(Exception):
 
 
 def test_a_finished_segment_does_not_hold_a_resume_back(tmp_path, monkeypatch):
-  # Segment 1 trains rounds 1-2 and is done; the run stops after segment 0 saved round 5 and
-  # before segment 2 did. Resuming goes back to round 4 (segment 2's), which segment 0's last
-  # two checkpoints hold, not to round 3 where the finished segment 1 stands.
-  overrides = {"model.cuts": [1, 2], "pipeline.refresh_steps": 3, "segments.0.epochs": 6,
-               "segments.1.epochs": 2, "segments.2.epochs": 6}
+  # Segment 1 trains in round 1 only and is then done; the run stops after segment 0 saved its
+  # 4th epoch and before segment 2 saved its 2nd. Resuming takes segment 0 back one epoch, to
+  # its 3rd (its last two checkpoints hold it), not back to where the finished segment 1 stands.
+  overrides = {"model.cuts": [1, 2], "pipeline.refresh_steps": 4, "segments.0.epochs": 5,
+               "segments.1.epochs": 1, "segments.2.epochs": 4}
   problem = _problem(jax.devices()[:3], **overrides)
   want_params, want = S.train_pipelined(problem, QUIET, checkpoints=checkpoint.Policy(
       tmp_path / "whole"))
@@ -182,7 +182,7 @@ def test_a_finished_segment_does_not_hold_a_resume_back(tmp_path, monkeypatch):
   real = checkpoint.crash_point
 
   def dying(name, directory=None):
-    if name == "checkpoint-saved:pnn-pipelined/segment 0:5":
+    if name == "checkpoint-saved:pnn-pipelined/segment 0:4":
       raise _Killed(name)
     real(name, directory)
 
@@ -194,7 +194,7 @@ def test_a_finished_segment_does_not_hold_a_resume_back(tmp_path, monkeypatch):
   monkeypatch.setattr(checkpoint, "restore", functools.partial(_recording, checkpoint.restore,
                                                                restored))
   params, got = S.train_pipelined(problem, QUIET, checkpoints=policy)
-  assert ("segment 0", 4) in restored  # taken back one round, not to the start
+  assert ("segment 0", 3) in restored  # taken back one round, not to the start
   assert _same_params(want_params, params)
   assert [s.loss_per_epoch for s in got.segments] == [s.loss_per_epoch for s in want.segments]
   assert got.test_accuracy == want.test_accuracy
