@@ -19,6 +19,10 @@ from synthpart.train.objectives import Constants, Task, make_loss
 
 from tiny import tiny_config, tiny_dataset
 
+# Its module fixture is made once: every test of this file on one worker (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("accounting")
+
+
 QUIET = Progress(quiet=True)
 WIDTHS = (64, 48, 48, 48, 10)
 BATCH = 32

@@ -27,6 +27,10 @@ from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.live import start_loop
 
+# Its module fixture is made once: every test of this file on one worker (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("distributed")
+
+
 QUIET = Progress(quiet=True)
 NUM_TRAIN = 384
 

@@ -14,6 +14,10 @@ from synthpart.train.problem import make_problem
 
 from tiny import tiny_config
 
+# Its module fixture is made once: every test of this file on one worker (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("export")
+
+
 FLAGS = ["--hidden", "16,16,16", "--cuts", "2", "--epochs", "2", "--recovery-epochs", "1", "-q"]
 
 

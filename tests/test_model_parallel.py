@@ -17,6 +17,10 @@ from synthpart.train.loop import epoch_order
 
 from tiny import tiny_config, tiny_dataset
 
+# Its module fixture is made once: every test of this file on one worker (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("model_parallel")
+
+
 QUIET = Progress(quiet=True)
 
 

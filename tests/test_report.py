@@ -21,6 +21,10 @@ from synthpart.train.problem import make_problem
 
 from tiny import tiny_config, tiny_dataset
 
+# Its module fixture is made once: every test of this file on one worker (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("report")
+
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

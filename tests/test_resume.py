@@ -13,6 +13,10 @@ import pytest
 
 from synthpart import checkpoint
 
+# Its module fixture is made once: every test of this file on one worker (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("resume")
+
+
 FLAGS = ["--hidden", "32,32,32", "--cuts", "2", "--epochs", "3", "--batch-size", "64",
          "--lr", "0.01", "--recovery-epochs", "2", "-q"]
 

@@ -14,6 +14,10 @@ from synthpart.sweep import run as sweep_run
 
 from tiny import tiny_dataset
 
+# Its module fixture is made once: every test of this file on one worker (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("sweep")
+
+
 TINY_BASE = {"data": {"name": "tiny"}, "model": {"hidden": [8, 8, 8], "cuts": [2]},
              "train": {"epochs": 1, "batch_size": 64, "learning_rate": 0.01},
              "recovery": {"epochs": 0}}
