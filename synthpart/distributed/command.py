@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Protocol
 
+from synthpart.distributed.coordinator import COORDINATOR_TIMEOUT
 from synthpart.distributed.launcher import launch_local
 from synthpart.distributed.liveness import HEARTBEAT_TIMEOUT
 from synthpart.distributed.process import (
@@ -50,6 +51,9 @@ def add_launch_command(sub: SubParsers) -> None:
   g.add_argument("--heartbeat-timeout", type=float, default=HEARTBEAT_TIMEOUT, metavar="S",
                  help="seconds without a heartbeat after which a process counts as dead "
                       f"(default {HEARTBEAT_TIMEOUT:g})")
+  g.add_argument("--coordinator-timeout", type=float, default=COORDINATOR_TIMEOUT, metavar="S",
+                 help="seconds a process waits for the coordinator (process 0) to answer when it "
+                      f"starts, before it gives up (default {COORDINATOR_TIMEOUT:g})")
   p.set_defaults(func=run_launch)
 
 
@@ -67,11 +71,10 @@ def parse_segments(text: str | None, num_segments: int) -> tuple[int, ...]:
   return segments
 
 
-def check_heartbeat_timeout(seconds: float) -> None:
-  """A heartbeat timeout is a positive, finite number of seconds (nan and inf are refused)."""
+def check_timeout(flag: str, seconds: float) -> None:
+  """A timeout is a positive, finite number of seconds (nan and inf are refused)."""
   if not math.isfinite(seconds) or seconds <= 0:
-    raise ConfigError(f"--heartbeat-timeout must be a positive, finite number of seconds, "
-                      f"got {seconds}")
+    raise ConfigError(f"{flag} must be a positive, finite number of seconds, got {seconds}")
 
 
 def run_launch(args: argparse.Namespace) -> int:
@@ -82,7 +85,8 @@ def run_launch(args: argparse.Namespace) -> int:
                       "refreshes activations every few steps: run it in one process (train)")
   if getattr(args, "resume", False):
     raise ConfigError("launch does not --resume: rerun its failed segments with --only-segment K")
-  check_heartbeat_timeout(args.heartbeat_timeout)
+  check_timeout("--heartbeat-timeout", args.heartbeat_timeout)
+  check_timeout("--coordinator-timeout", args.coordinator_timeout)
   if config.model.num_segments < 2:
     raise ConfigError("launch trains segments: give at least one cut (model.cuts)")
   if args.local is not None:

@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
+import signal
 import socket
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import jax
@@ -24,6 +27,11 @@ from synthpart.config import Config
 from synthpart.data import Dataset
 from synthpart.distributed import jaxkv
 from synthpart.distributed.assemble import assemble
+from synthpart.distributed.coordinator import (
+  COORDINATOR_TIMEOUT,
+  await_coordinator,
+  check_port_free,
+)
 from synthpart.distributed.liveness import (
   Heartbeat,
   Liveness,
@@ -42,6 +50,7 @@ from synthpart.distributed.rundir import (
   check_fresh,
   clear_run,
   error_text,
+  lock_launch_dir,
   owner,
   read_json,
   same_settings,
@@ -57,6 +66,7 @@ from synthpart.distributed.segments import (
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
 from synthpart.progress import Progress
+from synthpart.rundir import RunLock
 from synthpart.setup import prepare_dataset, select_devices
 from synthpart.tblog import write_tensorboard
 from synthpart.train.problem import Problem, make_problem
@@ -65,6 +75,7 @@ ENV_COORDINATOR = "SYNTHPART_COORDINATOR"
 ENV_NUM_PROCESSES = "SYNTHPART_NUM_PROCESSES"
 ENV_PROCESS_ID = "SYNTHPART_PROCESS_ID"
 READY_KEY = "synthpart/ready"
+HEARD_KEY = "synthpart/heard"  # + /<process>: that process has read process 0's word
 READY_TIMEOUT_MS = 60 * 60 * 1000  # process 0 may be downloading the dataset meanwhile
 
 
@@ -115,35 +126,56 @@ def most_devices(sizes: Sequence[int], identity: Identity) -> int:
   return max(sum(sizes[k] for k in segments_of(i, n, len(sizes))) for i in candidates)
 
 
-def reserve_cpu_devices(count: int) -> None:
+def reserve_cpu_devices(count: int) -> bool:
   """Simulates `count` devices on CPU; must come before the backend starts (a no-op after, and
-  on GPU and TPU)."""
+  on GPU and TPU). Returns whether the backend was still to start."""
   try:
     jax.config.update("jax_num_cpu_devices", max(count, 1))
   except RuntimeError:
-    pass  # the backend is already up (an embedding program chose): use the devices it has
+    return False  # the backend is already up (an embedding program chose): use its devices
+  return True
 
 
-def init_distributed(identity: Identity) -> tuple[int, int]:
+FRESH_PROCESS = ("a multi-process launch must start in a fresh process, before anything uses "
+                 "jax; run `synthpart launch` from the command line")
+
+
+def init_distributed(identity: Identity, timeout: float = COORDINATOR_TIMEOUT) -> tuple[int, int]:
   """jax.distributed.initialize with what is known (jax detects the rest on Slurm, Open MPI and
-  TPU VMs); returns (process id, number of processes). Starts the backend."""
+  TPU VMs); returns (process id, number of processes). Starts the backend.
+
+  Where the coordinator's address is known, process 0 first checks that its port is free and
+  every other process waits at most `timeout` seconds for the coordinator to answer, so that
+  neither ends in a crash or an abort inside jax (`synthpart.distributed.coordinator`).
+  """
   try:
     # Without it, the death of one process makes every other abort at its next contact.
     jax.config.update("jax_enable_recoverability", True)
   except (AttributeError, KeyError, ValueError):
     pass  # a jax without the option: a death then ends the others too
+  deadline = time.monotonic() + timeout
+  if identity.coordinator is not None and identity.process_id is not None:
+    if identity.process_id == 0:
+      check_port_free(identity.coordinator)
+    else:
+      await_coordinator(identity.coordinator, timeout)
   try:
-    jax.distributed.initialize(identity.coordinator, identity.num_processes, identity.process_id)
+    jax.distributed.initialize(
+        identity.coordinator, identity.num_processes, identity.process_id,
+        initialization_timeout=max(1, math.ceil(deadline - time.monotonic())))
   except RuntimeError as e:
     if "before any JAX calls" not in str(e):
       raise
-    raise ConfigError("a multi-process launch must start in a fresh process, before anything "
-                      "uses jax; run `synthpart launch` from the command line") from None
+    raise ConfigError(FRESH_PROCESS) from None
   except (ValueError, TypeError) as e:
     raise ConfigError(
         f"launch cannot tell which process this is ({e}); pass --coordinator HOST:PORT "
         f"--num-processes N --process-id I (or ${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES}, "
         f"${ENV_PROCESS_ID}), run under Slurm, Open MPI or on a TPU VM, or use --local N") from None
+  # jax's preemption notifier takes SIGTERM over, and a process then trains on; a launch
+  # process ends on SIGTERM as any program does (its launcher, or the cluster, records it).
+  with contextlib.suppress(ValueError):  # signals are the main thread's
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
   return jax.process_index(), jax.process_count()
 
 
@@ -161,30 +193,58 @@ def publish(error: str | None) -> None:
   jaxkv.put(READY_KEY, "error " + error if error else "go")
 
 
-def await_go() -> None:
-  """Waits for process 0's word; raises `ConfigError` with its reason where it stopped."""
+def await_go(process_id: int) -> None:
+  """Waits for process 0's word, and says it was heard; raises `ConfigError` with its reason
+  where process 0 stopped the launch."""
   answer = jaxkv.get(READY_KEY, READY_TIMEOUT_MS)
+  jaxkv.put(f"{HEARD_KEY}/{process_id}", "1")
   if answer != "go":
     raise ConfigError(f"process 0 stopped the launch: {answer.removeprefix('error ')}")
 
 
-def claim_run(run: RunDir, config: Config, overwrite: bool, coordinated: bool) -> Dataset:
-  """Process 0: checks and claims the run directory, writes the plan and reads the dataset, then
-  tells the others to go. They wait for word from here before they touch the run directory, so
-  whatever goes wrong, they hear it; they would wait for a go that never comes."""
+def await_heard(num_processes: int, timeout: float) -> None:
+  """Process 0, having stopped the launch: waits (at most `timeout` seconds in all) until every
+  other process has heard why, then leaves jax.distributed, whose coordinator it hosts."""
+  deadline = time.monotonic() + timeout
+  with contextlib.suppress(Exception):  # a process that never comes: leave all the same
+    for i in range(1, num_processes):
+      jaxkv.get(f"{HEARD_KEY}/{i}", max(1, int(1000 * (deadline - time.monotonic()))))
+  with contextlib.suppress(Exception):
+    jax.distributed.shutdown()
+
+
+def claim_run(run: RunDir, config: Config, overwrite: bool) -> RunLock | None:
+  """Process 0: takes the run directory's lock (unless the launcher that started this process
+  holds it), checks that it holds no earlier launch (or clears it, with `overwrite`) and writes
+  the plan. Nothing is written into the directory before the lock is held and the checks pass.
+  Returns the lock, for the caller to hold until the end; None where the launcher holds it."""
+  lock = lock_launch_dir(run.root)
   try:
     check_fresh(run, overwrite)
     if overwrite:
       clear_run(run)
     write_plan(run, config)
-    dataset = prepare_dataset(config, progress=False)
-  except Exception as e:
-    if coordinated:
-      publish(error_text(e))
+  except BaseException:
+    if lock is not None:
+      lock.release()
     raise
-  if coordinated:
+  return lock
+
+
+@contextlib.contextmanager
+def telling_the_others(num_processes: int, timeout: float) -> Iterator[None]:
+  """Process 0, until the others may start: an error on the way is sent to them (they wait for
+  word from process 0 before they touch the run directory, so whatever goes wrong, they hear
+  it, and process 0 waits until they have), and the go once the block completes."""
+  try:
+    yield
+  except Exception as e:
+    if num_processes > 1:
+      publish(error_text(e))
+      await_heard(num_processes, timeout)
+    raise
+  if num_processes > 1:
     publish(None)
-  return dataset
 
 
 def train_own(ctx: Context, config: Config, dataset: Dataset | None,
@@ -236,18 +296,47 @@ def _progress(args: argparse.Namespace, run: RunDir, process_id: int) -> Progres
 
 def run_process(args: argparse.Namespace, config: Config, out: Path, identity: Identity) -> int:
   """One process of a launch: its segments, then (process 0) the network. Returns its exit
-  code, which it also writes to its exit marker, last."""
+  code, which it also writes to its exit marker, last.
+
+  Nothing is written into the run directory before process 0 holds its lock and has checked it,
+  and the other processes write nothing before they hear its go: a launch refused there leaves
+  a launch running in the directory untouched.
+  """
   num_segments = config.model.num_segments
   sizes = config.placement.sizes(num_segments)
   coordinated = identity.num_processes != 1
-  reserve_cpu_devices(args.devices or most_devices(sizes, identity))
-  pid, n = init_distributed(identity) if coordinated else (0, 1)
+  fresh = reserve_cpu_devices(args.devices or most_devices(sizes, identity))
+  if coordinated and not fresh:
+    raise ConfigError(FRESH_PROCESS)  # before any wait for the coordinator
+  pid, n = init_distributed(identity, args.coordinator_timeout) if coordinated else (0, 1)
   if n > num_segments:
     raise ConfigError(f"{n} processes for {num_segments} segments: a process would have "
                       "nothing to train (segment k trains in process k mod N)")
   run = RunDir(out, n)
   own = segments_of(pid, n, num_segments)
-  devices = select_devices(args.devices, sum(sizes[k] for k in own), local=True)
+  lock: RunLock | None = None
+  try:
+    dataset = None
+    if pid == 0:
+      with telling_the_others(n, args.coordinator_timeout):
+        lock = claim_run(run, config, args.overwrite)
+        devices = select_devices(args.devices, sum(sizes[k] for k in own), local=True)
+        dataset = prepare_dataset(config, progress=False)
+    else:
+      await_go(pid)
+      devices = select_devices(args.devices, sum(sizes[k] for k in own), local=True)
+    return train_process(args, config, run, pid, own, devices, dataset, coordinated)
+  finally:
+    if lock is not None:
+      lock.release()  # after the exit marker: the directory is this launch's to the end
+
+
+def train_process(args: argparse.Namespace, config: Config, run: RunDir, pid: int,
+                  own: Sequence[int], devices: Sequence[jax.Device], dataset: Dataset | None,
+                  coordinated: bool) -> int:
+  """The part of `run_process` that writes: once the run directory is claimed (process 0) or
+  process 0 said go (the others). Returns the exit code, also written to the exit marker."""
+  num_segments = config.model.num_segments
   write_json_atomic(run.process(pid) / "process.json",
                     {"process": pid, "host": socket.gethostname(), "pid": os.getpid(),
                      "devices": [f"{d.platform}:{d.id}" for d in devices]})
@@ -256,21 +345,16 @@ def run_process(args: argparse.Namespace, config: Config, out: Path, identity: I
   complete, own_ok = False, False
   try:
     with Heartbeat(run.heartbeat(pid)):
-      dataset = None
-      if pid == 0:
-        dataset = claim_run(run, config, args.overwrite, coordinated)
-      else:
-        await_go()
       problem, outcomes = train_own(ctx, config, dataset, devices, own)
       own_ok = all(s["status"] == "done" for s in outcomes.values())
       if pid == 0:
         statuses = {k: outcomes.get(k) or wait_for_status(run, k, liveness)
                     for k in range(num_segments)}
         complete = finish_run(ctx, problem, statuses, dataset.source if dataset is not None else "",
-                              child_arguments(args, out), args.tensorboard)
+                              child_arguments(args, run.root), args.tensorboard)
   finally:
     if coordinated:
-      leave_distributed(liveness, pid, n)
+      leave_distributed(liveness, pid, run.num_processes)
     code = 0 if own_ok and (pid != 0 or complete) else EXIT_INCOMPLETE
     write_json_atomic(run.exit_marker(pid), {"exit_code": code, "written_by": "process"})
   return code
@@ -278,8 +362,19 @@ def run_process(args: argparse.Namespace, config: Config, out: Path, identity: I
 
 def run_only(args: argparse.Namespace, config: Config, out: Path, identity: Identity,
              only: tuple[int, ...]) -> int:
-  """Trains the segments `only` alone, into an earlier launch's directory; then assembles the
-  network if every segment is now done. Needs no coordinator and no other process."""
+  """Trains the segments `only` alone, into an earlier launch's directory, holding its lock;
+  then assembles the network if every segment is now done. Needs no coordinator and no other
+  process."""
+  lock = lock_launch_dir(out)
+  try:
+    return _run_only_locked(args, config, out, identity, only)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run_only_locked(args: argparse.Namespace, config: Config, out: Path, identity: Identity,
+                     only: tuple[int, ...]) -> int:
   plan = read_json(out / "launch.json")
   n = identity.num_processes or (plan or {}).get("num_processes")
   if not n:

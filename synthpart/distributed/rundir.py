@@ -2,6 +2,14 @@
 hand-off arrays. Every file is written atomically (temporary name, fsync, rename), so a reader
 sees a whole file or none.
 
+One launch at a time uses a directory: its lock (`synthpart.rundir.lock_run_dir`, an flock on
+DIR/.lock) is held by the `--local` launcher for its whole life, or else by process 0 (and by a
+rerun of chosen segments), and taken before anything is written, so that a second launch into
+the directory is refused before it touches a file of the running one. Processes a launcher
+starts find its pid in $SYNTHPART_LAUNCHER, and check that DIR/.lock names it.
+
+  DIR/.lock                        the lock, holding its holder's pid
+
   DIR/launch.json                  the plan: settings, processes, segment -> process (process 0)
   DIR/process-<i>/process.json     host, pid and devices of process i
   DIR/process-<i>/heartbeat        a counter process i bumps every second
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,9 +41,10 @@ from synthpart.config import Config
 from synthpart.errors import ConfigError, SynthpartError
 from synthpart.files import write_atomic, write_json_atomic
 from synthpart.model import Params
-from synthpart.rundir import holds_run
+from synthpart.rundir import LOCK_FILE, RunLock, holds_run, lock_run_dir
 
 Status = dict[str, Any]  # one segment's status document (segment-<k>.json)
+ENV_LAUNCHER = "SYNTHPART_LAUNCHER"  # the pid of the launcher that started this process
 
 
 def owner(segment: int, num_processes: int) -> int:
@@ -181,3 +191,25 @@ def clear_run(run: RunDir) -> None:
     for path in [*directory.glob("segment-*"), directory / "exit.json"]:
       path.unlink(missing_ok=True)
 
+
+
+def lock_launch_dir(root: Path) -> RunLock | None:
+  """Takes the lock of launch directory `root` for as long as the caller holds the result; None
+  where the launcher that started this process holds it ($SYNTHPART_LAUNCHER, checked against
+  the pid DIR/.lock records and this process's parent).
+
+  Raises `CheckpointError` (having changed nothing) where another process holds the lock, and
+  `ConfigError` where $SYNTHPART_LAUNCHER names a process that does not hold it.
+  """
+  launcher = os.environ.get(ENV_LAUNCHER)
+  if not launcher:
+    return lock_run_dir(root)
+  try:
+    holder = (root / LOCK_FILE).read_text().strip()
+  except OSError:
+    holder = ""
+  if holder != launcher or str(os.getppid()) != launcher:
+    raise ConfigError(f"${ENV_LAUNCHER} says launcher {launcher} holds {root / LOCK_FILE}, but "
+                      f"it does not (the lock names {holder or 'no one'}): the launcher has "
+                      f"ended; unset ${ENV_LAUNCHER} to launch on your own")
+  return None
