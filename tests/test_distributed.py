@@ -2,10 +2,13 @@
 
 import json
 import os
+import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -14,9 +17,10 @@ import numpy as np
 import pytest
 
 from synthpart import distributed as D
+from synthpart import rundir
 from synthpart.cli import build_parser, main
 from synthpart.data.idx import write_idx
-from synthpart.distributed import jaxkv, launcher, reports
+from synthpart.distributed import coordinator, jaxkv, launcher, reports
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
 from synthpart.memory import tree_bytes
@@ -300,6 +304,7 @@ def test_a_segment_without_its_input_is_skipped(mnist_dir, tmp_path):
     (["--local", "2", "--heartbeat-timeout", "nan"], "--heartbeat-timeout must be a positive"),
     (["--local", "2", "--heartbeat-timeout", "inf"], "--heartbeat-timeout must be a positive"),
     (["--num-processes", "1", "--heartbeat-timeout", "0"], "got 0.0"),
+    (["--local", "2", "--coordinator-timeout", "-1"], "--coordinator-timeout must be a positive"),
 ])
 def test_bad_launch_flags_are_one_line_errors(mnist_dir, tmp_path, capsys, args, words):
   assert main(["launch", *_flags(mnist_dir, "--cuts", "2"), "--out", str(tmp_path / "r"),
@@ -371,3 +376,195 @@ def test_curves_follow_the_schedule():
       {"epoch": 1, "seconds": 3.0, "examples": [20, 20]},
       {"epoch": 2, "seconds": 3.0, "examples": [40, 20]}]
   assert [p["seconds"] for p in D.curve("sequential", [a, b], [0.0, 0.5])] == [1.0, 2.0, 5.5]
+
+
+# --- one launch per directory, signals, the coordinator's port ---------------------------------
+
+# A fresh CLI process that has imported everything and waits for a line on stdin to run: started
+# early, it acts at once when told to, however slowly this machine imports jax.
+_ARMED = ("import sys; from synthpart.cli import main; "
+          "sys.exit(main(sys.argv[1:]) if sys.stdin.readline() == 'go\\n' else 9)")
+
+
+def _armed(*argv):
+  return subprocess.Popen([sys.executable, "-c", _ARMED, *argv], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _fire(processes):
+  for p in processes:
+    p.stdin.write("go\n")
+    p.stdin.flush()
+
+
+def _await_file(path, process, seconds=240):
+  deadline = time.monotonic() + seconds
+  while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.02)
+  assert path.exists(), f"{path} never appeared"
+
+
+def _files(root):
+  return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+          if p.is_file()}
+
+
+def _error_line(stderr):
+  """The one line of a user error (jax's own log lines, from its C++ runtime, aside)."""
+  lines = [line for line in stderr.splitlines()
+           if not re.match(r"[IWE]\d{4} \d\d:\d\d:\d\d", line)]
+  assert "Traceback" not in stderr and len(lines) == 1, stderr
+  return lines[0]
+
+
+@pytest.mark.slow  # a launch of two fresh processes
+def test_sigterm_stops_a_local_launch_and_every_process_in_it(mnist_dir, tmp_path):
+  out = tmp_path / "run"
+  flags = _flags(mnist_dir, "--cuts", "2", "--schedule", "parallel", "--epochs", "100000", "-q")
+  first = subprocess.Popen(
+      [sys.executable, "-m", "synthpart", "launch", *flags, "--local", "2", "--out", str(out)],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for i in range(2):
+    _await_file(out / f"process-{i}" / "process.json", first)
+  pids = [json.loads((out / f"process-{i}" / "process.json").read_text())["pid"] for i in (0, 1)]
+  first.send_signal(signal.SIGTERM)
+  stdout, stderr = first.communicate(timeout=120)
+  assert first.returncode == 128 + signal.SIGTERM, stdout + stderr
+  assert stderr.count("\n") == 1 and "stopped by SIGTERM" in stderr, stderr
+  for pid in pids:  # every process of the launch has ended: none goes on writing
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
+  before = _files(out)
+  time.sleep(1.0)
+  assert _files(out) == before
+  run = D.RunDir(out, 2)
+  failures = json.loads(run.failures.read_text())
+  assert failures["signal"] == "SIGTERM" and failures["kept"] == []
+  assert [f["segment"] for f in failures["failed"]] == [0, 1]
+  assert all("--only-segment" in f["rerun"] for f in failures["failed"])
+  for k in (0, 1):
+    status = json.loads(run.status(k).read_text())
+    assert status["error"] == "stopped: the launcher received SIGTERM"
+  # The directory is free again: its lock went with the launcher.
+  with rundir.lock_run_dir(out):
+    pass
+
+
+@pytest.mark.slow  # two launches of fresh processes
+def test_a_second_launch_into_a_running_one_is_refused_before_it_writes(mnist_dir, tmp_path):
+  out = tmp_path / "run"
+  flags = _flags(mnist_dir, "--cuts", "2", "--schedule", "sequential", "--epochs", "20")
+  coordinator = f"127.0.0.1:{launcher.free_port()}"
+  # Into the running launch's directory, --overwrite even: with --local, and as the two
+  # processes of a launch across hosts (process 0 holds the lock there).
+  second = [_armed("launch", *flags, "--out", str(out), "--overwrite", "--local", "2")] + [
+      _armed("launch", *flags, "--out", str(out), "--overwrite", "--coordinator", coordinator,
+             "--num-processes", "2", "--process-id", str(i)) for i in (0, 1)]
+  first = subprocess.Popen(
+      [sys.executable, "-m", "synthpart", "launch", *flags, "--local", "2", "--out", str(out)],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _await_file(out / "process-1" / "process.json", first)
+  _fire(second)
+  refusals = [p.communicate(timeout=120) for p in second]
+  assert first.poll() is None, "the first launch ended before the second was refused"
+  stdout, stderr = first.communicate(timeout=300)
+  assert first.returncode == 0, stdout + stderr
+  in_use = f"--out {out} is in use by another synthpart run (pid "
+  assert [p.returncode for p in second] == [2, 2, 2], refusals
+  assert in_use + f"{first.pid})" in _error_line(refusals[0][1])
+  assert in_use in _error_line(refusals[1][1])
+  assert "process 0 stopped the launch: " + in_use in _error_line(refusals[2][1])
+  run = D.RunDir(out, 2)
+  assert json.loads(run.results.read_text())["runs"][0]["method"] == "pnn-sequential"
+  assert not run.failures.exists()
+  for i in range(2):
+    assert json.loads(run.exit_marker(i).read_text()) == {"exit_code": 0, "written_by": "process"}
+  assert not (out / ".lock").exists()
+
+
+@pytest.mark.slow  # three fresh processes
+def test_a_coordinator_port_in_use_or_unreachable_ends_every_process_in_one_line(mnist_dir,
+                                                                                  tmp_path):
+  out = tmp_path / "run"
+  flags = _flags(mnist_dir, "--cuts", "2")
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = f"127.0.0.1:{taken.getsockname()[1]}"
+    free = f"127.0.0.1:{launcher.free_port()}"
+    cases = [(busy, 0, 120), (busy, 1, 120), (free, 1, 2)]  # (coordinator, process, timeout)
+    start = time.monotonic()
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "synthpart", "launch", *flags, "--out", str(out),
+         "--coordinator", address, "--num-processes", "2", "--process-id", str(i),
+         "--coordinator-timeout", str(timeout)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for address, i, timeout in cases]
+    errors = [p.communicate(timeout=100)[1] for p in processes]
+    seconds = time.monotonic() - start
+  assert [p.returncode for p in processes] == [2, 2, 2], errors
+  assert all(e.count("\n") == 1 for e in errors), errors
+  assert f"the coordinator port of {busy} is in use" in errors[0]
+  assert f"something other than a launch's coordinator listens on {busy}" in errors[1]
+  assert all("choose another port with --coordinator HOST:PORT" in e for e in errors[:2])
+  assert f"no coordinator answered at {free} within 2 s" in errors[2]
+  assert "--coordinator-timeout" in errors[2]
+  assert seconds < 90  # none waited for its 120 s timeout
+  assert not out.exists()  # nothing written
+
+
+def test_a_listener_is_told_from_a_coordinator_by_its_answer(monkeypatch):
+  def serve(sock, answer):
+    connection, _ = sock.accept()
+    with connection:
+      connection.recv(64)
+      connection.sendall(answer)
+      time.sleep(0.5)
+
+  settings = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+  for answer, error in ((settings, None), (b"HTTP/1.1 400 Bad\r\n\r\n", "another protocol")):
+    with socket.socket() as sock:
+      sock.bind(("127.0.0.1", 0))
+      sock.listen()
+      thread = threading.Thread(target=serve, args=(sock, answer), daemon=True)
+      thread.start()
+      address = f"127.0.0.1:{sock.getsockname()[1]}"
+      if error is None:
+        coordinator.await_coordinator(address, 5)
+      else:
+        with pytest.raises(ConfigError, match=error):
+          coordinator.await_coordinator(address, 5)
+      thread.join()
+  with pytest.raises(ConfigError, match="a port in 1..65535"):
+    coordinator.split_address("host:99999")
+  assert coordinator.split_address("[::1]:80") == ("::1", 80)
+
+
+def test_stop_signals_are_recorded_and_a_process_that_ignores_sigterm_is_killed():
+  stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              "print('ready', flush=True); time.sleep(60)")
+  children = [subprocess.Popen([sys.executable, "-c", stubborn], stdout=subprocess.PIPE),
+              subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])]
+  children[0].stdout.readline()
+  with launcher.stop_signals() as stop:
+    os.kill(os.getpid(), signal.SIGHUP)  # recorded, not fatal
+    time.sleep(0.1)
+  assert stop.name == "SIGHUP"
+  exits = []
+  start = time.monotonic()
+  launcher.stop_processes(children, exits, grace=1.0)
+  assert time.monotonic() - start < 20
+  assert sorted(exits) == [(0, -signal.SIGKILL), (1, -signal.SIGTERM)]
+  children[0].stdout.close()
+
+
+def test_a_launcher_pid_that_does_not_hold_the_lock_is_refused(tmp_path, monkeypatch):
+  monkeypatch.setenv(D.ENV_LAUNCHER, str(os.getppid()))
+  with pytest.raises(ConfigError, match="the lock names no one"):
+    D.lock_launch_dir(tmp_path)
+  monkeypatch.delenv(D.ENV_LAUNCHER)
+  with D.lock_launch_dir(tmp_path) as lock:  # without it, the process takes the lock itself
+    assert lock is not None and (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+    monkeypatch.setenv(D.ENV_LAUNCHER, str(os.getppid()))
+    with pytest.raises(ConfigError, match=f"the lock names {os.getpid()}"):
+      D.lock_launch_dir(tmp_path)

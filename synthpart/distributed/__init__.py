@@ -25,7 +25,8 @@ process still connected, so process 0 waits for the others' exit before its own.
 
 The modules, each importing only those above it:
 
-  rundir     paths of the run directory, plan, statuses, parameter and hand-off files
+  rundir     paths of the run directory, its lock, plan, statuses, parameter and hand-off files
+  coordinator  before jax.distributed: process 0's port is free, the others reach it in time
   liveness   heartbeats, exit markers, and waiting for what another process writes
   jaxkv      the key-value store of jax.distributed (the one private JAX API, isolated)
   reports    exit codes, the failure report with its cause and rerun commands, the summary
@@ -55,11 +56,18 @@ from synthpart.distributed.process import (
   resolve_identity,
 )
 from synthpart.distributed.reports import EXIT_INCOMPLETE
-from synthpart.distributed.rundir import RunDir, load_params, save_params, segments_of
+from synthpart.distributed.rundir import (
+  ENV_LAUNCHER,
+  RunDir,
+  load_params,
+  lock_launch_dir,
+  save_params,
+  segments_of,
+)
 
 __all__ = [
-  "ENV_COORDINATOR", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "EXIT_INCOMPLETE", "Heartbeat",
-  "Identity", "Liveness", "RunDir", "UpstreamMissing", "add_launch_command", "curve",
-  "load_params", "resolve_identity", "run_launch", "save_params", "segments_of",
+  "ENV_COORDINATOR", "ENV_LAUNCHER", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "EXIT_INCOMPLETE",
+  "Heartbeat", "Identity", "Liveness", "RunDir", "UpstreamMissing", "add_launch_command", "curve",
+  "load_params", "lock_launch_dir", "resolve_identity", "run_launch", "save_params", "segments_of",
   "wait_for_activations", "wait_for_status",
 ]

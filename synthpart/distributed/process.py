@@ -76,6 +76,7 @@ ENV_NUM_PROCESSES = "SYNTHPART_NUM_PROCESSES"
 ENV_PROCESS_ID = "SYNTHPART_PROCESS_ID"
 READY_KEY = "synthpart/ready"
 HEARD_KEY = "synthpart/heard"  # + /<process>: that process has read process 0's word
+LEAVE_SECONDS = 2.0  # for the others to leave jax.distributed once they heard a stop (ms, usually)
 READY_TIMEOUT_MS = 60 * 60 * 1000  # process 0 may be downloading the dataset meanwhile
 
 
@@ -194,21 +195,26 @@ def publish(error: str | None) -> None:
 
 
 def await_go(process_id: int) -> None:
-  """Waits for process 0's word, and says it was heard; raises `ConfigError` with its reason
-  where process 0 stopped the launch."""
+  """Waits for process 0's word, and says it was heard; where process 0 stopped the launch,
+  leaves jax.distributed at once (before process 0, its coordinator, goes) and raises
+  `ConfigError` with the reason."""
   answer = jaxkv.get(READY_KEY, READY_TIMEOUT_MS)
   jaxkv.put(f"{HEARD_KEY}/{process_id}", "1")
   if answer != "go":
+    with contextlib.suppress(Exception):
+      jax.distributed.shutdown()
     raise ConfigError(f"process 0 stopped the launch: {answer.removeprefix('error ')}")
 
 
 def await_heard(num_processes: int, timeout: float) -> None:
   """Process 0, having stopped the launch: waits (at most `timeout` seconds in all) until every
-  other process has heard why, then leaves jax.distributed, whose coordinator it hosts."""
+  other process has heard why, and `LEAVE_SECONDS` more for them to leave jax.distributed, then
+  leaves it too: a process still connected when the coordinator goes would abort."""
   deadline = time.monotonic() + timeout
   with contextlib.suppress(Exception):  # a process that never comes: leave all the same
     for i in range(1, num_processes):
       jaxkv.get(f"{HEARD_KEY}/{i}", max(1, int(1000 * (deadline - time.monotonic()))))
+    time.sleep(LEAVE_SECONDS)
   with contextlib.suppress(Exception):
     jax.distributed.shutdown()
 
