@@ -391,6 +391,20 @@ def _armed(*argv):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.fixture
+def reaped():
+  """A list for the processes a test starts: those still running at its end are stopped."""
+  started = []
+  yield started
+  for p in started:
+    if p.poll() is None:
+      p.terminate()  # a launcher stops its own processes on SIGTERM
+      try:
+        p.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        p.kill()
+
+
 def _fire(processes):
   for p in processes:
     p.stdin.write("go\n")
@@ -418,12 +432,13 @@ def _error_line(stderr):
 
 
 @pytest.mark.slow  # a launch of two fresh processes
-def test_sigterm_stops_a_local_launch_and_every_process_in_it(mnist_dir, tmp_path):
+def test_sigterm_stops_a_local_launch_and_every_process_in_it(mnist_dir, tmp_path, reaped):
   out = tmp_path / "run"
   flags = _flags(mnist_dir, "--cuts", "2", "--schedule", "parallel", "--epochs", "100000", "-q")
   first = subprocess.Popen(
       [sys.executable, "-m", "synthpart", "launch", *flags, "--local", "2", "--out", str(out)],
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  reaped.append(first)
   for i in range(2):
     _await_file(out / f"process-{i}" / "process.json", first)
   pids = [json.loads((out / f"process-{i}" / "process.json").read_text())["pid"] for i in (0, 1)]
@@ -451,7 +466,8 @@ def test_sigterm_stops_a_local_launch_and_every_process_in_it(mnist_dir, tmp_pat
 
 
 @pytest.mark.slow  # two launches of fresh processes
-def test_a_second_launch_into_a_running_one_is_refused_before_it_writes(mnist_dir, tmp_path):
+def test_a_second_launch_into_a_running_one_is_refused_before_it_writes(mnist_dir, tmp_path,
+                                                                        reaped):
   out = tmp_path / "run"
   flags = _flags(mnist_dir, "--cuts", "2", "--schedule", "sequential", "--epochs", "20")
   coordinator = f"127.0.0.1:{launcher.free_port()}"
@@ -463,6 +479,7 @@ def test_a_second_launch_into_a_running_one_is_refused_before_it_writes(mnist_di
   first = subprocess.Popen(
       [sys.executable, "-m", "synthpart", "launch", *flags, "--local", "2", "--out", str(out)],
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  reaped.extend([*second, first])
   _await_file(out / "process-1" / "process.json", first)
   _fire(second)
   refusals = [p.communicate(timeout=120) for p in second]

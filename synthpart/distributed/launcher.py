@@ -224,12 +224,18 @@ def launch_local(args: argparse.Namespace, config: Config) -> int:
     base = child_arguments(args, out)
     coordinator = f"127.0.0.1:{free_port()}"
     if stop.number is not None:
+      print(f"synthpart: the launch was stopped by {stop.name} before it started",
+            file=sys.stderr)
       return 128 + stop.number
     children = start_processes(args, run, base, coordinator)
     if not args.quiet:
       print(f"launched {args.local} processes (coordinator {coordinator}); logs in "
             f"{out}/process-*/log.txt", file=sys.stderr)
-    exits = watch(children, run, num_segments, stop)
+    try:
+      exits = watch(children, run, num_segments, stop)
+    except BaseException:
+      stop_processes(children, [])  # none outlives the launcher, whatever went wrong here
+      raise
     if stop.number is not None:
       return record_stop(run, num_segments, exits, base, stop)
     return report_launch(run, num_segments, exits, base)

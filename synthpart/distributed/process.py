@@ -6,6 +6,10 @@ jax.distributed finds the processes (cluster auto-detection) and carries one sta
 process 0 checks the run directory, then tells the others to go, or why not. It runs with
 recoverability on, so one process's death does not take the others down; its coordinator lives
 in process 0, which must outlive the others, so process 0 waits for their exit before its own.
+
+Nothing is written into the run directory before process 0 holds its lock (or the `--local`
+launcher that started it does) and has checked it; the others write nothing before its go. A
+process 0 that stops the launch before the go waits until the others have heard why and left.
 """
 
 from __future__ import annotations
