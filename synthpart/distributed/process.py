@@ -80,7 +80,7 @@ ENV_NUM_PROCESSES = "SYNTHPART_NUM_PROCESSES"
 ENV_PROCESS_ID = "SYNTHPART_PROCESS_ID"
 READY_KEY = "synthpart/ready"
 HEARD_KEY = "synthpart/heard"  # + /<process>: that process has read process 0's word
-LEAVE_SECONDS = 2.0  # for the others to leave jax.distributed once they heard a stop (ms, usually)
+LEAVE_SECONDS = 1.0  # for the others to leave jax.distributed once they heard a stop (ms, usually)
 READY_TIMEOUT_MS = 60 * 60 * 1000  # process 0 may be downloading the dataset meanwhile
 
 
