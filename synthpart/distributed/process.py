@@ -177,8 +177,9 @@ def init_distributed(identity: Identity, timeout: float = COORDINATOR_TIMEOUT) -
         f"launch cannot tell which process this is ({e}); pass --coordinator HOST:PORT "
         f"--num-processes N --process-id I (or ${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES}, "
         f"${ENV_PROCESS_ID}), run under Slurm, Open MPI or on a TPU VM, or use --local N") from None
-  # jax's preemption notifier takes SIGTERM over, and a process then trains on; a launch
-  # process ends on SIGTERM as any program does (its launcher, or the cluster, records it).
+  # jax's preemption notifier takes SIGTERM over, and a process would train on; a launch
+  # process ends on SIGTERM as any program does (its launcher records it; on a cluster, the
+  # others see its heartbeat stop).
   with contextlib.suppress(ValueError):  # signals are the main thread's
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
   return jax.process_index(), jax.process_count()
