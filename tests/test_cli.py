@@ -1,4 +1,3 @@
-import json
 import os
 import subprocess
 import sys
@@ -10,25 +9,6 @@ from synthpart.cli import main
 SMALL = ["--hidden", "32,32,32", "--cuts", "2", "--epochs", "4", "--batch-size", "32",
          "--lr", "0.01",
          "--recovery-epochs", "1", "-q"]
-
-
-def test_compare_writes_every_method(tmp_path, capsys):
-  out = tmp_path / "run"
-  assert main(["compare", *SMALL, "--out", str(out)]) == 0
-  doc = json.loads((out / "results.json").read_text())
-  assert [r["method"] for r in doc["runs"]] == [
-      "conventional", "pnn-sequential", "pnn-sequential+recovery", "pnn-parallel",
-      "pnn-parallel-nearest-sil", "pnn-parallel+recovery", "pnn-pipelined",
-      "pnn-pipelined+recovery"]
-  for r in doc["runs"]:
-    assert 0.5 < r["test_accuracy"] <= 1 and r["wall_seconds"] > 0
-  assert doc["dataset"] == {"name": "digits", "source": doc["dataset"]["source"],
-                            "num_classes": 10, "num_train": 1437, "num_test": 360,
-                            "num_features": 64, "input_shape": [8, 8, 1],
-                            "input_dtype": "uint8", "input_scale": 255.0}
-  assert doc["config"]["model"]["hidden"] == [32, 32, 32] and doc["versions"]["jax"]
-  table = capsys.readouterr().out
-  assert "pnn-parallel+recovery" in table and "test acc" in table
 
 
 def test_existing_results_are_kept(tmp_path, capsys):

@@ -2,12 +2,16 @@
 
 import argparse
 import dataclasses
+import gzip
 import os
 
 import pytest
 
-from synthpart.data import cli, sources
+from synthpart.data import cli, idx, sources
+from synthpart.data.registry import get_spec, idx_filenames
 from synthpart.errors import DataError
+
+from commands import synthpart
 
 
 def _run(argv):
@@ -117,3 +121,25 @@ def test_data_without_subcommand_is_a_usage_error(capsys):
   with pytest.raises(SystemExit) as info:
     _run(["data"])
   assert info.value.code == 2
+
+
+def test_commands_in_a_fresh_process(tmp_path, http_server, fakes):
+  """`data list`, `data verify` and `data download` as a user runs them: a fresh process, whose
+  own search roots (SYNTHPART_DATA, the mirror) come from its environment."""
+  url, state = http_server
+  names = idx_filenames(get_spec("mnist"))
+  for role, array in fakes.stored_idx(fakes.make("mnist")).items():
+    state.files[names[role] + ".gz"] = gzip.compress(idx.idx_bytes(array), mtime=0)
+  env = {"SYNTHPART_DATA": str(tmp_path / "cache"), "TFDS_DATA_DIR": str(tmp_path / "tfds"),
+         "SYNTHPART_MIRROR": url}
+  listed = synthpart("data", "list", env=env)
+  assert listed.returncode == 0, listed.stderr
+  assert "(default)" in listed.stdout and "synthpart data download cifar100" in listed.stdout
+  # The mirror serves files other than the published ones: refused by size, nothing kept.
+  fetched = synthpart("data", "download", "mnist", "--no-progress", env=env)
+  assert fetched.returncode == 2 and len(fetched.stderr.strip().splitlines()) == 1, fetched.stderr
+  assert "mnist" in fetched.stderr
+  assert not list((tmp_path / "cache").rglob("*-ubyte*"))
+  fakes.write_idx_files(fakes.make("mnist", n_train=5, n_test=3), tmp_path / "mine")
+  verified = synthpart("data", "verify", "mnist", "--data-dir", str(tmp_path / "mine"), env=env)
+  assert verified.returncode == 1 and "FAIL  train count" in verified.stdout
