@@ -17,7 +17,7 @@ import jax
 from synthpart import config as config_lib
 from synthpart.blocks import ACTIVATIONS
 from synthpart.data import Dataset, load_dataset, split_validation
-from synthpart.errors import ConfigError
+from synthpart.errors import ConfigError, ResourceError
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
 from synthpart.train.optim import LR_SCHEDULES, OPTIMIZERS
 
@@ -146,8 +146,17 @@ Loader = Callable[[config_lib.DataConfig], Dataset]
 
 
 def read_dataset(data: config_lib.DataConfig, progress: bool = True) -> Dataset:
-  """The dataset `data` names, from wherever `synthpart.data` finds it."""
-  return load_dataset(data.name, data.data_dir, download=data.download, progress=progress)
+  """The dataset `data` names, from wherever `synthpart.data` finds it.
+
+  Raises:
+    DataError: see `synthpart.data.load_dataset`.
+    ResourceError: the process ran out of memory reading it (the data, not the network).
+  """
+  try:
+    return load_dataset(data.name, data.data_dir, download=data.download, progress=progress)
+  except MemoryError:
+    raise ResourceError(f"out of memory reading dataset {data.name}: its arrays do not fit in "
+                        "this process's memory (see its limit: ulimit -v)") from None
 
 
 def with_validation(dataset: Dataset, config: config_lib.Config) -> Dataset:

@@ -7,6 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 
+from synthpart import config as config_lib
+from synthpart import setup
 from synthpart.data import idx, load_dataset, sources
 from synthpart.data.registry import get_spec, idx_filenames
 from synthpart.errors import DataError, ResourceError
@@ -381,6 +383,17 @@ def test_digits_import_failures_name_the_real_cause(monkeypatch, error, kind, pa
   with pytest.raises(kind, match=pattern) as info:
     load_dataset("digits")
   assert "pip install 'synthpart" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_running_out_of_memory_reading_data_blames_the_data(monkeypatch):
+  """Not "out of memory: the network ... try smaller model.hidden", as the command said."""
+  def no_memory(*args, **kwargs):
+    raise MemoryError
+
+  monkeypatch.setattr(setup, "load_dataset", no_memory)
+  with pytest.raises(ResourceError, match=r"^out of memory reading dataset npz:big\.npz: its "
+                     r"arrays do not fit in this process's memory"):
+    setup.read_dataset(config_lib.DataConfig(name="npz:big.npz"))
 
 
 def test_digits_out_of_memory_loading_is_a_resource_error(monkeypatch):
