@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from synthpart.cli import main
+from synthpart.data import fingerprint, load_dataset
 
 SMALL = ["--hidden", "32,32,32", "--cuts", "2", "--epochs", "4", "--batch-size", "32",
          "--lr", "0.01",
@@ -25,7 +26,8 @@ def test_compare_writes_every_method(tmp_path, capsys):
   assert doc["dataset"] == {"name": "digits", "source": doc["dataset"]["source"],
                             "num_classes": 10, "num_train": 1437, "num_test": 360,
                             "num_features": 64, "input_shape": [8, 8, 1],
-                            "input_dtype": "uint8", "input_scale": 255.0}
+                            "input_dtype": "uint8", "input_scale": 255.0,
+                            "fingerprint": fingerprint(load_dataset("digits"))}
   assert doc["config"]["model"]["hidden"] == [32, 32, 32] and doc["versions"]["jax"]
   table = capsys.readouterr().out
   assert "pnn-parallel+recovery" in table and "test acc" in table

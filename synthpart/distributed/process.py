@@ -39,6 +39,7 @@ from synthpart.distributed.reports import (
 from synthpart.distributed.rundir import (
   RunDir,
   Status,
+  check_data,
   check_fresh,
   clear_run,
   error_text,
@@ -57,7 +58,7 @@ from synthpart.distributed.segments import (
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
 from synthpart.progress import Progress
-from synthpart.setup import prepare_dataset, select_devices
+from synthpart.setup import prepare_fingerprinted, select_devices
 from synthpart.tblog import write_tensorboard
 from synthpart.train.problem import Problem, make_problem
 
@@ -168,36 +169,40 @@ def await_go() -> None:
     raise ConfigError(f"process 0 stopped the launch: {answer.removeprefix('error ')}")
 
 
-def claim_run(run: RunDir, config: Config, overwrite: bool, coordinated: bool) -> Dataset:
-  """Process 0: checks and claims the run directory, writes the plan and reads the dataset, then
-  tells the others to go. They wait for word from here before they touch the run directory, so
-  whatever goes wrong, they hear it; they would wait for a go that never comes."""
+def claim_run(run: RunDir, config: Config, overwrite: bool, coordinated: bool
+              ) -> tuple[Dataset, str]:
+  """Process 0: checks the run directory, reads the dataset, claims the directory and writes the
+  plan (with the data's fingerprint), then tells the others to go; returns the dataset and its
+  fingerprint. They wait for word from here before they touch the run directory, so whatever
+  goes wrong, they hear it; they would wait for a go that never comes."""
   try:
     check_fresh(run, overwrite)
+    dataset, fingerprint = prepare_fingerprinted(config, progress=False)
     if overwrite:
       clear_run(run)
-    write_plan(run, config)
-    dataset = prepare_dataset(config, progress=False)
+    write_plan(run, config, fingerprint)
   except Exception as e:
     if coordinated:
       publish(error_text(e))
     raise
   if coordinated:
     publish(None)
-  return dataset
+  return dataset, fingerprint
 
 
 def train_own(ctx: Context, config: Config, dataset: Dataset | None,
               devices: Sequence[jax.Device], own: Sequence[int]
               ) -> tuple[Problem | None, dict[int, Status]]:
   """This process's segments `own` on its `devices`: (the problem, where it could be made, and
-  each segment's status). A failure before any segment could start fails all of them alike."""
+  each segment's status). A failure before any segment could start fails all of them alike:
+  among them, data (read here where `dataset` is None) other than those the plan records."""
   sizes = config.placement.sizes(config.model.num_segments)
   outcomes: dict[int, Status] = {}
   problem = None
   try:
     if dataset is None:
-      dataset = prepare_dataset(config, progress=False)
+      dataset, fingerprint = prepare_fingerprinted(config, progress=False)
+      check_data(ctx.run, config, fingerprint, f"process {ctx.process_id}")
     problem = make_problem(config, dataset, devices, warn_shared=False)
     problem = dataclasses.replace(problem, groups=own_groups(devices, sizes, own))
     outcomes = run_segments(ctx, problem, own)
@@ -209,14 +214,15 @@ def train_own(ctx: Context, config: Config, dataset: Dataset | None,
 
 
 def finish_run(ctx: Context, problem: Problem | None, statuses: dict[int, Status], source: str,
-               base: Sequence[str], tensorboard: bool) -> bool:
-  """Assembles and writes results.json if every segment is done; else writes failures.json.
+               base: Sequence[str], tensorboard: bool, fingerprint: str | None = None) -> bool:
+  """Assembles and writes results.json (recording the data's `fingerprint`) if every segment is
+  done; else writes failures.json.
 
   Returns whether the run is complete.
   """
   run = ctx.run
   if problem is not None and all(s["status"] == "done" for s in statuses.values()):
-    _, document = assemble(problem, run, statuses, source, ctx.progress)
+    _, document = assemble(problem, run, statuses, source, ctx.progress, fingerprint)
     write_json_atomic(run.results, document)
     run.failures.unlink(missing_ok=True)
     if tensorboard:
@@ -256,9 +262,9 @@ def run_process(args: argparse.Namespace, config: Config, out: Path, identity: I
   complete, own_ok = False, False
   try:
     with Heartbeat(run.heartbeat(pid)):
-      dataset = None
+      dataset, fingerprint = None, None
       if pid == 0:
-        dataset = claim_run(run, config, args.overwrite, coordinated)
+        dataset, fingerprint = claim_run(run, config, args.overwrite, coordinated)
       else:
         await_go()
       problem, outcomes = train_own(ctx, config, dataset, devices, own)
@@ -267,7 +273,7 @@ def run_process(args: argparse.Namespace, config: Config, out: Path, identity: I
         statuses = {k: outcomes.get(k) or wait_for_status(run, k, liveness)
                     for k in range(num_segments)}
         complete = finish_run(ctx, problem, statuses, dataset.source if dataset is not None else "",
-                              child_arguments(args, out), args.tensorboard)
+                              child_arguments(args, out), args.tensorboard, fingerprint)
   finally:
     if coordinated:
       leave_distributed(liveness, pid, n)
@@ -297,9 +303,11 @@ def run_only(args: argparse.Namespace, config: Config, out: Path, identity: Iden
   sizes = config.placement.sizes(config.model.num_segments)
   devices = select_devices(args.devices, sum(sizes[k] for k in only), local=True)
   ctx = Context(run, pid, None, _progress(args, run, pid))
+  # The data first: segments trained on other data than the launch's are never mixed in.
+  dataset, fingerprint = prepare_fingerprinted(config, progress=False)
+  check_data(run, config, fingerprint, "--only-segment")
   for k in only:
     run.status(k).unlink(missing_ok=True)
-  dataset = prepare_dataset(config, progress=False)
   problem = make_problem(config, dataset, devices, warn_shared=False)
   problem = dataclasses.replace(problem, groups=own_groups(devices, sizes, only))
   outcomes = run_segments(ctx, problem, only)
@@ -308,7 +316,7 @@ def run_only(args: argparse.Namespace, config: Config, out: Path, identity: Iden
   missing = [k for k in found if k not in statuses or statuses[k]["status"] != "done"]
   if not missing:
     finish_run(ctx, problem, statuses, dataset.source, child_arguments(args, out),
-               args.tensorboard)
+               args.tensorboard, fingerprint)
   else:
     ctx.log(f"segments {', '.join(map(str, missing))} are not done yet: the network is "
             "assembled once every segment is")
