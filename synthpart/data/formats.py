@@ -22,7 +22,7 @@ from typing import IO, cast
 import numpy as np
 
 from synthpart.data import idx
-from synthpart.data.optional import first_line, import_error
+from synthpart.data.optional import describe, import_error
 from synthpart.data.registry import CIFAR10, CIFAR100, ROLES, DatasetSpec, idx_filenames
 from synthpart.errors import DataError, ResourceError
 
@@ -336,7 +336,7 @@ def read_sklearn_digits(spec: DatasetSpec) -> tuple[tuple[Split, Split], str]:
                         "(see this process's memory limit: ulimit -v)") from None
   except (OSError, ValueError) as e:
     raise DataError(f"{spec.name}: scikit-learn's bundled copy cannot be read "
-                    f"({type(e).__name__}: {first_line(e)})") from None
+                    f"({describe(e)})") from None
   images = np.round(np.asarray(bunch.images, np.float64) * (255 / 16)).astype(np.uint8)[..., None]
   labels = np.asarray(bunch.target, np.int32)
   order = np.random.default_rng(0).permutation(len(labels))

@@ -7,9 +7,10 @@ from __future__ import annotations
 from synthpart.errors import DataError, ResourceError, SynthpartError
 
 
-def first_line(e: BaseException) -> str:
-  """The message of `e` on one line, at most 200 characters."""
-  return " ".join(str(e).split())[:200] or "no message"
+def describe(e: BaseException) -> str:
+  """`e`'s type and message on one line (at most 200 characters of it), e.g. "OSError: ..."."""
+  message = " ".join(str(e).split())[:200]
+  return f"{type(e).__name__}: {message}" if message else type(e).__name__
 
 
 # How the loader reports running out of address space while mapping a shared library.
@@ -23,7 +24,7 @@ def import_error(e: BaseException, module: str, culprit: str, package: str,
   (running out of memory is a `ResourceError`)."""
   if isinstance(e, ModuleNotFoundError) and e.name == module:
     return DataError(missing)
-  cause = f"{type(e).__name__}: {first_line(e)}"
+  cause = describe(e)
   if isinstance(e, MemoryError) or any(m in str(e).lower() for m in _NO_MEMORY):
     return ResourceError(f"{culprit}: importing {package} ran out of memory ({cause}); raise "
                          "this process's memory limit (ulimit -v) or free some memory")

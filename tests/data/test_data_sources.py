@@ -370,7 +370,7 @@ def test_digits_without_sklearn(monkeypatch):
    r"sparse/_sparsetools\.so: failed to map segment from shared object\); raise this process's "
    r"memory limit \(ulimit -v\)"),
   (MemoryError(), ResourceError, r"^digits: importing scikit-learn ran out of memory "
-   r"\(MemoryError: no message\)"),
+   r"\(MemoryError\); raise"),
   # Installed, but a dependency is missing: not "pip install synthpart[demo]".
   (ModuleNotFoundError("No module named 'scipy'", name="scipy"), DataError,
    r"^digits: scikit-learn is installed but failed to import \(ModuleNotFoundError: No module "
