@@ -183,7 +183,7 @@ def test_changed_settings_in_the_same_directory_are_refused(finished):
     run(changed, out)
 
 
-def test_changed_data_in_the_same_directory_are_refused(finished):
+def test_changed_data_in_the_same_directory_are_refused(finished, tmp_path):
   """Each run records its data's fingerprint; a rerun on other data stops before training."""
   out, _ = finished
   path = out / "sil.scale=0.5/seed-0/results.json"
@@ -201,7 +201,7 @@ def test_changed_data_in_the_same_directory_are_refused(finished):
   config = sweep_lib.expand(tiny_sweep())[0].configs[0]
   document = json.loads(path.read_text())
   del document["dataset"]["fingerprint"]
-  older = out.parent / f"{out.name}-older.json"
+  older = tmp_path / "results.json"
   older.write_text(json.dumps(document))
   assert sweep_lib.is_done(older, config, datasets)
 
