@@ -53,7 +53,7 @@ from synthpart.results import (
   format_table,
   results_document,
 )
-from synthpart.setup import add_run_arguments, load_config, prepare_dataset, select_devices
+from synthpart.setup import add_run_arguments, load_config, prepare_fingerprinted, select_devices
 from synthpart.sweep import add_sweep_commands
 from synthpart.train.live import is_out_of_memory
 from synthpart.train.problem import make_problem
@@ -123,10 +123,11 @@ def _run_locked(args: argparse.Namespace, experiment: exp.Experiment, config: Co
   metrics.check(options)
   # One device per segment by default; segment groups need the sum of their sizes.
   devices = select_devices(args.devices, config.num_devices)
-  dataset = prepare_dataset(config, progress=not args.quiet)
+  dataset, fingerprint = prepare_fingerprinted(config, progress=not args.quiet)
   problem = make_problem(config, dataset, devices)
+  # Again, now that the data are loaded: --resume refuses data other than the run's.
   rundir.prepare_run_dir(out, config.to_dict(), resume=args.resume,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, fingerprint=fingerprint)
   hparams = {"dataset": dataset.name, "dataset_source": dataset.source,
              **metrics.flat_hparams(config.to_dict())}
   progress = Progress(quiet=args.quiet, log_path=out / "log.txt",
@@ -136,7 +137,8 @@ def _run_locked(args: argparse.Namespace, experiment: exp.Experiment, config: Co
 
   def keep_results(runs: list[MethodResult]) -> None:
     write_json_atomic(out / "results.json",
-                      results_document(args.command, problem, dataset.source, runs))
+                      results_document(args.command, problem, dataset.source, runs,
+                                       fingerprint))
     for run in runs:
       if run.method not in finished and run.test_accuracy is not None:
         progress.scalars(run.method, len(run.curve), {"accuracy/final": run.test_accuracy})

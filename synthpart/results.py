@@ -6,7 +6,8 @@ results.json (schema version 1)::
     "schema": 1,
     "command": "compare" | "train" | "sweep",
     "dataset": {"name", "source", "num_classes", "num_train", "num_test", "num_features",
-                "input_shape", "input_dtype", "input_scale"},
+                "input_shape", "input_dtype", "input_scale",
+                "fingerprint" (sha256 of the data as loaded, `synthpart.data.fingerprint`)},
     "config": {... every setting, as in the TOML file ...},
     "devices": ["cpu:0", ...],
     "backend": "cpu" | "gpu" | "tpu",
@@ -163,17 +164,21 @@ def versions() -> dict[str, str]:
 
 
 def results_document(command: str, problem: Problem, dataset_source: str,
-                     runs: list[MethodResult]) -> dict[str, Any]:
-  """The results.json document of `runs` (see the module docstring)."""
+                     runs: list[MethodResult], fingerprint: str | None = None) -> dict[str, Any]:
+  """The results.json document of `runs` (see the module docstring); `fingerprint`, that of the
+  data as loaded, goes into its dataset record where given."""
+  dataset: dict[str, Any] = {
+      "name": problem.dataset, "source": dataset_source, "num_classes": problem.num_classes,
+      "num_train": len(problem.train_y), "num_test": len(problem.test_y),
+      "num_features": math.prod(problem.train_x.shape[1:]),
+      "input_shape": list(problem.train_x.shape[1:]), "input_dtype": str(problem.train_x.dtype),
+      "input_scale": problem.input_scale}
+  if fingerprint is not None:
+    dataset["fingerprint"] = fingerprint
   return {
       "schema": SCHEMA_VERSION,
       "command": command,
-      "dataset": {"name": problem.dataset, "source": dataset_source,
-                  "num_classes": problem.num_classes, "num_train": len(problem.train_y),
-                  "num_test": len(problem.test_y),
-                  "num_features": math.prod(problem.train_x.shape[1:]),
-                  "input_shape": list(problem.train_x.shape[1:]),
-                  "input_dtype": str(problem.train_x.dtype), "input_scale": problem.input_scale},
+      "dataset": dataset,
       "config": problem.config.to_dict(),
       "devices": [f"{d.platform}:{d.id}" for d in problem.devices],
       "backend": jax.default_backend(),

@@ -3,7 +3,8 @@
 A run directory::
 
   DIR/.lock              flock'ed by the one process using DIR; holds that process's pid
-  DIR/config.json        the run's settings; --resume refuses a different one
+  DIR/config.json        the run's settings and its data's fingerprint (`data_fingerprint`);
+                         --resume refuses different settings or data
   DIR/results.json       rewritten atomically after every method
   DIR/log.txt            one line per epoch of every loop, and every note
   DIR/checkpoints/       per-loop checkpoints (`synthpart.checkpoint`)
@@ -31,11 +32,14 @@ from typing import Any
 
 from synthpart.checkpoint import crash_point
 from synthpart.config import Config
+from synthpart.data import check_fingerprint
 from synthpart.errors import CheckpointError
 from synthpart.files import write_json_atomic
 
 LOCK_FILE = ".lock"
 TRASH_PREFIX = ".trash-"
+# config.json's key for the fingerprint of the run's data (`synthpart.data.fingerprint`).
+DATA_FINGERPRINT = "data_fingerprint"
 
 
 class RunLock:
@@ -199,11 +203,13 @@ def holds_run(root: Path, markers: Sequence[str]) -> bool:
 
 
 def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwrite: bool,
-                    dry_run: bool = False) -> None:
+                    dry_run: bool = False, fingerprint: str | None = None) -> None:
   """Claims `root` for a run: a fresh directory, or the same run when resuming.
 
-  Refuses a directory holding another run unless `resume` (same settings only) or `overwrite`.
-  Nothing is written before the checks pass, and nothing at all with `dry_run`.
+  Refuses a directory holding another run unless `resume` (same settings only, and where
+  `fingerprint` is given and config.json records one, the same data) or `overwrite`. A new
+  run's config.json records `fingerprint` as `DATA_FINGERPRINT`. Nothing is written before the
+  checks pass, and nothing at all with `dry_run`.
   """
   holds_another = holds_run(root, ("config.json", "results.json"))
   stored_path = root / "config.json"
@@ -214,10 +220,15 @@ def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwri
       stored = json.loads(stored_path.read_text())
     except (OSError, ValueError) as e:
       raise CheckpointError(f"{stored_path} cannot be read: {e}") from None
+    recorded = stored.pop(DATA_FINGERPRINT, None) if isinstance(stored, dict) else None
     differing = config_differences(stored, config)
     if differing:
       raise CheckpointError(f"--resume: the settings differ from the run in {root}: "
                             f"{', '.join(differing)}")
+    if fingerprint is not None:
+      check_fingerprint(config.get("data", {}).get("name", "the dataset"), recorded, fingerprint,
+                        "--resume", str(stored_path), "restore the data the run was trained on, "
+                        "or start a new run (--overwrite, or another --out)")
     return
   if holds_another and not overwrite:
     raise CheckpointError(f"--out {root} holds another run; pass --resume to continue it or "
@@ -227,7 +238,8 @@ def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwri
   if overwrite:
     move_aside(root)
   root.mkdir(parents=True, exist_ok=True)
-  write_run_config(root, config)
+  write_run_config(root, config if fingerprint is None
+                   else {**config, DATA_FINGERPRINT: fingerprint})
   crash_point("run-dir:config-written")
   for trash in root.glob(f"{TRASH_PREFIX}*"):
     shutil.rmtree(trash, ignore_errors=True)

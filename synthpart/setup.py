@@ -2,7 +2,8 @@
 
 `synthpart train`, `compare`, `sweep`, `bench` and `launch` all read their settings through
 `add_run_arguments` and `load_config`, choose devices through `select_devices`, and prepare the
-data through `prepare_dataset`, so that a setting means the same thing in every command.
+data through `prepare_dataset`, so that a setting means the same thing in every command. Those
+that record or resume a run take the data's fingerprint with it (`prepare_fingerprinted`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import jax
 
 from synthpart import config as config_lib
 from synthpart.blocks import ACTIVATIONS
-from synthpart.data import Dataset, load_dataset, split_validation
-from synthpart.errors import ConfigError
+from synthpart.data import Dataset, fingerprint, load_dataset, split_validation
+from synthpart.errors import ConfigError, ResourceError
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
 from synthpart.train.optim import LR_SCHEDULES, OPTIMIZERS
 
@@ -146,8 +147,17 @@ Loader = Callable[[config_lib.DataConfig], Dataset]
 
 
 def read_dataset(data: config_lib.DataConfig, progress: bool = True) -> Dataset:
-  """The dataset `data` names, from wherever `synthpart.data` finds it."""
-  return load_dataset(data.name, data.data_dir, download=data.download, progress=progress)
+  """The dataset `data` names, from wherever `synthpart.data` finds it.
+
+  Raises:
+    DataError: see `synthpart.data.load_dataset`.
+    ResourceError: the process ran out of memory reading it (the data, not the network).
+  """
+  try:
+    return load_dataset(data.name, data.data_dir, download=data.download, progress=progress)
+  except MemoryError:
+    raise ResourceError(f"out of memory reading dataset {data.name}: its arrays do not fit in "
+                        "this process's memory (see its limit: ulimit -v)") from None
 
 
 def with_validation(dataset: Dataset, config: config_lib.Config) -> Dataset:
@@ -164,3 +174,11 @@ def prepare_dataset(config: config_lib.Config, progress: bool = True) -> Dataset
   """The dataset a run trains and evaluates on, validation split applied (a `Dataset` has no
   empty split: it refuses one when it is made)."""
   return with_validation(read_dataset(config.data, progress), config)
+
+
+def prepare_fingerprinted(config: config_lib.Config,
+                          progress: bool = True) -> tuple[Dataset, str]:
+  """`prepare_dataset`'s dataset, and the fingerprint of the data as loaded (before any
+  validation split, which the settings determine): what a run records, and checks on resume."""
+  loaded = read_dataset(config.data, progress)
+  return with_validation(loaded, config), fingerprint(loaded)

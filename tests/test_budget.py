@@ -121,11 +121,12 @@ def test_a_tiny_budget_search_end_to_end(tmp_path):
   report = write_report(tmp_path).read_text()
   assert "reduction vs conventional" in report
   assert (tmp_path / "figures" / "accuracy_vs_flops_fronts.png").exists()
-  # Run again: every run is found done, nothing trains.
+  # Run again: every run is found done, nothing trains; the data are read once, to check that
+  # they are those the runs recorded (their fingerprint).
   stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("results.json")}
   run_budget(budget, tmp_path, RunOptions(show_progress=False), load=load)
   assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("results.json")} == stamps
-  assert len(stamps) == 5 and loads == ["digits"]
+  assert len(stamps) == 5 and loads == ["digits", "digits"]
 
 
 KILL_BUDGET = """

@@ -9,6 +9,8 @@ import json
 
 import pytest
 
+from synthpart.data import fingerprint, load_dataset
+
 from commands import synthpart
 
 pytestmark = pytest.mark.slow
@@ -37,6 +39,7 @@ def test_compare_then_report(tmp_path):
     assert 0.5 < r["test_accuracy"] <= 1 and r["wall_seconds"] > 0
   assert doc["dataset"]["name"] == "digits" and doc["dataset"]["num_train"] == 1437
   assert doc["dataset"]["input_shape"] == [8, 8, 1] and doc["dataset"]["input_scale"] == 255.0
+  assert doc["dataset"]["fingerprint"] == fingerprint(load_dataset("digits"))
   assert doc["config"]["model"]["hidden"] == [32, 32, 32] and doc["versions"]["jax"]
   # A user's process has one CPU device unless told otherwise: the segments got one each.
   assert {r["method"]: r["segments"][1]["device"] for r in doc["runs"]

@@ -21,12 +21,13 @@ from synthpart import rundir
 from synthpart.cli import build_parser, main
 from synthpart.data.idx import write_idx
 from synthpart.distributed import coordinator, jaxkv, launcher, reports
-from synthpart.errors import ConfigError
+from synthpart.distributed import rundir as DR
+from synthpart.errors import ConfigError, DataError
 from synthpart.files import write_json_atomic
 from synthpart.memory import tree_bytes
 from synthpart.progress import Progress
 from synthpart.results import SegmentResult
-from synthpart.setup import load_config, prepare_dataset
+from synthpart.setup import load_config, prepare_dataset, prepare_fingerprinted
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.live import start_loop
@@ -246,8 +247,44 @@ def test_a_failing_segment_keeps_the_others_and_says_how_to_rerun(mnist_dir, tmp
   assert "--overwrite" in capsys.readouterr().err
   monkeypatch.setattr(S, "start_loop", real)
   assert main(["launch", *flags, "--out", str(out), "--only-segment", "1"]) == 0
-  assert json.loads(run.results.read_text())["runs"][0]["method"] == "pnn-parallel"
+  results = json.loads(run.results.read_text())
+  assert results["runs"][0]["method"] == "pnn-parallel"
   assert not run.failures.exists()
+  # The plan and the results record the data's fingerprint.
+  config = load_config(build_parser().parse_args(["launch", *flags]))
+  _, fingerprint = prepare_fingerprinted(config, progress=False)
+  assert json.loads(run.plan.read_text())["data_fingerprint"] == fingerprint
+  assert results["dataset"]["fingerprint"] == fingerprint
+
+
+def test_a_rerun_on_other_data_is_refused_before_it_deletes_anything(mnist_dir, tmp_path,
+                                                                     capsys):
+  flags = _flags(mnist_dir, "--cuts", "2", "--schedule", "sequential", "-q")
+  out = tmp_path / "run"
+  config = load_config(build_parser().parse_args(["launch", *flags]))
+  run = D.RunDir(out, 2)
+  DR.write_plan(run, config, "0123456789abcdef" * 4)
+  write_json_atomic(run.status(1), DR.status_record(1, 1, "failed", "earlier failure"))
+  assert main(["launch", *flags, "--out", str(out), "--only-segment", "1"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"synthpart: error: --only-segment: the data differ from those recorded "
+                        f"in {run.plan}: mnist has fingerprint ") and err.count("\n") == 1
+  assert "... now, 0123456789ab... there; give every process" in err
+  assert json.loads(run.status(1).read_text())["error"] == "earlier failure"
+
+
+def test_each_process_checks_its_data_against_the_plan(tmp_path):
+  config = load_config(build_parser().parse_args(["launch"]))
+  run = D.RunDir(tmp_path, 2)
+  DR.check_data(run, config, "a" * 64, "process 1")  # no plan: nothing to check
+  DR.write_plan(run, config)
+  DR.check_data(run, config, "a" * 64, "process 1")  # a plan without a fingerprint: neither
+  DR.write_plan(run, config, "a" * 64)
+  DR.check_data(run, config, "a" * 64, "process 1")
+  with pytest.raises(DataError, match=r"^process 1: the data differ from those recorded in "
+                     r".*launch\.json: digits has fingerprint bbbbbbbbbbbb\.\.\. now, "
+                     r"aaaaaaaaaaaa\.\.\. there"):
+    DR.check_data(run, config, "b" * 64, "process 1")
 
 
 def test_a_rerun_must_use_the_launch_settings(mnist_dir, tmp_path, capsys):

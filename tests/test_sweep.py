@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 import pytest
 
 from synthpart import sweep as sweep_lib
-from synthpart.errors import ConfigError
+from synthpart.data import fingerprint
+from synthpart.errors import ConfigError, DataError
 from synthpart.sweep import run as sweep_run
 
 from tiny import tiny_dataset
@@ -179,6 +181,29 @@ def test_changed_settings_in_the_same_directory_are_refused(finished):
   changed = tiny_sweep(base={**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 2}})
   with pytest.raises(ConfigError, match="other settings"):
     run(changed, out)
+
+
+def test_changed_data_in_the_same_directory_are_refused(finished, tmp_path):
+  """Each run records its data's fingerprint; a rerun on other data stops before training."""
+  out, _ = finished
+  path = out / "sil.scale=0.5/seed-0/results.json"
+  recorded = json.loads(path.read_text())["dataset"]["fingerprint"]
+  assert recorded == fingerprint(tiny_dataset(num_train=128, num_test=32))
+  stamp = os.stat(path).st_mtime_ns
+  other = lambda data: tiny_dataset(num_train=128, num_test=32, seed=1)  # noqa: E731
+  with pytest.raises(DataError, match=rf"^finished results cannot be reused: the data differ from "
+                     rf"those recorded in {re.escape(str(out))}/.*results\.json: tiny has "
+                     rf"fingerprint \w{{12}}\.\.\. now, {recorded[:12]}\.\.\. there; restore"):
+    sweep_lib.run_sweep(tiny_sweep(), out, sweep_lib.RunOptions(show_progress=False), load=other)
+  assert os.stat(path).st_mtime_ns == stamp
+  # Results written before fingerprints existed are reused as they are.
+  datasets = sweep_lib.Datasets(other)
+  config = sweep_lib.expand(tiny_sweep())[0].configs[0]
+  document = json.loads(path.read_text())
+  del document["dataset"]["fingerprint"]
+  older = tmp_path / "results.json"
+  older.write_text(json.dumps(document))
+  assert sweep_lib.is_done(older, config, datasets)
 
 
 def test_cli_dry_run_lists_runs(finished, tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 Jobs run seed by seed (the reference, then every method's grid, for seed 0; then seed 1...), so an
 interrupted search already holds whole seeds to analyse. Rerunning the same command continues it:
-a job whose results.json holds the same settings is not run again (`synthpart.sweep.is_done`).
+a job whose results.json holds the same settings is not run again, and one trained on other data
+(another fingerprint) stops the search (`synthpart.sweep.is_done`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from synthpart.budget.summary import budget_markdown
 from synthpart.files import write_json_atomic
 from synthpart.setup import Loader
 from synthpart.sweep.grid import expand, sweep_document
-from synthpart.sweep.run import Job, RunOptions, is_done, jobs, run_jobs
+from synthpart.sweep.run import Datasets, Job, RunOptions, is_done, jobs, run_jobs
 from synthpart.sweep.summary import summarize, write_summary
 
 
@@ -31,10 +32,11 @@ def budget_jobs(budget: Budget) -> list[Job]:
   return out
 
 
-def pending_jobs(budget: Budget, out: Path) -> list[Job]:
-  """The jobs whose results are not yet under `out`."""
+def pending_jobs(budget: Budget, out: Path, datasets: Datasets | None = None) -> list[Job]:
+  """The jobs whose results are not yet under `out` (with `datasets`: refusing results of other
+  data than theirs)."""
   return [j for j in budget_jobs(budget) if not is_done(out / j.directory / "results.json",
-                                                        j.config)]
+                                                        j.config, datasets)]
 
 
 def write_plan(budget: Budget, out: Path) -> None:
@@ -64,5 +66,6 @@ def run_budget(budget: Budget, out: str | Path, options: RunOptions | None = Non
   out, options = Path(out), options or RunOptions()
   write_plan(budget, out)
   todo = budget_jobs(budget)
-  run_jobs(todo, pending_jobs(budget, out), out, options, load, "budget")
+  datasets = Datasets(load)
+  run_jobs(todo, pending_jobs(budget, out, datasets), out, options, datasets, "budget")
   return write_outcome(budget, out)

@@ -23,6 +23,9 @@ Images are uint8 or float (float16/32/64, stored as float32) [N, H, W, C], or [N
 vectors; labels any integer dtype in 0..num_classes-1 (stored as int32). A registered name lives in
 the process that registered it, so register before loading (in every process of a multi-process
 run); `npz:` files need no registration.
+
+`fingerprint(ds)` is the sha256 of a dataset's content; a run records it and never resumes on data
+whose fingerprint differs (`synthpart.data.fingerprint`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from synthpart.data.dataset import (
   from_arrays,
   split_validation,
 )
+from synthpart.data.fingerprint import check_fingerprint, fingerprint
 from synthpart.data.registry import (
   DEFAULT_DATASET,
   REGISTRY,
@@ -51,7 +55,9 @@ __all__ = [
   "DEFAULT_DATASET",
   "Dataset",
   "canonical_name",
+  "check_fingerprint",
   "dataset_names",
+  "fingerprint",
   "flatten_images",
   "from_arrays",
   "get_spec",

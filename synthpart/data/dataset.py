@@ -109,10 +109,13 @@ def check_num_classes(name: str, num_classes: Any) -> int:
   Raises:
     DataError: not an integer, or out of range.
   """
-  if (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
-      or not 1 <= num_classes <= MAX_CLASSES):
-    raise DataError(f"{name}: num_classes must be positive (an integer in 1..{MAX_CLASSES}), "
-                    f"got {num_classes!r}")
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+    raise DataError(f"{name}: num_classes must be an integer in 1..{MAX_CLASSES}, got "
+                    f"{type(num_classes).__name__} {num_classes!r}")
+  if not 1 <= num_classes <= MAX_CLASSES:
+    why = "at least 1" if num_classes < 1 else f"at most {MAX_CLASSES} (labels are int32)"
+    raise DataError(f"{name}: num_classes must be in 1..{MAX_CLASSES}, got {int(num_classes)}: "
+                    f"it must be {why}")
   return int(num_classes)
 
 

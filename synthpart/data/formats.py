@@ -22,8 +22,9 @@ from typing import IO, cast
 import numpy as np
 
 from synthpart.data import idx
+from synthpart.data.optional import describe, import_error
 from synthpart.data.registry import CIFAR10, CIFAR100, ROLES, DatasetSpec, idx_filenames
-from synthpart.errors import DataError
+from synthpart.errors import DataError, ResourceError
 
 # One split: (uint8 [N, H, W, C] images, int32 [N] labels).
 Split = tuple[np.ndarray, np.ndarray]
@@ -324,11 +325,18 @@ def read_sklearn_digits(spec: DatasetSpec) -> tuple[tuple[Split, Split], str]:
   try:
     import sklearn
     from sklearn.datasets import load_digits
-  except ImportError:
-    raise DataError(
+  except (ImportError, OSError, MemoryError) as e:
+    raise import_error(e, "sklearn", spec.name, "scikit-learn", (
         f"{spec.name} needs scikit-learn, which bundles it: pip install 'synthpart[demo]' "
-        "(or pick another dataset)") from None
-  bunch = load_digits()
+        "(or pick another dataset)")) from None
+  try:
+    bunch = load_digits()
+  except MemoryError:
+    raise ResourceError(f"{spec.name}: out of memory loading scikit-learn's bundled copy "
+                        "(see this process's memory limit: ulimit -v)") from None
+  except (OSError, ValueError) as e:
+    raise DataError(f"{spec.name}: scikit-learn's bundled copy cannot be read "
+                    f"({describe(e)})") from None
   images = np.round(np.asarray(bunch.images, np.float64) * (255 / 16)).astype(np.uint8)[..., None]
   labels = np.asarray(bunch.target, np.int32)
   order = np.random.default_rng(0).permutation(len(labels))
@@ -345,9 +353,10 @@ def read_tfds(root: Path, spec: DatasetSpec) -> tuple[Split, Split]:
   """
   try:
     import tensorflow_datasets as tfds
-  except ImportError:
-    raise DataError(f"{root}: holds a TFDS copy of {spec.tfds_name}, but reading it needs "
-                    "tensorflow-datasets: pip install 'synthpart[tfds]'") from None
+  except (ImportError, OSError, MemoryError) as e:
+    raise import_error(e, "tensorflow_datasets", f"{root}", "tensorflow-datasets", (
+        f"{root}: holds a TFDS copy of {spec.tfds_name}, but reading it needs "
+        "tensorflow-datasets: pip install 'synthpart[tfds]'")) from None
   try:
     sources = tfds.data_source(spec.tfds_name, data_dir=os.fspath(root), download=False)
   except Exception as e:  # tfds raises many types; all mean the prepared copy is unusable.

@@ -8,7 +8,8 @@ the third names the element type and the fourth the number of dimensions, so ima
 Files are streamed, never decompressed whole: the header is read first, the payload goes into an
 array of exactly the size the header declares, and a file that holds more (a decompression bomb)
 or less is refused as soon as that shows. No file may declare more than `max_decompressed()`
-bytes: 4 GiB unless the environment variable SYNTHPART_MAX_DECOMPRESSED gives another count.
+bytes: 4 GiB unless the environment variable SYNTHPART_MAX_DECOMPRESSED gives another count. The
+same limit bounds the arrays of an .npz file, each and all together (`synthpart.data.npz`).
 
 Every malformed input raises `DataError` with a one-line message naming the file; the reader
 never raises anything else, whatever the bytes.

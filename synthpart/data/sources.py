@@ -26,7 +26,8 @@ apply to it.
 
 Two kinds of names bypass the search, and `data_dir` and `download` do not apply to them:
 `npz:PATH` reads the arrays `x_train, y_train, x_test, y_test` (and optionally `num_classes`) from
-a `.npz` file at PATH (`read_npz`, relative to the working directory), and a name registered with
+a `.npz` file at PATH (`read_npz`, relative to the working directory; every header is checked
+before any array is read, see `synthpart.data.npz`), and a name registered with
 `register_dataset` calls its loader (`load_registered`).
 
 This module is longer than most (over 400 lines): the search order above, and reading from each
@@ -38,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ import numpy as np
 from synthpart.data import download as download_lib
 from synthpart.data import formats
 from synthpart.data.dataset import Dataset, as_array, from_arrays, read_only
+from synthpart.data.npz import ARRAY_KEYS, read_npz_arrays
 from synthpart.data.registry import (
   CIFAR10,
   CIFAR100,
@@ -348,9 +349,6 @@ def load_spec(spec: DatasetSpec, data_dir: str | os.PathLike | None = None, *,
   return read_location(spec, location)
 
 
-ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-
 def _one_line(error: BaseException) -> str:
   return " ".join(str(error).split())[:200] or type(error).__name__
 
@@ -385,19 +383,6 @@ def arrays_to_dataset(name: str, arrays: Mapping[str, Any], where: str, source: 
                      source=source)
 
 
-def _npz_member(archive: Mapping[str, np.ndarray], key: str, where: str) -> np.ndarray:
-  """One array of an open .npz archive, never unpickled."""
-  try:
-    return archive[key]
-  except ValueError as e:
-    if "allow_pickle" in str(e):
-      raise DataError(f"{where}: {key} holds pickled Python objects (dtype object), which are "
-                      f"never loaded; save numeric arrays") from None
-    raise DataError(f"{where}: cannot read {key} ({_one_line(e)})") from None
-  except (OSError, EOFError, zipfile.BadZipFile) as e:
-    raise DataError(f"{where}: cannot read {key} ({_one_line(e)})") from None
-
-
 def read_npz(path: str | os.PathLike, name: str) -> Dataset:
   """Reads a dataset from a .npz file, as `np.savez(path, x_train=..., y_train=..., ...)` writes.
 
@@ -408,11 +393,13 @@ def read_npz(path: str | os.PathLike, name: str) -> Dataset:
   Returns:
     The dataset from the arrays `x_train, y_train, x_test, y_test` (shapes and dtypes as
     `from_arrays` accepts) and the optional integer `num_classes` (default: largest label + 1).
-    Other keys are ignored; nothing is ever unpickled.
+    Other keys are ignored; nothing is ever unpickled. Every array's header is checked before
+    any array is read (`synthpart.data.npz`).
 
   Raises:
     DataError: naming the file (and the key): unreadable, not an .npz archive, a key missing,
-      holding pickled objects, or an unusable array.
+      holding pickled objects, headers inconsistent or over the size limit, or an unusable
+      array.
   """
   file = Path(path).expanduser()
   where = os.fspath(file)
@@ -427,12 +414,7 @@ def read_npz(path: str | os.PathLike, name: str) -> Dataset:
     raise DataError(f"{where}: cannot read ({e.strerror or _one_line(e)})") from None
   if not magic.startswith(b"PK"):
     raise DataError(f"{where}: not an .npz archive (no zip header); write it with np.savez")
-  try:
-    with np.load(file, allow_pickle=False) as archive:
-      arrays = {key: _npz_member(archive, key, where)
-                for key in (*ARRAY_KEYS, "num_classes") if key in archive.files}
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise DataError(f"{where}: cannot read as .npz ({_one_line(e)})") from None
+  arrays = read_npz_arrays(file, where)
   return arrays_to_dataset(name, arrays, where, source=os.fspath(file.absolute()))
 
 

@@ -15,7 +15,9 @@ the next process is the simplest transport that survives the failure of either s
 across hosts without cross-process device collectives (which need every process to take part,
 and gloo on CPU), and it leaves the cut activations on disk, so a failed segment can be rerun
 alone from them. jax.distributed finds the processes (cluster auto-detection), and its key-value
-store carries one start signal.
+store carries one start signal. Process 0 records the fingerprint of the data it read in the plan
+(`synthpart.data.fingerprint`); every other process, and a rerun of chosen segments, refuses data
+whose fingerprint differs, so no network is assembled from segments trained on different data.
 
 A failure stays in its process: every segment's status is written whatever happens, the other
 processes finish their segments and keep them, and the report names each failed segment and the

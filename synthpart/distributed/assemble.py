@@ -70,9 +70,11 @@ def _device_order(name: str) -> tuple[str, int]:
 
 
 def assemble(problem: Problem, run: RunDir, statuses: dict[int, Status], source: str,
-             progress: Progress) -> tuple[list[MethodResult], dict[str, Any]]:
+             progress: Progress, fingerprint: str | None = None
+             ) -> tuple[list[MethodResult], dict[str, Any]]:
   """Composes the trained segments, evaluates them (and trains the recovery epochs, if any) on
-  this process's devices; returns the methods and the results document."""
+  this process's devices; returns the methods and the results document (recording the data's
+  `fingerprint`)."""
   order = range(len(problem.specs))
   params = [load_params(run.params(k)) for k in order]
   segments = [segment_result(statuses[k]["result"]) for k in order]
@@ -87,7 +89,7 @@ def assemble(problem: Problem, run: RunDir, statuses: dict[int, Status], source:
   runs = [method]
   if problem.config.recovery.epochs > 0:
     runs.append(S.train_recovery(problem, params, method, progress)[1])
-  document = results_document("launch", problem, source, runs)
+  document = results_document("launch", problem, source, runs, fingerprint)
   summaries = process_summaries(statuses, run.num_processes)
   document["devices"] = sorted({d for p in summaries for d in p["devices"]}, key=_device_order)
   document["processes"] = summaries

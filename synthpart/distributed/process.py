@@ -51,6 +51,7 @@ from synthpart.distributed.reports import (
 from synthpart.distributed.rundir import (
   RunDir,
   Status,
+  check_data,
   check_fresh,
   clear_run,
   error_text,
@@ -71,7 +72,7 @@ from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
 from synthpart.progress import Progress
 from synthpart.rundir import RunLock
-from synthpart.setup import prepare_dataset, select_devices
+from synthpart.setup import prepare_fingerprinted, select_devices
 from synthpart.tblog import write_tensorboard
 from synthpart.train.problem import Problem, make_problem
 
@@ -224,22 +225,26 @@ def await_heard(num_processes: int, timeout: float) -> None:
     jax.distributed.shutdown()
 
 
-def claim_run(run: RunDir, config: Config, overwrite: bool) -> RunLock | None:
+def claim_run(run: RunDir, config: Config, overwrite: bool
+              ) -> tuple[RunLock | None, Dataset, str]:
   """Process 0: takes the run directory's lock (unless the launcher that started this process
-  holds it), checks that it holds no earlier launch (or clears it, with `overwrite`) and writes
-  the plan. Nothing is written into the directory before the lock is held and the checks pass.
-  Returns the lock, for the caller to hold until the end; None where the launcher holds it."""
+  holds it), checks that it holds no earlier launch, reads the dataset, clears the earlier launch
+  (with `overwrite`) and writes the plan with the data's fingerprint. Nothing is written into the
+  directory before the lock is held and the checks pass, and data that cannot be read clear
+  nothing. Returns the lock, for the caller to hold until the end (None where the launcher holds
+  it), the dataset and its fingerprint."""
   lock = lock_launch_dir(run.root)
   try:
     check_fresh(run, overwrite)
+    dataset, fingerprint = prepare_fingerprinted(config, progress=False)
     if overwrite:
       clear_run(run)
-    write_plan(run, config)
+    write_plan(run, config, fingerprint)
   except BaseException:
     if lock is not None:
       lock.release()
     raise
-  return lock
+  return lock, dataset, fingerprint
 
 
 @contextlib.contextmanager
@@ -262,13 +267,15 @@ def train_own(ctx: Context, config: Config, dataset: Dataset | None,
               devices: Sequence[jax.Device], own: Sequence[int]
               ) -> tuple[Problem | None, dict[int, Status]]:
   """This process's segments `own` on its `devices`: (the problem, where it could be made, and
-  each segment's status). A failure before any segment could start fails all of them alike."""
+  each segment's status). A failure before any segment could start fails all of them alike:
+  among them, data (read here where `dataset` is None) other than those the plan records."""
   sizes = config.placement.sizes(config.model.num_segments)
   outcomes: dict[int, Status] = {}
   problem = None
   try:
     if dataset is None:
-      dataset = prepare_dataset(config, progress=False)
+      dataset, fingerprint = prepare_fingerprinted(config, progress=False)
+      check_data(ctx.run, config, fingerprint, f"process {ctx.process_id}")
     problem = make_problem(config, dataset, devices, warn_shared=False)
     problem = dataclasses.replace(problem, groups=own_groups(devices, sizes, own))
     outcomes = run_segments(ctx, problem, own)
@@ -280,14 +287,15 @@ def train_own(ctx: Context, config: Config, dataset: Dataset | None,
 
 
 def finish_run(ctx: Context, problem: Problem | None, statuses: dict[int, Status], source: str,
-               base: Sequence[str], tensorboard: bool) -> bool:
-  """Assembles and writes results.json if every segment is done; else writes failures.json.
+               base: Sequence[str], tensorboard: bool, fingerprint: str | None = None) -> bool:
+  """Assembles and writes results.json (recording the data's `fingerprint`) if every segment is
+  done; else writes failures.json.
 
   Returns whether the run is complete.
   """
   run = ctx.run
   if problem is not None and all(s["status"] == "done" for s in statuses.values()):
-    _, document = assemble(problem, run, statuses, source, ctx.progress)
+    _, document = assemble(problem, run, statuses, source, ctx.progress, fingerprint)
     write_json_atomic(run.results, document)
     run.failures.unlink(missing_ok=True)
     if tensorboard:
@@ -327,16 +335,16 @@ def run_process(args: argparse.Namespace, config: Config, out: Path, identity: I
   own = segments_of(pid, n, num_segments)
   lock: RunLock | None = None
   try:
-    dataset = None
+    dataset, fingerprint = None, None
     if pid == 0:
       with telling_the_others(n, args.coordinator_timeout):
-        lock = claim_run(run, config, args.overwrite)
+        lock, dataset, fingerprint = claim_run(run, config, args.overwrite)
         devices = select_devices(args.devices, sum(sizes[k] for k in own), local=True)
-        dataset = prepare_dataset(config, progress=False)
     else:
       await_go(pid)
       devices = select_devices(args.devices, sum(sizes[k] for k in own), local=True)
-    return train_process(args, config, run, pid, own, devices, dataset, coordinated)
+    return train_process(args, config, run, pid, own, devices, dataset, fingerprint,
+                         coordinated)
   finally:
     if lock is not None:
       lock.release()  # after the exit marker: the directory is this launch's to the end
@@ -344,7 +352,7 @@ def run_process(args: argparse.Namespace, config: Config, out: Path, identity: I
 
 def train_process(args: argparse.Namespace, config: Config, run: RunDir, pid: int,
                   own: Sequence[int], devices: Sequence[jax.Device], dataset: Dataset | None,
-                  coordinated: bool) -> int:
+                  fingerprint: str | None, coordinated: bool) -> int:
   """The part of `run_process` that writes: once the run directory is claimed (process 0) or
   process 0 said go (the others). Returns the exit code, also written to the exit marker."""
   num_segments = config.model.num_segments
@@ -362,7 +370,7 @@ def train_process(args: argparse.Namespace, config: Config, run: RunDir, pid: in
         statuses = {k: outcomes.get(k) or wait_for_status(run, k, liveness)
                     for k in range(num_segments)}
         complete = finish_run(ctx, problem, statuses, dataset.source if dataset is not None else "",
-                              child_arguments(args, run.root), args.tensorboard)
+                              child_arguments(args, run.root), args.tensorboard, fingerprint)
   finally:
     if coordinated:
       leave_distributed(liveness, pid, run.num_processes)
@@ -403,9 +411,11 @@ def _run_only_locked(args: argparse.Namespace, config: Config, out: Path, identi
   sizes = config.placement.sizes(config.model.num_segments)
   devices = select_devices(args.devices, sum(sizes[k] for k in only), local=True)
   ctx = Context(run, pid, None, _progress(args, run, pid))
+  # The data first: segments trained on other data than the launch's are never mixed in.
+  dataset, fingerprint = prepare_fingerprinted(config, progress=False)
+  check_data(run, config, fingerprint, "--only-segment")
   for k in only:
     run.status(k).unlink(missing_ok=True)
-  dataset = prepare_dataset(config, progress=False)
   problem = make_problem(config, dataset, devices, warn_shared=False)
   problem = dataclasses.replace(problem, groups=own_groups(devices, sizes, only))
   outcomes = run_segments(ctx, problem, only)
@@ -414,7 +424,7 @@ def _run_only_locked(args: argparse.Namespace, config: Config, out: Path, identi
   missing = [k for k in found if k not in statuses or statuses[k]["status"] != "done"]
   if not missing:
     finish_run(ctx, problem, statuses, dataset.source, child_arguments(args, out),
-               args.tensorboard)
+               args.tensorboard, fingerprint)
   else:
     ctx.log(f"segments {', '.join(map(str, missing))} are not done yet: the network is "
             "assembled once every segment is")

@@ -10,7 +10,8 @@ starts find its pid in $SYNTHPART_LAUNCHER, and check that DIR/.lock names it.
 
   DIR/.lock                        the lock, holding its holder's pid
 
-  DIR/launch.json                  the plan: settings, processes, segment -> process (process 0)
+  DIR/launch.json                  the plan: settings, processes, segment -> process, and the
+                                   fingerprint of the data process 0 read (process 0)
   DIR/process-<i>/process.json     host, pid and devices of process i
   DIR/process-<i>/heartbeat        a counter process i bumps every second
   DIR/process-<i>/segment-<k>.npz  the trained parameters of segment k, for i = k mod N
@@ -38,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthpart.config import Config
+from synthpart.data import check_fingerprint
 from synthpart.errors import ConfigError, SynthpartError
 from synthpart.files import write_atomic, write_json_atomic
 from synthpart.model import Params
@@ -158,13 +160,30 @@ def write_status_once(run: RunDir, status: Status) -> None:
     write_json_atomic(run.status(status["segment"]), status)
 
 
-def write_plan(run: RunDir, config: Config) -> None:
-  """The plan of a launch: its settings, processes and which process trains which segment."""
+# launch.json's key for the fingerprint of the launch's data (`synthpart.data.fingerprint`).
+DATA_FINGERPRINT = "data_fingerprint"
+
+
+def write_plan(run: RunDir, config: Config, fingerprint: str | None = None) -> None:
+  """The plan of a launch: its settings, processes, which process trains which segment, and
+  the fingerprint of its data (every process checks its own copy against it)."""
   num_segments = config.model.num_segments
-  write_json_atomic(run.plan, {
+  plan: dict[str, Any] = {
       "num_processes": run.num_processes, "schedule": config.schedule,
       "segments": {str(k): owner(k, run.num_processes) for k in range(num_segments)},
-      "config": config.to_dict()})
+      "config": config.to_dict()}
+  if fingerprint is not None:
+    plan[DATA_FINGERPRINT] = fingerprint
+  write_json_atomic(run.plan, plan)
+
+
+def check_data(run: RunDir, config: Config, fingerprint: str, what: str) -> None:
+  """Refuses data whose fingerprint differs from the one the launch's plan records (none
+  recorded, or no plan: nothing to check); `what` names who refuses, e.g. "process 1"."""
+  plan = read_json(run.plan)
+  recorded = plan.get(DATA_FINGERPRINT) if isinstance(plan, dict) else None
+  check_fingerprint(config.data.name, recorded, fingerprint, what, str(run.plan),
+                    "give every process of a launch the data it was started on")
 
 
 def same_settings(config: Config, plan: dict[str, Any]) -> bool:

@@ -61,6 +61,7 @@ from synthpart.sweep.grid import (
     value_label,
 )
 from synthpart.sweep.run import (
+    Datasets,
     Job,
     RunOptions,
     is_done,
@@ -73,9 +74,10 @@ from synthpart.sweep.run import (
 from synthpart.sweep.summary import mean_std, summarize, summary_markdown, write_summary
 
 __all__ = [
-    "Job", "Point", "RunOptions", "Sweep", "add_sweep_commands", "baseline_config", "baseline_name",
-    "default_cache_dir", "enable_compile_cache", "expand", "flatten", "format_value", "freeze",
-    "is_done", "job_experiment", "jobs", "load_sweep", "mean_std", "non_default", "parse_sweep",
-    "point_config", "point_name", "read_document", "run_job", "run_sweep", "stored_config",
-    "summarize", "summary_markdown", "sweep_document", "thaw", "value_label", "write_summary",
+    "Datasets", "Job", "Point", "RunOptions", "Sweep", "add_sweep_commands", "baseline_config",
+    "baseline_name", "default_cache_dir", "enable_compile_cache", "expand", "flatten",
+    "format_value", "freeze", "is_done", "job_experiment", "jobs", "load_sweep", "mean_std",
+    "non_default", "parse_sweep", "point_config", "point_name", "read_document", "run_job",
+    "run_sweep", "stored_config", "summarize", "summary_markdown", "sweep_document", "thaw",
+    "value_label", "write_summary",
 ]

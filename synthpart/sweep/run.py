@@ -1,4 +1,9 @@
-"""Running a sweep: the jobs its points need, each skipped when its results already exist."""
+"""Running a sweep: the jobs its points need, each skipped when its results already exist.
+
+Results already there count only for the same settings and the same data: a job's results.json
+records its data's fingerprint (`synthpart.data.fingerprint`), and a sweep run again on data
+whose fingerprint differs stops before it trains anything, instead of mixing the two.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from tqdm.auto import tqdm
 from synthpart import config as config_lib
 from synthpart import experiment as exp
 from synthpart import metrics
-from synthpart.data import Dataset
+from synthpart.data import Dataset, check_fingerprint, fingerprint
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
 from synthpart.progress import Progress
@@ -70,17 +75,55 @@ def jobs(sweep: Sweep, points: Sequence[Point]) -> list[Job]:
   return out
 
 
-def is_done(path: Path, config: config_lib.Config) -> bool:
-  """True when `path` holds results of exactly `config`; a mismatch is an error, not a redo."""
+class Datasets:
+  """The datasets of a sweep's jobs, each distinct one read once when first needed, and their
+  fingerprints.
+
+  `load(data_config)` returns a dataset (default: `synthpart.data.load_dataset`, quietly).
+  """
+
+  def __init__(self, load: Loader | None = None) -> None:
+    self._load = load or functools.partial(read_dataset, progress=False)
+    self._loaded: dict[tuple[Any, ...], tuple[Dataset, str]] = {}
+
+  def _get(self, config: config_lib.Config) -> tuple[Dataset, str]:
+    d = config.data
+    key = (d.name, d.data_dir, d.download)
+    if key not in self._loaded:
+      dataset = self._load(d)
+      self._loaded[key] = dataset, fingerprint(dataset)
+    return self._loaded[key]
+
+  def dataset(self, config: config_lib.Config) -> Dataset:
+    """The dataset `config` trains on; the validation split is per seed."""
+    return with_validation(self._get(config)[0], config)
+
+  def fingerprint(self, config: config_lib.Config) -> str:
+    """The fingerprint of `config`'s data as loaded (before any validation split)."""
+    return self._get(config)[1]
+
+
+def is_done(path: Path, config: config_lib.Config, datasets: Datasets | None = None) -> bool:
+  """True when `path` holds results of exactly `config` (and, with `datasets`, of the same data
+  where the results record their fingerprint); a mismatch is an error, not a redo."""
   if not path.exists():
     return False
   try:
     document = json.loads(path.read_text())
   except (OSError, json.JSONDecodeError):
     return False  # a broken file is redone
+  if not isinstance(document, Mapping):
+    return False
   if stored_config(document.get("config")) != config:
     raise ConfigError(f"{path} holds results of other settings than this sweep's; use another "
                       "--out or remove that directory")
+  record = document.get("dataset")
+  recorded = record.get("fingerprint") if isinstance(record, Mapping) else None
+  if datasets is not None and recorded is not None:
+    check_fingerprint(config.data.name, recorded, datasets.fingerprint(config),
+                      "finished results cannot be reused",
+                      str(path), "restore the data those results were trained on, use another "
+                      "--out, or remove that directory")
   return True
 
 
@@ -114,18 +157,17 @@ class RunOptions:
 
 
 def run_jobs(todo: Sequence[Job], pending: Sequence[Job], out: Path, options: RunOptions,
-             load: Loader | None, label: str) -> None:
+             datasets: Datasets, label: str) -> None:
   """Runs the `pending` jobs of `todo` in order, on devices enough for any of them, each
   distinct dataset read once, with one progress bar labelled `label`. A metric writer whose
   package is missing stops it before any job trains."""
   metrics.check(_writers(options))
   devices = select_devices(options.devices, max(j.config.num_devices for j in todo))
-  datasets: dict[tuple[Any, ...], Dataset] = {}
   bar = tqdm(total=len(todo), initial=len(todo) - len(pending), unit="run", desc=label,
              dynamic_ncols=True, file=sys.stderr, disable=not options.show_progress)
   for job in pending:
     bar.set_postfix_str(job.directory, refresh=True)
-    run_job(job, out, devices, options, datasets, load)
+    run_job(job, out, devices, options, datasets)
     bar.update(1)
   bar.close()
 
@@ -145,21 +187,23 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
   metrics.check(_writers(options))
   points = expand(sweep)
   todo = jobs(sweep, points)
+  datasets = Datasets(load)
   write_json_atomic(out / "sweep.json", sweep_document(sweep, points))
-  pending = [j for j in todo if not is_done(out / j.directory / "results.json", j.config)]
-  run_jobs(todo, pending, out, options, load, "sweep")
+  pending = [j for j in todo
+             if not is_done(out / j.directory / "results.json", j.config, datasets)]
+  run_jobs(todo, pending, out, options, datasets, "sweep")
   summary = summarize(out)
   write_summary(out, summary)
   return summary
 
 
 def run_job(job: Job, out: Path, devices: Sequence[Any], options: RunOptions,
-            datasets: dict[tuple[Any, ...], Dataset], load: Loader | None = None) -> None:
+            datasets: Datasets) -> None:
   """Trains one job, its metrics written live where `options` asks, and writes its
-  results.json under `out`.
+  results.json under `out`, with its data's fingerprint.
 
-  `datasets` caches each distinct dataset source across jobs."""
-  dataset = _dataset(job.config, datasets, load)
+  `datasets` reads each distinct dataset once across jobs."""
+  dataset = datasets.dataset(job.config)
   wanted = options.devices or job.config.model.num_segments
   problem = make_problem(job.config, dataset, devices[:wanted])
   command, experiment = job_experiment(job)
@@ -174,15 +218,6 @@ def run_job(job: Job, out: Path, devices: Sequence[Any], options: RunOptions,
         progress.scalars(run.method, len(run.curve), {"accuracy/final": run.test_accuracy})
   finally:
     progress.close()
-  document = results_document(command, problem, dataset.source, runs)
+  document = results_document(command, problem, dataset.source, runs,
+                              datasets.fingerprint(job.config))
   write_json_atomic(run_dir / "results.json", document)
-
-
-def _dataset(config: config_lib.Config, cache: dict[tuple[Any, ...], Dataset],
-             load: Loader | None) -> Dataset:
-  """The config's dataset, read once per distinct source; the validation split is per seed."""
-  d = config.data
-  key = (d.name, d.data_dir, d.download)
-  if key not in cache:
-    cache[key] = (load or functools.partial(read_dataset, progress=False))(d)
-  return with_validation(cache[key], config)

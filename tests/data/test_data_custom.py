@@ -231,9 +231,15 @@ _X, _Y, _XT, _YT = arrays()
   (dict(y_train=_Y.astype(np.uint64) + 2**40), r"^mine: y_train span \d+\.\.\d+, outside "),
   (dict(y_test=_YT + 3, num_classes=3),
    r"^mine: y_test span 3\.\.5, outside 0\.\.2 \(num_classes=3\)"),
-  (dict(num_classes=0), r"^mine: num_classes must be positive"),
-  (dict(num_classes=True), r"^mine: num_classes must be positive .* got True"),
-  (dict(num_classes=3.0), r"^mine: num_classes must be positive .* got 3\.0"),
+  (dict(num_classes=0), r"^mine: num_classes must be in 1\.\.2147483647, got 0: it must be at "
+   r"least 1$"),
+  (dict(num_classes=2**40), r"^mine: num_classes must be in 1\.\.2147483647, got 1099511627776: "
+   r"it must be at most 2147483647 \(labels are int32\)$"),
+  (dict(num_classes=np.int64(2**31)), r"^mine: num_classes must be in 1\.\.2147483647, got "
+   r"2147483648: it must be at most"),
+  (dict(num_classes=True), r"^mine: num_classes must be an integer in 1\.\.2147483647, got bool "
+   r"True$"),
+  (dict(num_classes=3.0), r"^mine: num_classes must be an integer .* got float 3\.0$"),
   (dict(name=""), r"^dataset name must be a non-empty string"),
 ])
 def test_bad_arrays_give_one_line_errors(change, pattern):
@@ -315,6 +321,8 @@ def test_npz_with_object_array_is_never_unpickled(tmp_path):
    r"^npz:.*: y_train span 0\.\.2, outside 0\.\.1 \(num_classes=2\)"),
   (dict(y_train=np.zeros(12, np.float32)), r"^npz:.*/bad\.npz: y_train must be integers"),
   (dict(x_test=np.zeros((5, 2), np.int32)), r"^npz:.*/bad\.npz: x_test must be uint8 or float"),
+  (dict(num_classes=np.int64(2**40)), r"^npz:.*/bad\.npz: num_classes must be in 1\.\.2147483647, "
+   r"got 1099511627776: it must be at most 2147483647 \(labels are int32\)$"),
 ])
 def test_npz_bad_contents_name_the_file_and_key(tmp_path, keys, pattern):
   x_train, y_train, x_test, y_test = arrays()

@@ -39,7 +39,7 @@ def test_properties_and_flat():
   (dict(train_labels=np.zeros(19, np.int32)), "20 train images but 19 labels"),
   (dict(test_labels=np.full(5, 4, np.int32)), r"test labels span 4\.\.4, outside 0\.\.3"),
   (dict(test_images=np.zeros((5, 2, 3, 1), np.uint8)), "train images are 3x2x1 but test"),
-  (dict(num_classes=0), "num_classes must be positive"),
+  (dict(num_classes=0), r"num_classes must be in 1\.\.2147483647, got 0: it must be at least 1"),
 ])
 def test_inconsistent_arrays_are_rejected(change, message):
   with pytest.raises(DataError, match=message):

@@ -7,9 +7,11 @@ import zipfile
 import numpy as np
 import pytest
 
+from synthpart import config as config_lib
+from synthpart import setup
 from synthpart.data import idx, load_dataset, sources
 from synthpart.data.registry import get_spec, idx_filenames
-from synthpart.errors import DataError
+from synthpart.errors import DataError, ResourceError
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -340,17 +342,69 @@ def test_digits_default_is_offline():
   np.testing.assert_array_equal(again.test_labels, ds.test_labels)
 
 
-def test_digits_without_sklearn(monkeypatch):
+def _failing_import(monkeypatch, prefix: str, error: BaseException) -> None:
+  """Makes every import of `prefix` (and its submodules) raise `error`, as a failing import
+  would."""
   import builtins
   real_import = builtins.__import__
 
-  def no_sklearn(name, *args, **kwargs):
-    if name.startswith("sklearn"):
-      raise ImportError(name)
+  def fail(name, *args, **kwargs):
+    if name == prefix or name.startswith(prefix + "."):
+      raise error
     return real_import(name, *args, **kwargs)
 
-  monkeypatch.setattr(builtins, "__import__", no_sklearn)
-  with pytest.raises(DataError, match="digits needs scikit-learn"):
+  monkeypatch.setattr(builtins, "__import__", fail)
+
+
+def test_digits_without_sklearn(monkeypatch):
+  _failing_import(monkeypatch, "sklearn",
+                  ModuleNotFoundError("No module named 'sklearn'", name="sklearn"))
+  with pytest.raises(DataError, match=r"^digits needs scikit-learn, which bundles it: pip install"):
+    load_dataset("digits")
+
+
+@pytest.mark.parametrize("error, kind, pattern", [
+  # Out of address space (ulimit -v) while the loader maps scipy's libraries.
+  (ImportError("/x/scipy/sparse/_sparsetools.so: failed to map segment from shared object"),
+   ResourceError, r"^digits: importing scikit-learn ran out of memory \(ImportError: /x/scipy/"
+   r"sparse/_sparsetools\.so: failed to map segment from shared object\); raise this process's "
+   r"memory limit \(ulimit -v\)"),
+  (MemoryError(), ResourceError, r"^digits: importing scikit-learn ran out of memory "
+   r"\(MemoryError\); raise"),
+  # Installed, but a dependency is missing: not "pip install synthpart[demo]".
+  (ModuleNotFoundError("No module named 'scipy'", name="scipy"), DataError,
+   r"^digits: scikit-learn is installed but failed to import \(ModuleNotFoundError: No module "
+   r"named 'scipy'\); repair it"),
+  (OSError("libgomp.so.1: cannot open shared object file"), DataError,
+   r"^digits: scikit-learn is installed but failed to import \(OSError: libgomp"),
+])
+def test_digits_import_failures_name_the_real_cause(monkeypatch, error, kind, pattern):
+  _failing_import(monkeypatch, "sklearn", error)
+  with pytest.raises(kind, match=pattern) as info:
+    load_dataset("digits")
+  assert "pip install 'synthpart" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_running_out_of_memory_reading_data_blames_the_data(monkeypatch):
+  """Not "out of memory: the network ... try smaller model.hidden", as the command said."""
+  def no_memory(*args, **kwargs):
+    raise MemoryError
+
+  monkeypatch.setattr(setup, "load_dataset", no_memory)
+  with pytest.raises(ResourceError, match=r"^out of memory reading dataset npz:big\.npz: its "
+                     r"arrays do not fit in this process's memory"):
+    setup.read_dataset(config_lib.DataConfig(name="npz:big.npz"))
+
+
+def test_digits_out_of_memory_loading_is_a_resource_error(monkeypatch):
+  sklearn_datasets = pytest.importorskip("sklearn.datasets")
+
+  def no_memory(*args, **kwargs):
+    raise MemoryError
+
+  monkeypatch.setattr(sklearn_datasets, "load_digits", no_memory)
+  with pytest.raises(ResourceError, match=r"^digits: out of memory loading scikit-learn's bundled "
+                     "copy"):
     load_dataset("digits")
 
 
