@@ -234,20 +234,41 @@ def test_a_commands_own_nestings_are_allowed(tmp_path):
       pass
 
 
+_HOLDER = """
+import sys
+from pathlib import Path
+from synthpart import rundir
+locks = []
+for kind in sys.argv[2:]:
+  root = Path(sys.argv[1]) / kind
+  locks.append(rundir.claim(root, kind))
+  (root / rundir.DIR_KINDS[kind][0]).write_text('{"the first": "one"}')
+print("held", flush=True)
+input()
+"""
+
+
 def test_a_held_directory_is_refused_by_every_command(tmp_path, capsys):
+  """Another process holds a budget, a sweep and a run directory: each command is refused in
+  one line, exit status 2, and what the first one wrote is left as it was."""
   (tmp_path / "sweep.toml").write_text(SWEEP_TOML)
   (tmp_path / "budget.toml").write_text(BUDGET_TOML)
-  for kind, command in [("budget", ["budget", str(tmp_path / "budget.toml")]),
-                        ("sweep", ["sweep", str(tmp_path / "sweep.toml")]),
-                        ("run", ["train", *TINY])]:
-    root = tmp_path / kind
-    with rundir.claim(root, kind):
-      (root / rundir.DIR_KINDS[kind][0]).write_text('{"the first": "one"}')
-      before = _tree(root)
-      assert cli.main([*command, "--out", str(root), "-q"]) == 2
-      line = _one_error_line(capsys.readouterr().err)
-      assert f"in use by another synthpart run (pid {os.getpid()})" in line
-      assert _tree(root) == before
+  commands = {"budget": ["budget", str(tmp_path / "budget.toml")],
+              "sweep": ["sweep", str(tmp_path / "sweep.toml")], "run": ["train", *TINY]}
+  with subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path), *commands],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                        env=ENV) as holder:
+    try:
+      assert holder.stdout.readline().strip() == "held"
+      for kind, command in commands.items():
+        root = tmp_path / kind
+        before = _tree(root)
+        assert cli.main([*command, "--out", str(root), "-q"]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"in use by another synthpart run (pid {holder.pid})" in line
+        assert _tree(root) == before
+    finally:
+      holder.kill()
 
 
 def test_commands_refuse_each_others_directories(tmp_path, capsys):
@@ -291,6 +312,7 @@ def test_a_dangling_symlink_is_named_as_one(tmp_path, capsys):
   assert not (tmp_path / "missing").exists() and link.is_symlink()
 
 
+@pytest.mark.slow
 def test_a_fresh_process_refuses_another_commands_directory(tmp_path):
   """The command line of a fresh process: one line, exit status 2, the sweep untouched."""
   sweep = _directory(tmp_path / "sweep", "sweep")
