@@ -48,7 +48,7 @@ from synthpart.checkpoint import crash_point
 from synthpart.config import Config
 from synthpart.errors import CheckpointError
 from synthpart.files import write_json_atomic
-from synthpart.trash import empty_trash, move_aside, pending_trash
+from synthpart.trash import empty_trash, move_aside, pending_trash, put_back
 
 LOCK_FILE = ".lock"
 
@@ -356,10 +356,15 @@ def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwri
                             "as they are; move them or choose another --out")
   if dry_run:
     return
-  if overwrite and (holds_another or interrupted):
-    move_aside(root, _run_entries(root))  # config.json first, results.json next
-  root.mkdir(parents=True, exist_ok=True)
-  write_run_config(root, config)
+  entries = _run_entries(root) if overwrite and (holds_another or interrupted) else []
+  made = move_aside(root, entries)  # config.json first, results.json next
+  try:
+    root.mkdir(parents=True, exist_ok=True)
+    write_run_config(root, config)
+  except BaseException:
+    if made is not None:  # a full disk, say: the earlier run goes back where it was
+      put_back(root, made, entries)
+    raise
   crash_point("run-dir:config-written")
   empty_trash(root)
 

@@ -106,7 +106,7 @@ def move_aside(root: Path, entries: Sequence[Path]) -> Path | None:
       moved.append(entry)
       crash_point(f"overwrite-moved:{entry.name}")
   except BaseException as e:
-    _put_back(root, trash, moved, earlier)
+    put_back(root, trash, moved)
     if not isinstance(e, OSError):
       raise
     raise CheckpointError(f"--overwrite: {entry} cannot be moved aside ({e.strerror}); the "
@@ -115,9 +115,11 @@ def move_aside(root: Path, entries: Sequence[Path]) -> Path | None:
   return trash
 
 
-def _put_back(root: Path, trash: Path, moved: Sequence[Path], earlier: Sequence[str]) -> None:
-  """Undoes a partial `move_aside`: renames `moved` back from `trash`, then removes `trash` and
-  its record. Raises `CheckpointError` naming where the files are if one cannot go back."""
+def put_back(root: Path, trash: Path, moved: Sequence[Path]) -> None:
+  """Undoes `move_aside`: renames the entries `moved` (of `root`) back from `trash`, the first
+  moved last, then removes `trash` and its name from the record. Raises `CheckpointError`
+  naming where the files are if one cannot go back."""
+  earlier = [name for name in recorded_trash(root) if name != trash.name]
   for entry in reversed(moved):
     try:
       os.rename(trash / entry.name, entry)

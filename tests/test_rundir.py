@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from synthpart import cli, rundir, trash
-from synthpart.errors import CheckpointError
+from synthpart.errors import CheckpointError, DiskFullError
 
 TINY = ["--hidden", "8,8", "--cuts", "1", "--epochs", "1", "--recovery-epochs", "0", "-q"]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -166,6 +166,21 @@ def test_a_failed_overwrite_puts_everything_back(tmp_path, monkeypatch, capsys):
   # The command: one line, exit status 2, the run as it was.
   assert cli.main(["train", *TINY, "--seed", "2", "--overwrite", "--out", str(root)]) == 2
   assert "cannot be moved aside" in _one_error_line(capsys.readouterr().err)
+  assert _tree(root) == before
+
+
+def test_an_overwrite_that_cannot_write_its_config_puts_everything_back(tmp_path, monkeypatch):
+  root = tmp_path / "run"
+  root.mkdir()
+  _a_run(root)
+  before = _tree(root)
+
+  def full(root, config):
+    raise DiskFullError(f"no space left on the device writing {root / 'config.json'}")
+
+  monkeypatch.setattr(rundir, "write_run_config", full)
+  with pytest.raises(DiskFullError):
+    rundir.prepare_run_dir(root, {"seed": 2}, resume=False, overwrite=True)
   assert _tree(root) == before
 
 
