@@ -24,7 +24,6 @@ for that one; 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import errno
 import functools
 import json
 import sys
@@ -68,12 +67,7 @@ def _out_dir(args: argparse.Namespace) -> Path:
     raise ConfigError("--resume and --overwrite exclude each other")
   if args.resume and not args.out:
     raise ConfigError("--resume needs --out DIR, the run to continue")
-  try:
-    if out.exists() and not out.is_dir():
-      raise ConfigError(f"--out {out} exists and is not a directory")
-  except OSError as e:  # a name too long, a loop of links: the lock below says which
-    if e.errno != errno.ENAMETOOLONG:
-      raise ConfigError(f"--out {out} cannot be used: {e.strerror}") from None
+  rundir.check_out_path(out)  # a file, a symbolic link to nothing
   return out
 
 
@@ -84,13 +78,14 @@ def _metrics_options(args: argparse.Namespace) -> metrics.MetricsOptions:
 
 
 def _run(args: argparse.Namespace, experiment: exp.Experiment) -> int:
-  """Trains into the run directory `--out`, which it holds locked throughout.
+  """Trains into the run directory `--out`, which it claims (`rundir.claim`: locked throughout,
+  refused where another command wrote it).
 
   Returns 0, or `EXIT_DIVERGED` where a method diverged (its results are kept all the same).
   """
   config = load_config(args)
   out = _out_dir(args)
-  with rundir.lock_run_dir(out):
+  with rundir.claim(out, "run"):
     try:
       return _run_locked(args, experiment, config, out)
     except DiskFullError as e:

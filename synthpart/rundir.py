@@ -1,4 +1,13 @@
-"""The run directory: one process at a time, one run at a time, nothing of two runs mixed.
+"""The directories the commands write: one process at a time, one kind of directory each,
+nothing of two runs mixed, nothing of the user's moved or deleted.
+
+Every command that writes a directory claims it first (`claim(root, kind)`): the exclusive
+`flock` on DIR/.lock (`lock_run_dir`), held for the whole command and released by the system
+however the process ends, and a refusal of a directory another command wrote. `DIR_KINDS` tells
+the kinds apart by their marker files: a run (`train`, `compare`: config.json, results.json), a
+sweep (sweep.json), a budget search (budget.json), a launch (launch.json), an exported model
+(model.json). A sweep's runs and a budget's sweeps are the command's own directories inside its
+own; no other command claims them.
 
 A run directory::
 
@@ -9,12 +18,19 @@ A run directory::
   DIR/log.txt            one line per epoch of every loop, and every note
   DIR/checkpoints/       per-loop checkpoints (`synthpart.checkpoint`)
 
-One process at a time uses a run directory: `lock_run_dir` takes an exclusive `flock` on
-DIR/.lock for the whole run, which the system releases however the process ends. `--overwrite`
-renames the earlier run's files into DIR/.trash-<time>-<pid>/ (config.json first) before anything
-new is written and deletes them once the new config.json is in place, so a run killed at any point
-never leaves files of both runs in DIR: at worst what is left of the old run without its
-config.json, which --resume refuses and another --overwrite clears.
+A directory without config.json and results.json holds no run: a run uses it as it is, but
+refuses one holding entries named like a run's (`RUN_FILES`: log.txt, checkpoints/, report.md,
+figures/...), which are the user's; a run would write into them and a later --overwrite would
+take them for the run's.
+
+`--overwrite` renames the earlier run's files (`RUN_FILES` only) into a fresh trash directory
+DIR/.trash-<time>-<pid>/ (config.json first; `synthpart.trash`) before anything new is written and
+deletes it once the new config.json is in place, so a run killed at any point never leaves files
+of both runs in DIR: at worst what is left of the old run without its config.json, which a plain
+run and --resume refuse and another --overwrite clears. synthpart deletes only the trash
+directories it made, whose names it recorded before moving anything into them; an --overwrite
+that cannot move an entry puts back what it had moved and changes nothing. `--overwrite` on a
+directory holding no run moves nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +39,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,9 +50,9 @@ from synthpart.config import Config
 from synthpart.data import check_fingerprint
 from synthpart.errors import CheckpointError
 from synthpart.files import write_json_atomic
+from synthpart.trash import empty_trash, move_aside, pending_trash, put_back
 
 LOCK_FILE = ".lock"
-TRASH_PREFIX = ".trash-"
 # config.json's key for the fingerprint of the run's data (`synthpart.data.fingerprint`).
 DATA_FINGERPRINT = "data_fingerprint"
 
@@ -121,11 +136,48 @@ def _make_dirs(root: Path) -> Path | None:
     root.mkdir(parents=True)
   except FileExistsError:
     if not root.is_dir():
-      raise CheckpointError(f"--out {root} exists and is not a directory") from None
+      raise CheckpointError(_not_a_directory(root)) from None
     return None
   except OSError as e:
     raise CheckpointError(_path_problem(root, e)) from None
   return outermost
+
+
+def check_out_path(root: Path) -> None:
+  """Refuses, in one line, an `--out` that cannot be a directory: a file, a symbolic link to
+  nothing (or a loop of them), or a path through one. A missing `root` passes: it is created."""
+  try:
+    if root.is_dir() or not (root.exists() or root.is_symlink()):
+      return
+  except OSError as e:
+    if e.errno == errno.ENAMETOOLONG:
+      return  # `lock_run_dir` says which name
+    raise CheckpointError(_path_problem(root, e)) from None
+  raise CheckpointError(_not_a_directory(root))
+
+
+def _not_a_directory(root: Path) -> str:
+  """Why `root`, which a directory cannot be made at, is not one: the first of it and its
+  parents that is a symbolic link to nothing, or that is something else than a directory."""
+  for path in [root, *root.parents]:
+    where = f"--out {root} is" if path == root else f"--out {root} cannot be created: {path} is"
+    try:
+      if path.is_symlink():
+        target = os.readlink(path)
+        try:
+          os.stat(path)
+        except FileNotFoundError:
+          return (f"{where} a symbolic link to {target}, which does not exist; create its "
+                  "target or choose another --out")
+        except OSError as e:
+          return f"{where} a symbolic link that cannot be followed: {e.strerror}"
+      if path.exists() and not path.is_dir():
+        if path == root:
+          return f"--out {root} exists and is not a directory"
+        return f"--out {root} cannot be created: {path} is a file, not a directory"
+    except OSError as e:
+      return f"--out {root} cannot be used: {e.strerror}"
+  return f"--out {root} exists and is not a directory"
 
 
 def _holder(fd: int) -> str:
@@ -163,6 +215,67 @@ def _path_problem(root: Path, e: OSError) -> str:
   return f"--out {root} cannot be used: {e.strerror}"
 
 
+# ---------------------------------------------------------------------------------------------
+# The kinds of directories the commands write
+
+# Each kind's marker files, checked in this order: a directory's kind is the first whose marker
+# is in it (a launch directory holds results.json too, so launch comes before run).
+DIR_KINDS: dict[str, tuple[str, ...]] = {
+  "launch": ("launch.json",),
+  "export": ("model.json",),
+  "budget": ("budget.json",),
+  "sweep": ("sweep.json",),
+  "run": ("config.json", "results.json"),
+}
+_COMMANDS = {"launch": "launch", "export": "export", "budget": "budget", "sweep": "sweep",
+             "run": "train or compare"}
+
+
+def dir_kind(root: Path) -> tuple[str, str] | None:
+  """The kind of directory `root` is (a key of `DIR_KINDS`) and the marker file that says so, or
+  None where it holds no marker (missing, empty, or only the user's files)."""
+  for kind, markers in DIR_KINDS.items():
+    for marker in markers:
+      try:
+        if (root / marker).exists():
+          return kind, marker
+      except OSError:
+        return None  # a name too long: `lock_run_dir` says which
+  return None
+
+
+def refuse_foreign(root: Path, kind: str) -> None:
+  """Refuses, in one line (`CheckpointError`), an `--out` that another command wrote: `root` is
+  a directory of another kind than `kind` (a key of `DIR_KINDS`), or cannot be a directory."""
+  if kind not in DIR_KINDS:
+    raise ValueError(f"unknown kind of directory {kind!r}; known: {', '.join(DIR_KINDS)}")
+  check_out_path(root)
+  found = dir_kind(root)
+  if found is not None and found[0] != kind:
+    raise CheckpointError(f"--out {root} is the directory of synthpart {_COMMANDS[found[0]]} "
+                          f"({found[1]} is in it); synthpart {_COMMANDS[kind]} does not write "
+                          "into another command's directory: choose another --out")
+
+
+def claim(root: Path, kind: str) -> RunLock:
+  """Claims directory `root` for a command writing a directory of `kind` (a key of `DIR_KINDS`):
+  takes its exclusive lock (`lock_run_dir`, creating `root` where it is missing), then refuses a
+  directory of another kind (`refuse_foreign`), letting go of the lock again. Call it before
+  writing anything into `root`, and hold the lock returned until the command ends.
+
+  Raises `CheckpointError`, having written nothing, where another process holds `root`, where
+  another command wrote it, or where it cannot be a directory.
+  """
+  refuse_foreign(root, kind)  # before the lock too: a foreign directory gets no lock file
+  lock = lock_run_dir(root)
+  try:
+    refuse_foreign(root, kind)  # again under the lock: no other command can write it now
+  except BaseException:
+    lock.release()
+    raise
+  return lock
+
+
 def write_run_config(root: Path, config: dict[str, Any]) -> None:
   """Stores the run's settings, atomically."""
   write_json_atomic(root / "config.json", config)
@@ -194,12 +307,18 @@ def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[
 def holds_run(root: Path, markers: Sequence[str]) -> bool:
   """Whether the run directory `root` already holds a run: one of the files `markers` is in it.
 
-  Raises `CheckpointError` where `root` exists and is not a directory. Every command that claims
-  a run directory (a run, a launch) checks it here, and words its refusal itself.
+  Raises `CheckpointError` where `root` exists and is not a directory (or is a symbolic link to
+  nothing). Every command that claims a run directory (a run, a launch) checks it here, and
+  words its refusal itself.
   """
-  if root.exists() and not root.is_dir():
-    raise CheckpointError(f"--out {root} exists and is not a directory")
+  check_out_path(root)
   return any((root / name).exists() for name in markers)
+
+
+# What a run (and `synthpart report` on it) writes into its directory: all that --overwrite
+# moves aside. Anything else in the directory is the user's and stays where it is.
+RUN_FILES = ("config.json", "results.json", "log.txt", "checkpoints", "tensorboard", "report.md",
+             "figures")
 
 
 def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwrite: bool,
@@ -207,9 +326,10 @@ def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwri
   """Claims `root` for a run: a fresh directory, or the same run when resuming.
 
   Refuses a directory holding another run unless `resume` (same settings only, and where
-  `fingerprint` is given and config.json records one, the same data) or `overwrite`. A new
-  run's config.json records `fingerprint` as `DATA_FINGERPRINT`. Nothing is written before the
-  checks pass, and nothing at all with `dry_run`.
+  `fingerprint` is given and config.json records one, the same data) or `overwrite`, and one
+  without a run that holds entries named like a run's (the user's). A new run's config.json
+  records `fingerprint` as `DATA_FINGERPRINT`. Nothing is written before the checks pass, and
+  nothing at all with `dry_run`. The caller holds `root`'s lock.
   """
   holds_another = holds_run(root, ("config.json", "results.json"))
   stored_path = root / "config.json"
@@ -230,54 +350,44 @@ def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwri
                         "--resume", str(stored_path), "restore the data the run was trained on, "
                         "or start a new run (--overwrite, or another --out)")
     return
+  interrupted = pending_trash(root)
   if holds_another and not overwrite:
     raise CheckpointError(f"--out {root} holds another run; pass --resume to continue it or "
                           "--overwrite to replace it")
+  if interrupted and not holds_another and not overwrite:
+    raise CheckpointError(f"--out {root} holds what is left of a run that an interrupted "
+                          f"--overwrite was replacing (the rest is in {interrupted[0].name}); "
+                          "pass --overwrite to finish replacing it")
+  if not holds_another and not interrupted:
+    theirs = [p.name + ("/" if p.is_dir() else "") for p in _run_entries(root)
+              if p.name in RUN_FILES]
+    if theirs:
+      raise CheckpointError(f"--out {root} holds {', '.join(theirs)} but no run (no config.json "
+                            "or results.json): a run would write over them, so they are left "
+                            "as they are; move them or choose another --out")
   if dry_run:
     return
-  if overwrite:
-    move_aside(root)
-  root.mkdir(parents=True, exist_ok=True)
-  write_run_config(root, config if fingerprint is None
-                   else {**config, DATA_FINGERPRINT: fingerprint})
+  entries = _run_entries(root) if overwrite and (holds_another or interrupted) else []
+  made = move_aside(root, entries)  # config.json first, results.json next
+  try:
+    root.mkdir(parents=True, exist_ok=True)
+    write_run_config(root, config if fingerprint is None
+                     else {**config, DATA_FINGERPRINT: fingerprint})
+  except BaseException:
+    if made is not None:  # a full disk, say: the earlier run goes back where it was
+      put_back(root, made, entries)
+    raise
   crash_point("run-dir:config-written")
-  for trash in root.glob(f"{TRASH_PREFIX}*"):
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-# What a run (and `synthpart report` on it) writes into its directory: all that --overwrite
-# moves aside. Anything else in the directory is the user's and stays where it is.
-RUN_FILES = ("config.json", "results.json", "log.txt", "checkpoints", "tensorboard", "report.md",
-             "figures")
+  empty_trash(root)
 
 
 def _run_entries(root: Path) -> list[Path]:
   """The run's entries of `root`: config.json first and results.json next, then the others and
   the temporary files of interrupted atomic writes of them."""
+  if not root.is_dir():
+    return []
   order = {name: i for i, name in enumerate(RUN_FILES)}
   temporary = tuple(f".{name}." for name in RUN_FILES)
   entries = [p for p in root.iterdir()
              if p.name in order or (p.name.startswith(temporary) and p.name.endswith(".tmp"))]
   return sorted(entries, key=lambda p: (order.get(p.name, len(order)), p.name))
-
-
-def move_aside(root: Path) -> Path | None:
-  """Renames the run's entries of `root` (`RUN_FILES`) into a fresh `root/.trash-<time>-<pid>/`.
-
-  config.json goes first and results.json next, so a process killed midway leaves a directory
-  that `--resume` refuses and a plain run calls occupied; `--overwrite` finishes the job. Each
-  rename is atomic. Returns the trash directory, or None where there was nothing to move.
-  """
-  if not root.is_dir():
-    return None
-  entries = _run_entries(root)
-  if not entries:
-    return None
-  trash = root / f"{TRASH_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-  trash.mkdir()
-  for entry in entries:
-    entry.rename(trash / entry.name)
-    crash_point(f"overwrite-moved:{entry.name}")
-  return trash
-
-

@@ -170,11 +170,13 @@ def test_a_killed_coordinator_is_named_as_the_cause(mnist_dir, tmp_path):
   launcher = subprocess.Popen(
       [sys.executable, "-m", "synthpart", "launch", *flags, "--local", "2", "--out", str(out)],
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  info = out / "process-1" / "process.json"
+  # Both processes write process.json once process 0 said go, in either order.
+  info = [out / f"process-{i}" / "process.json" for i in (0, 1)]
   deadline = time.monotonic() + 240
-  while not info.exists() and launcher.poll() is None and time.monotonic() < deadline:
+  while (not all(p.exists() for p in info) and launcher.poll() is None
+         and time.monotonic() < deadline):
     time.sleep(0.02)
-  os.kill(json.loads((out / "process-0" / "process.json").read_text())["pid"], signal.SIGKILL)
+  os.kill(json.loads(info[0].read_text())["pid"], signal.SIGKILL)
   stdout, stderr = launcher.communicate(timeout=300)
   assert launcher.returncode == D.EXIT_INCOMPLETE, stdout + stderr
   cause = ("process 0 (the coordinator) died first: exit code -9, killed by SIGKILL; "

@@ -157,6 +157,8 @@ def _train(out: Path, *extra: str, crash_at: str | None = None) -> subprocess.Co
 @pytest.mark.slow
 def test_overwrite_killed_early_never_mixes_runs(tmp_path):
   out = tmp_path / "run"
+  (out / ".trash-mine").mkdir(parents=True)  # the user's own: no command deletes it
+  (out / ".trash-mine" / "keep.txt").write_text("mine")
   assert cli.main(["train", *TINY, "--seed", "1", "--out", str(out)]) == 0
   with open(out / "log.txt", "a") as f:
     f.write("a line of the first run\n")
@@ -172,11 +174,12 @@ def test_overwrite_killed_early_never_mixes_runs(tmp_path):
   assert json.loads((out / "config.json").read_text())["seed"] == 2
   assert not (out / "results.json").exists()
   assert "first run" not in ((out / "log.txt").read_text() if (out / "log.txt").exists() else "")
-  # A last --overwrite finishes and leaves no trash behind.
+  # A last --overwrite finishes and leaves no trash of its own behind.
   assert cli.main(["train", *TINY, "--seed", "3", "--overwrite", "--out", str(out)]) == 0
   assert json.loads((out / "config.json").read_text())["seed"] == 3
   assert _strict(out / "results.json")["config"]["seed"] == 3
-  assert not [p for p in out.iterdir() if p.name.startswith(".")]
+  assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".trash-mine"]
+  assert (out / ".trash-mine" / "keep.txt").read_text() == "mine"
 
 
 def test_overwrite_moves_only_the_runs_files(tmp_path):

@@ -38,8 +38,10 @@ Layout of the output directory::
   DIR/reference/...                  a sweep directory (`synthpart.sweep`): the reference runs
   DIR/<method>/...                   a sweep directory per method: its grid's runs
 
-Rerunning the same command skips every run whose results exist. Modules, top-down: `plan` (the
-file), `stats` (t-intervals), `analysis` (from the files), `summary` (Markdown), `run`, `command`.
+Rerunning the same command skips every run whose results exist. One search at a time uses DIR
+(`synthpart.rundir.claim`), and a directory another command wrote is refused. Modules, top-down:
+`plan` (the file), `stats` (t-intervals), `analysis` (from the files), `summary` (Markdown),
+`run`, `command`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from pathlib import Path
 from synthpart.budget.plan import load_budget
 from synthpart.budget.run import budget_jobs, pending_jobs, run_budget
 from synthpart.budget.summary import budget_markdown
+from synthpart.rundir import refuse_foreign
 from synthpart.sweep.command import default_cache_dir, enable_compile_cache
 from synthpart.sweep.run import RunOptions
 
@@ -36,6 +37,7 @@ def _budget_command(args: argparse.Namespace) -> int:
   budget = load_budget(args.file)
   out = Path(args.out)
   if args.dry_run:
+    refuse_foreign(out, "budget")
     pending = {j.directory for j in pending_jobs(budget, out)}
     every = budget_jobs(budget)
     for job in every:

@@ -16,6 +16,7 @@ from synthpart.budget.analysis import analyze
 from synthpart.budget.plan import Budget, budget_document
 from synthpart.budget.summary import budget_markdown
 from synthpart.files import write_json_atomic
+from synthpart.rundir import claim, refuse_foreign
 from synthpart.setup import Loader
 from synthpart.sweep.grid import expand, sweep_document
 from synthpart.sweep.run import Datasets, Job, RunOptions, is_done, jobs, run_jobs
@@ -41,7 +42,9 @@ def pending_jobs(budget: Budget, out: Path, datasets: Datasets | None = None) ->
 
 def write_plan(budget: Budget, out: Path) -> None:
   """budget.json (the plan; the analysis joins it when the runs are done) and every sweep's
-  sweep.json."""
+  sweep.json; a sweep's directory that another command wrote is refused before any is written."""
+  for name, _ in budget.sweeps:
+    refuse_foreign(out / name, "sweep")
   write_json_atomic(out / "budget.json", budget_document(budget))
   for name, sweep in budget.sweeps:
     write_json_atomic(out / name / "sweep.json", sweep_document(sweep, expand(sweep)))
@@ -62,10 +65,15 @@ def write_outcome(budget: Budget, out: Path) -> dict[str, Any]:
 
 def run_budget(budget: Budget, out: str | Path, options: RunOptions | None = None,
                load: Loader | None = None) -> dict[str, Any]:
-  """Runs every job not yet done, then writes the analysis; returns it."""
+  """Runs every job not yet done, then writes the analysis; returns it.
+
+  `out` is claimed first (`synthpart.rundir.claim`): locked until the search ends, and refused,
+  untouched, where another process holds it or another command (a run, a sweep...) wrote it.
+  """
   out, options = Path(out), options or RunOptions()
-  write_plan(budget, out)
-  todo = budget_jobs(budget)
-  datasets = Datasets(load)
-  run_jobs(todo, pending_jobs(budget, out, datasets), out, options, datasets, "budget")
-  return write_outcome(budget, out)
+  with claim(out, "budget"):
+    write_plan(budget, out)
+    todo = budget_jobs(budget)
+    datasets = Datasets(load)
+    run_jobs(todo, pending_jobs(budget, out, datasets), out, options, datasets, "budget")
+    return write_outcome(budget, out)

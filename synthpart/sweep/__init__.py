@@ -31,7 +31,9 @@ Layout of the output directory::
   DIR/summary.json, DIR/summary.md   mean ± std test accuracy and wall seconds per point, method
 
 A (point, seed) whose results.json exists with the same settings is skipped, so rerunning the
-same command continues an interrupted sweep.
+same command continues an interrupted sweep. One sweep at a time uses DIR
+(`synthpart.rundir.claim`: locked until it ends), and a directory another command wrote (a run,
+a budget...) is refused.
 
 Modules, top-down: `grid` (the file parsed, its points, names and configs, sweep.json), `summary`
 (mean ± std per point and method, from the results files), `run` (the jobs, run resumably),

@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 
 from synthpart.errors import ConfigError
+from synthpart.rundir import refuse_foreign
 from synthpart.sweep.grid import expand, load_sweep
 from synthpart.sweep.run import RunOptions, is_done, jobs, run_sweep
 from synthpart.sweep.summary import summary_markdown
@@ -63,6 +64,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
   todo = jobs(sweep, points)
   if args.dry_run:
     out = Path(args.out)
+    refuse_foreign(out, "sweep")
     for job in todo:
       done = is_done(out / job.directory / "results.json", job.config)
       print(f"{'done ' if done else 'to do'}  {job.directory}")

@@ -25,6 +25,7 @@ from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
 from synthpart.progress import Progress
 from synthpart.results import MethodResult, results_document
+from synthpart.rundir import claim
 from synthpart.setup import Loader, read_dataset, select_devices, with_validation
 from synthpart.sweep.grid import (
   Point,
@@ -180,6 +181,9 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
               load: Loader | None = None) -> dict[str, Any]:
   """Runs every job not yet done, then writes the summary; returns the summary document.
 
+  `out` is claimed first (`synthpart.rundir.claim`): locked until the sweep ends, and refused,
+  untouched, where another process holds it or another command (a run, a budget...) wrote it.
+
   `load(data_config)` returns a dataset (default: `synthpart.data.load_dataset`); each distinct
   dataset is loaded once per sweep.
   """
@@ -188,12 +192,13 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
   points = expand(sweep)
   todo = jobs(sweep, points)
   datasets = Datasets(load)
-  write_json_atomic(out / "sweep.json", sweep_document(sweep, points))
-  pending = [j for j in todo
-             if not is_done(out / j.directory / "results.json", j.config, datasets)]
-  run_jobs(todo, pending, out, options, datasets, "sweep")
-  summary = summarize(out)
-  write_summary(out, summary)
+  with claim(out, "sweep"):
+    write_json_atomic(out / "sweep.json", sweep_document(sweep, points))
+    pending = [j for j in todo
+               if not is_done(out / j.directory / "results.json", j.config, datasets)]
+    run_jobs(todo, pending, out, options, datasets, "sweep")
+    summary = summarize(out)
+    write_summary(out, summary)
   return summary
 
 
