@@ -8,7 +8,10 @@ method's curve. The data order needs no storing: an epoch's order is a pure func
 epoch). A sha256 of the arrays, kept in the meta, catches damage that orbax's own format would
 not notice. Orbax writes each step to a temporary directory and renames it when complete, so a
 crash mid-write leaves the previous checkpoint as the latest (and `restore` removes what it
-left). Checkpoints are arrays and JSON: never pickles. The run directory around them is
+left). `restore` places a checkpoint on the device it is given, whatever devices saved it,
+once the arrays' names, shapes and dtypes (from orbax's metadata) are those the caller expects;
+a damaged one is one `CheckpointError`, and the reads orbax leaves behind it print nothing.
+Checkpoints are arrays and JSON: never pickles. The run directory around them is
 `synthpart.rundir`'s.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import gc
 import hashlib
 import logging
 import os
@@ -27,9 +31,10 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -249,8 +254,9 @@ def restore(policy: Policy, method: str, loop: str, like: Any,
   if step is None:
     return None
   path = policy.loop_dir(method, loop) / str(step)
-  try:
-    with _quiet_leftover_reads(), _reader(policy.loop_dir(method, loop)) as manager:
+
+  def read() -> tuple[Any, dict[str, Any]]:
+    with _reader(policy.loop_dir(method, loop)) as manager:
       check_stored(manager.item_metadata(step)["state"], like, str(path), expected)
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(_placed(like, device)), meta=ocp.args.JsonRestore()))
@@ -261,11 +267,9 @@ def restore(policy: Policy, method: str, loop: str, like: Any,
       raise ValueError("its meta has no matching epoch")
     if meta.get("digest") != state_digest(state):
       raise ValueError("its arrays do not match the digest written with them")
-  except CheckpointError:
-    raise
-  except Exception as e:  # orbax and tensorstore raise many types for damaged files
-    raise _corrupt(path, e) from None
-  return state, meta
+    return state, meta
+
+  return _guarded(path, read)
 
 
 def read_tree(directory: Path, like: Any, device: jax.Device, expected: str) -> Any:
@@ -275,30 +279,38 @@ def read_tree(directory: Path, like: Any, device: jax.Device, expected: str) -> 
   directory = directory.absolute()
   if not directory.is_dir():
     raise CheckpointError(f"{directory} is missing")
-  try:
-    with _quiet_leftover_reads(), ocp.StandardCheckpointer() as reader:
+
+  def read() -> Any:
+    with ocp.StandardCheckpointer() as reader:
       check_stored(reader.metadata(directory).item_metadata, like, str(directory), expected)
       return reader.restore(directory, _placed(like, device))
-  except CheckpointError:
-    raise
-  except Exception as e:  # orbax and tensorstore raise many types for damaged files
-    raise _corrupt(directory, e) from None
+
+  return _guarded(directory, read)
 
 
-def _corrupt(path: Path, e: BaseException) -> CheckpointError:
-  """The one-line error for a checkpoint orbax or tensorstore failed to read with `e`."""
-  return CheckpointError(f"checkpoint {path} is corrupt or truncated: {_innermost(e)}")
+_T = TypeVar("_T")
 
 
-@contextlib.contextmanager
-def _quiet_leftover_reads() -> Iterator[None]:
-  """Around an orbax read: where one array fails, the reads orbax started alongside it end
-  after its event loop has closed, and what they would print (a traceback each, during the
-  read and after it) is dropped (`_LeftoverReads`). The filter stays after a failed read."""
-  hook = _LeftoverReads.install()
-  yield
-  if sys.unraisablehook is hook:
-    sys.unraisablehook = hook.previous
+def _guarded(path: Path, read: Callable[[], _T]) -> _T:
+  """`read()`, an orbax read of the checkpoint at `path`; any error of a damaged file becomes
+  one `CheckpointError`, and nothing else is printed.
+
+  Where one array fails, the reads orbax started alongside it are left unfinished: their
+  coroutines are collected here, their "never awaited" warnings dropped, and what tensorstore's
+  threads print when they end after orbax's event loop has closed is dropped by
+  `_LeftoverReads`, from the first read on.
+  """
+  _LeftoverReads.install()
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
+    try:
+      return read()
+    except CheckpointError as e:
+      failure = CheckpointError(str(e))
+    except Exception as e:  # orbax and tensorstore raise many types for damaged files
+      failure = CheckpointError(f"checkpoint {path} is corrupt or truncated: {_innermost(e)}")
+    gc.collect()  # the failed read's frames and coroutines, while their noise is dropped
+  raise failure  # outside the handler: it holds no reference to the failed read
 
 
 def _innermost(e: BaseException) -> str:
@@ -320,7 +332,8 @@ class _LeftoverReads:
   """An `sys.unraisablehook` that drops exactly the noise of reads orbax left running when a
   restore failed: tensorstore's callbacks that find orbax's event loop closed ("Event loop is
   closed" in asyncio's `call_soon_threadsafe`), and orbax's or tensorstore's coroutines that are
-  collected unfinished. Everything else goes to the hook it replaced."""
+  collected unfinished. Everything else goes to the hook it replaced. Installed once, it stays:
+  those callbacks come at any time after the failed read."""
 
   def __init__(self, previous: Any) -> None:
     self.previous = previous

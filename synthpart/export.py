@@ -37,6 +37,7 @@ from jax import export as jax_export
 
 from synthpart import checkpoint
 from synthpart.config import Config, from_dict
+from synthpart.data.dataset import check_num_classes
 from synthpart.errors import CheckpointError, ConfigError, SynthpartError
 from synthpart.files import umask, write_atomic, write_json_atomic
 from synthpart.model import (
@@ -135,15 +136,13 @@ def _dataset(document: dict[str, Any], path: Path) -> dict[str, Any]:
   if not (isinstance(shape, list) and shape and all(
       isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 2**31 for n in shape)):
     raise bad("input_shape", "a list of positive integers")
-  classes = data.get("num_classes")
-  if not isinstance(classes, int) or isinstance(classes, bool) or not 1 < classes <= 2**31:
-    raise bad("num_classes", "an integer of at least 2")
+  check_num_classes(f"{path}: dataset", data.get("num_classes"))
   try:
-    dtype = np.dtype(data.get("input_dtype"))
+    dtype = np.dtype(data["input_dtype"]) if isinstance(data.get("input_dtype"), str) else None
   except TypeError:
-    raise bad("input_dtype", "a numpy dtype name, e.g. uint8 or float32") from None
-  if dtype.kind not in "uif":
-    raise bad("input_dtype", "an integer or float dtype")
+    dtype = None
+  if dtype is None or dtype.kind not in "uif":
+    raise bad("input_dtype", "an integer or float dtype's name, e.g. uint8 or float32")
   scale = data.get("input_scale")
   if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale < 1e30:
     raise bad("input_scale", "a positive number")
@@ -180,6 +179,7 @@ def _initial_state(spec: SegmentSpec, optimizer: optax.GradientTransformation) -
 def _check_out(out: Path, overwrite: bool) -> Path:
   """The directory to export into, refused unless it is new, empty, or (with `overwrite`) an
   earlier export and nothing else. A symbolic link stands for the directory it names."""
+  out = Path(os.path.abspath(out))  # "." and "..": a name to rename onto, in a parent
   try:
     if out.is_symlink():
       target = out.resolve()

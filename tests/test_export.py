@@ -170,7 +170,7 @@ def test_damaged_or_edited_runs_are_one_line_and_write_nothing(digits_run, tmp_p
     d["runs"][1].update(status="diverged", divergence="loss nan at epoch 1")
 
   edits = [(remove("config"), "conventional", "no 'config' table"),
-           (dataset("num_classes", 0), "conventional", "num_classes is 0"),
+           (dataset("num_classes", 0), "conventional", "num_classes must be positive"),
            (dataset("input_shape", [8, 8, 2]), "conventional",
             "params.0.kernel is float32[64, 16], the network's float32[128, 16]"),
            (model("hidden", [16, 17]), "pnn-sequential", "does not hold the network"),
