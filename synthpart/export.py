@@ -38,8 +38,8 @@ from jax import export as jax_export
 from synthpart import checkpoint
 from synthpart.config import Config, from_dict
 from synthpart.data.dataset import check_num_classes
-from synthpart.errors import CheckpointError, ConfigError, SynthpartError
-from synthpart.files import umask, write_atomic, write_json_atomic
+from synthpart.errors import CheckpointError, ConfigError, DiskFullError, SynthpartError
+from synthpart.files import is_disk_full, umask, write_atomic, write_json_atomic
 from synthpart.model import (
   Params,
   apply_segment,
@@ -221,8 +221,14 @@ def _write(out: Path, params: Params, blob: bytes | bytearray, meta: dict[str, A
     raise ConfigError(f"--out {out} cannot be written: {e.strerror or e}") from None
   try:
     os.chmod(staging, 0o777 & ~umask())  # as mkdir would make it (mkdtemp: 0o700)
-    with ocp.StandardCheckpointer() as saver:
-      saver.save((staging / "params").absolute(), params)
+    try:
+      with ocp.StandardCheckpointer() as saver:
+        saver.save((staging / "params").absolute(), params)
+    except Exception as e:  # orbax and tensorstore wrap the system's error in their own types
+      if is_disk_full(e):
+        raise DiskFullError(f"no space left on the device writing {staging / 'params'}; "
+                            f"{out} is as it was") from None
+      raise
 
     def write(f: BinaryIO) -> None:
       f.write(blob)
