@@ -8,7 +8,10 @@ method's curve. The data order needs no storing: an epoch's order is a pure func
 epoch). A sha256 of the arrays, kept in the meta, catches damage that orbax's own format would
 not notice. Orbax writes each step to a temporary directory and renames it when complete, so a
 crash mid-write leaves the previous checkpoint as the latest (and `restore` removes what it
-left). Checkpoints are arrays and JSON: never pickles. The run directory around them is
+left). `restore` places a checkpoint on the device it is given, whatever devices saved it,
+once the arrays' names, shapes and dtypes (from orbax's metadata) are those the caller expects;
+a damaged one is one `CheckpointError`, and the reads orbax leaves behind it print nothing.
+Checkpoints are arrays and JSON: never pickles. The run directory around them is
 `synthpart.rundir`'s.
 """
 
@@ -17,17 +20,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import gc
 import hashlib
 import logging
 import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterator
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -74,6 +81,13 @@ class Policy:
 
 def _slug(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.+-]+", "-", name).strip("-")
+
+
+def _reader(directory: Path) -> ocp.CheckpointManager:
+  """A manager that reads a loop's steps: their metadata (shapes, dtypes) and their arrays."""
+  options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=False)
+  return ocp.CheckpointManager(directory.absolute(), options=options, item_handlers={
+      "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
 
 def _manager(directory: Path, keep: int):
@@ -171,29 +185,81 @@ def discard_after(policy: Policy, method: str, loop: str, step: int) -> None:
         shutil.rmtree(doomed)
 
 
+def _name(path: tuple[Any, ...]) -> str:
+  """A leaf's key path as orbax names it: "params.0.kernel" (dict keys, indices, fields)."""
+  parts = []
+  for entry in path:
+    for attribute in ("key", "idx", "name"):
+      if hasattr(entry, attribute):
+        parts.append(str(getattr(entry, attribute)))
+        break
+    else:
+      parts.append(str(entry))
+  return ".".join(parts)
+
+
+def _described(shape: Any, dtype: Any) -> str:
+  return f"{np.dtype(dtype).name}{list(shape)}"
+
+
+def check_stored(stored: Any, like: Any, where: str, expected: str) -> None:
+  """Raises `CheckpointError` unless the arrays a checkpoint's metadata describes (`stored`, a
+  tree of orbax metadata) are those of `like`: the same names, shapes and dtypes. `where` names
+  the checkpoint, `expected` what `like` is (e.g. "the network results.json describes")."""
+  have = {_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]}
+  want = {_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(like)[0]}
+  problems = []
+  for name in sorted(want.keys() - have.keys())[:3]:
+    problems.append(f"{name} missing")
+  for name in sorted(have.keys() - want.keys())[:3]:
+    problems.append(f"{name} not in it")
+  for name in sorted(want.keys() & have.keys(), key=lambda n: (not n.startswith("params"), n)):
+    a, b = have[name], want[name]
+    shape, dtype = getattr(a, "shape", None), getattr(a, "dtype", None)
+    if shape is None or dtype is None:
+      problems.append(f"{name} is no array")
+    elif tuple(shape) != tuple(b.shape) or np.dtype(dtype) != np.dtype(b.dtype):
+      problems.append(f"{name} is {_described(shape, dtype)}, the network's "
+                      f"{_described(b.shape, b.dtype)}")
+  if problems:
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    raise CheckpointError(f"checkpoint {where} does not hold {expected}: "
+                          f"{'; '.join(problems[:3])}{more}")
+
+
+def _placed(like: Any, device: jax.Device | jax.sharding.Sharding) -> Any:
+  """`like`'s shapes and dtypes as abstract arrays on `device` (a sharding for a group)."""
+  sharding = (device if isinstance(device, jax.sharding.Sharding)
+              else jax.sharding.SingleDeviceSharding(device))
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), like)
+
+
 def restore(policy: Policy, method: str, loop: str, like: Any,
             device: jax.Device | jax.sharding.Sharding,
-            at_most: int | None = None) -> tuple[Any, dict[str, Any]] | None:
+            at_most: int | None = None, tidy: bool = True,
+            expected: str = "the loop's parameters") -> tuple[Any, dict[str, Any]] | None:
   """The loop's newest checkpoint (of an epoch no later than `at_most`, where given), restored
-  onto `device` in the structure of `like`.
+  onto `device` in the structure of `like` (arrays or `jax.ShapeDtypeStruct`s), whatever the
+  devices it was saved from.
 
-  Returns None where the loop has none. A corrupt or truncated one raises `CheckpointError`.
-  Half-written steps left by an interrupted save are deleted first.
+  Returns None where the loop has none. Arrays of other names, shapes or dtypes than `like`'s
+  (`expected` says what that is), a corrupt or truncated checkpoint, or arrays whose digest
+  differs from the one saved with them raise `CheckpointError`. With `tidy`, half-written steps
+  left by an interrupted save are deleted first (a reader of another process's run passes
+  False).
   """
-  remove_incomplete(policy, method, loop)
+  if tidy:
+    remove_incomplete(policy, method, loop)
   step = latest(policy, method, loop, at_most)
   if step is None:
     return None
   path = policy.loop_dir(method, loop) / str(step)
-  # A segment group's "device" is already a sharding (replicated over the group's devices).
-  sharding = (device if isinstance(device, jax.sharding.Sharding)
-              else jax.sharding.SingleDeviceSharding(device))
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                          like)
-  try:
-    with _manager(policy.loop_dir(method, loop), policy.keep) as manager:
+
+  def read() -> tuple[Any, dict[str, Any]]:
+    with _reader(policy.loop_dir(method, loop)) as manager:
+      check_stored(manager.item_metadata(step)["state"], like, str(path), expected)
       restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+          state=ocp.args.StandardRestore(_placed(like, device)), meta=ocp.args.JsonRestore()))
     state, meta = restored["state"], dict(restored["meta"])
     if str(jax.tree.structure(state)) != str(jax.tree.structure(like)):
       raise ValueError("its arrays do not match the loop's parameters")
@@ -201,12 +267,97 @@ def restore(policy: Policy, method: str, loop: str, like: Any,
       raise ValueError("its meta has no matching epoch")
     if meta.get("digest") != state_digest(state):
       raise ValueError("its arrays do not match the digest written with them")
-  except CheckpointError:
-    raise
-  except Exception as e:  # orbax and tensorstore raise many types for damaged files
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {first[:200]}") from None
-  return state, meta
+    return state, meta
+
+  return _guarded(path, read)
+
+
+def read_tree(directory: Path, like: Any, device: jax.Device, expected: str) -> Any:
+  """The pytree an `ocp.StandardCheckpointer` saved in `directory`, restored onto `device` in the
+  structure of `like` after its names, shapes and dtypes are checked (`check_stored`).
+  `CheckpointError` where it is missing, of another network, corrupt or truncated."""
+  directory = directory.absolute()
+  if not directory.is_dir():
+    raise CheckpointError(f"{directory} is missing")
+
+  def read() -> Any:
+    with ocp.StandardCheckpointer() as reader:
+      check_stored(reader.metadata(directory).item_metadata, like, str(directory), expected)
+      return reader.restore(directory, _placed(like, device))
+
+  return _guarded(directory, read)
+
+
+_T = TypeVar("_T")
+
+
+def _guarded(path: Path, read: Callable[[], _T]) -> _T:
+  """`read()`, an orbax read of the checkpoint at `path`; any error of a damaged file becomes
+  one `CheckpointError`, and nothing else is printed.
+
+  Where one array fails, the reads orbax started alongside it are left unfinished: their
+  coroutines are collected here, their "never awaited" warnings dropped, and what tensorstore's
+  threads print when they end after orbax's event loop has closed is dropped by
+  `_LeftoverReads`, from the first read on.
+  """
+  _LeftoverReads.install()
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
+    try:
+      return read()
+    except CheckpointError as e:
+      failure = CheckpointError(str(e))
+    except Exception as e:  # orbax and tensorstore raise many types for damaged files
+      failure = CheckpointError(f"checkpoint {path} is corrupt or truncated: {_innermost(e)}")
+    gc.collect()  # the failed read's frames and coroutines, while their noise is dropped
+  raise failure  # outside the handler: it holds no reference to the failed read
+
+
+def _innermost(e: BaseException) -> str:
+  """The first line of the innermost error `e` was raised from (tensorstore's own says what is
+  damaged: "ZSTD_decompressStream() failed", "Error reading ...")."""
+  lines = []
+  seen: set[int] = set()
+  cause: BaseException | None = e
+  while cause is not None and id(cause) not in seen:
+    seen.add(id(cause))
+    text = str(cause).strip()
+    if text:
+      lines.append(text.splitlines()[0])
+    cause = cause.__cause__ or cause.__context__
+  return lines[-1][:300] if lines else type(e).__name__
+
+
+class _LeftoverReads:
+  """An `sys.unraisablehook` that drops exactly the noise of reads orbax left running when a
+  restore failed: tensorstore's callbacks that find orbax's event loop closed ("Event loop is
+  closed" in asyncio's `call_soon_threadsafe`), and orbax's or tensorstore's coroutines that are
+  collected unfinished. Everything else goes to the hook it replaced. Installed once, it stays:
+  those callbacks come at any time after the failed read."""
+
+  def __init__(self, previous: Any) -> None:
+    self.previous = previous
+
+  @classmethod
+  def install(cls) -> _LeftoverReads:
+    if not isinstance(sys.unraisablehook, cls):
+      sys.unraisablehook = cls(sys.unraisablehook)
+    return sys.unraisablehook
+
+  def __call__(self, unraisable: Any) -> None:
+    if not _is_leftover(unraisable):
+      self.previous(unraisable)
+
+
+def _is_leftover(unraisable: Any) -> bool:
+  error, obj = unraisable.exc_value, unraisable.object
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    return any(f.name == "call_soon_threadsafe" for f in frames)
+  code = getattr(obj, "cr_code", None) or getattr(getattr(obj, "get_coro", None) and
+                                                  obj.get_coro(), "cr_code", None)
+  filename = getattr(code, "co_filename", "")
+  return any(f"{os.sep}{package}{os.sep}" in filename for package in ("orbax", "tensorstore"))
 
 
 def load_params(policy: Policy, method: str, loop: str) -> Any:

@@ -227,8 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("run", metavar="RUN_DIR", help="a finished run directory (train or compare)")
   p.add_argument("--method", required=True, help="the method to export, e.g. conventional or "
                  "pnn-sequential+recovery")
-  p.add_argument("--out", required=True, metavar="DIR", help="directory to write the model to")
-  p.set_defaults(func=lambda a: print(f"model: {export_model(a.run, a.method, a.out)}") or 0)
+  p.add_argument("--out", required=True, metavar="DIR",
+                 help="directory to write the model to: new or empty")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace the model exported in --out earlier, once the new one is "
+                      "complete (a directory of anything else is refused)")
+  p.set_defaults(func=lambda a: print(
+      f"model: {export_model(a.run, a.method, a.out, overwrite=a.overwrite)}") or 0)
   add_data_commands(sub)
   add_sweep_commands(sub)
   add_budget_command(sub)
