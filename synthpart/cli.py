@@ -21,9 +21,10 @@ exception it raised.
 
 Exit status: 0 done; 2 a user error (a bad setting or file, a run directory in use by another
 process, too little memory or disk), printed as one line; 3 (`train` and `compare`) a method
-diverged: its loss or parameters stopped being finite, or its loss stayed at chance level (see
-`synthpart.train.driver`); every method's results are still written, with "status": "diverged"
-for that one; 130 interrupted.
+diverged: its loss or parameters stopped being finite, its loss stayed at chance level, or it
+blew up past 1000 times its reference or its first step's loss (see `synthpart.train.driver`);
+every method's results are still written, with "status": "diverged" for that one; 130
+interrupted.
 """
 
 from __future__ import annotations
