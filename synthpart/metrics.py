@@ -21,7 +21,9 @@ four methods, given to ``Progress(metrics=...)`` in a program, or named on the c
 ``--metrics-writer package.module:function``, where ``function(run_dir, hparams)`` returns it.
 
 Only process 0 of a multi-process run writes (`open_writer`). Missing packages are reported by
-`check` as one line, before any training starts.
+`check` as one line, before any training starts. A writer of one's own is called through
+`UserWriter`: whatever its factory or its methods raise is a `synthpart.errors.UserCodeError`
+naming it, which stops the run there (what it finished, results.json and checkpoints, stays).
 """
 
 from __future__ import annotations

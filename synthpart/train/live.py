@@ -38,7 +38,7 @@ from synthpart.train.stops import epochs_for
 
 # A loss within this fraction of chance (or above it) is no better than chance.
 CHANCE_TOLERANCE = 0.01
-# A finite loss past this many times its loop's reference level (`reference_loss`) blew up.
+# A finite epoch loss past this many times its loop's reference (`blown_up`) blew up.
 BLOWUP_FACTOR = 1e3
 
 
