@@ -65,12 +65,19 @@ def chance_loss(labels: Any) -> float | None:
   return entropy if len(p) > 1 else None
 
 
+@functools.partial(jax.jit, static_argnames="loss")
+def _zero_losses(rows: jax.Array, loss: str) -> jax.Array:
+  """The SIL loss of predicting zeros for each row [classes, width]: [classes]."""
+  fn = SIL_LOSSES[loss]
+  return jax.vmap(lambda row: fn(jnp.zeros_like(row[None]), row[None]))(rows)
+
+
 def zero_prediction_loss(table: Any, labels: Any, loss: str) -> float:
   """The SIL loss `loss` of predicting zeros for every training target: the mean over the
-  labels [n] of the loss between 0 and their class's row of `table` [classes, *shape]."""
-  rows = jnp.asarray(jax.device_get(table), jnp.float32).reshape(len(table), 1, -1)
-  fn = SIL_LOSSES[loss]
-  per_class = np.asarray(jax.vmap(lambda row: fn(jnp.zeros_like(row), row))(rows))
+  labels [n] of the loss between 0 and their class's row of `table` [classes, *shape]. Every
+  transfer explicit (host, then the default device, then back)."""
+  rows = np.asarray(jax.device_get(table), np.float32).reshape(len(table), -1)
+  per_class = np.asarray(jax.device_get(_zero_losses(jax.device_put(rows), loss)))
   counts = np.bincount(np.asarray(jax.device_get(labels)).ravel(), minlength=len(per_class))
   return float((per_class * counts[:len(per_class)]).sum() / max(1, counts.sum()))
 
