@@ -145,13 +145,19 @@ def dense(width: int, activation: str | None = None, dtype: str = "float32",
   return Block(init, apply, f"dense {width}", flops, activation or "linear")
 
 
+# The names a built-in block's string options may take (`model.layers`).
+PADDINGS = ("SAME", "VALID")
+POOL_KINDS = ("max", "avg")
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {"padding": PADDINGS, "kind": POOL_KINDS}
+
+
 def conv(features: int, kernel: int = 3, stride: int = 1, padding: str = "SAME",
          activation: str | None = None, dtype: str = "float32",
          param_dtype: str = "float32") -> Block:
   """A 2-D convolution over NHWC inputs [batch, H, W, C] -> [batch, H', W', features], then
   `activation`. Weights: Flax's `nn.Conv`."""
-  if padding not in ("SAME", "VALID"):
-    raise ConfigError(f"conv padding {padding!r} is not one of SAME, VALID")
+  if padding not in PADDINGS:
+    raise ConfigError(f"conv padding {padding!r} is not one of {', '.join(PADDINGS)}")
   act = _activate(activation)
 
   def module(compute: Any) -> nn.Conv:
@@ -161,6 +167,10 @@ def conv(features: int, kernel: int = 3, stride: int = 1, padding: str = "SAME",
   def init(key: jax.Array, shape: Shape) -> tuple[Params, Shape]:
     if len(shape) != 3:
       raise ConfigError(f"a conv block needs image inputs [H, W, C], got {list(shape)}")
+    if padding == "VALID" and kernel > min(shape[:2]):
+      raise ConfigError(f"a conv of kernel {kernel} with VALID padding shrinks its input "
+                        f"{list(shape)} below 1x1; allowed: kernel at most {min(shape[:2])}, "
+                        "or padding SAME")
     return _linen_init(module(param_dtype), param_dtype)(key, shape)
 
   def apply(params: Params, x: jax.Array) -> jax.Array:
@@ -194,8 +204,8 @@ def _taps(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
 def pool(window: int = 2, stride: int | None = None, kind: str = "max") -> Block:
   """Max or average pooling over NHWC inputs, `window` x `window`, stride `stride` (default
   the window), VALID padding."""
-  if kind not in ("max", "avg"):
-    raise ConfigError(f"pool kind {kind!r} is not one of max, avg")
+  if kind not in POOL_KINDS:
+    raise ConfigError(f"pool kind {kind!r} is not one of {', '.join(POOL_KINDS)}")
   step = stride or window
   fn = nn.max_pool if kind == "max" else nn.avg_pool
 
@@ -208,6 +218,9 @@ def pool(window: int = 2, stride: int | None = None, kind: str = "max") -> Block
     if len(shape) != 3:
       raise ConfigError(f"a pool block needs image inputs [H, W, C], got {list(shape)}")
     h, w, c = shape
+    if window > min(h, w):
+      raise ConfigError(f"a {kind} pool of window {window} shrinks its input {list(shape)} "
+                        f"below 1x1; allowed: window at most {min(h, w)}")
     return {}, ((h - window) // step + 1, (w - window) // step + 1, c)
 
   def flops(shape: Shape) -> Flops:

@@ -14,20 +14,27 @@
 
 Settings come from the TOML file, then the flags, then `--set KEY=VALUE` (any dotted setting).
 
+`synthpart --debug COMMAND ...` (or any command with `--debug`, or SYNTHPART_DEBUG=1 in the
+environment) prints the full traceback above an error's one line: for code of one's own that
+raised (a `model.factory` function, a `--metrics-writer` factory or writer), the traceback of the
+exception it raised.
+
 Exit status: 0 done; 2 a user error (a bad setting or file, a run directory in use by another
 process, too little memory or disk), printed as one line; 3 (`train` and `compare`) a method
-diverged: its loss or parameters stopped being finite, or its loss stayed at chance level (see
-`synthpart.train.driver`); every method's results are still written, with "status": "diverged"
-for that one; 130 interrupted.
+diverged: its loss or parameters stopped being finite, its loss stayed at chance level, or it
+blew up past 1000 times its reference or its first step's loss (see `synthpart.train.driver`);
+every method's results are still written, with "status": "diverged" for that one; 130
+interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
+import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,7 +54,6 @@ from synthpart.progress import Progress
 from synthpart.report import add_report_commands
 from synthpart.results import (
   MethodResult,
-  check_document,
   divergence_reason,
   format_table,
   results_document,
@@ -59,6 +65,8 @@ from synthpart.train.problem import make_problem
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+DEBUG_HELP = ("print the full traceback above an error's one line (a function of one's own "
+              "that raised: its exception's); also SYNTHPART_DEBUG=1 (default: off)")
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -207,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
       prog="synthpart",
       description="Partitioned neural network training with synthetic intermediate labels.")
   parser.add_argument("--version", action="version", version=f"synthpart {__version__}")
+  parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   p = sub.add_parser("compare", help="conventional vs partitioned (every schedule, with and "
                      "without recovery) on one config")
@@ -240,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
   add_report_commands(sub)
   add_bench_command(sub)
   add_launch_command(sub)
+  for command in dict.fromkeys(sub.choices.values()):  # also after the command's name
+    command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help=DEBUG_HELP)
   state_defaults(parser)
   return parser
 
@@ -263,22 +275,17 @@ def _read_text(path: Path, what: str) -> str | None:
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
-  """Checks the files `sweep` and `report` read before they read them, so that a directory, a
-  binary file or a results.json without its keys is one line, not a traceback."""
+  """Checks the file `sweep` reads before it reads it, so that a directory or a binary file is
+  one line, not a traceback (`report` checks every file it reads itself:
+  `synthpart.report.reading.check_directory`)."""
   if args.command == "sweep":
     _read_text(Path(args.file), "sweep file")
-  elif args.command == "report" and Path(args.directory).is_dir():
-    directory = Path(args.directory)
-    # A run's results.json, or those of a sweep's runs (DIR/<point>/seed-<s>/results.json).
-    for path in [directory / "results.json", *sorted(directory.glob("*/seed-*/results.json"))]:
-      text = _read_text(path, "results file")
-      if text is None:
-        continue
-      try:
-        document = json.loads(text)
-      except ValueError:
-        continue  # `report` names the file and the JSON error itself
-      check_document(document, str(path))
+
+
+def debugging(args: argparse.Namespace) -> bool:
+  """Whether errors show their traceback: `--debug`, or SYNTHPART_DEBUG set (not to 0)."""
+  return bool(getattr(args, "debug", False)) or os.environ.get("SYNTHPART_DEBUG", "0") not in (
+      "", "0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -288,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_inputs(args)
     return args.func(args)
   except SynthpartError as e:
+    if debugging(args):
+      traceback.print_exception(e, file=sys.stderr)
     print(f"synthpart: error: {e}", file=sys.stderr)
     return EXIT_USER_ERROR
   except KeyboardInterrupt:

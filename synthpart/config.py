@@ -61,7 +61,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from synthpart.blocks import ACTIVATIONS, BUILT_IN
+from synthpart.blocks import ACTIVATIONS, BUILT_IN, OPTION_CHOICES
 from synthpart.errors import ConfigError
 from synthpart.groups import BACKENDS
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
@@ -314,42 +314,91 @@ def _shown(key: Any) -> str:
 
 def parse_layers(path: str, value: Any) -> tuple[dict[str, Any], ...]:
   """`model.layers` from a list of tables or from text: blocks separated by commas, each a type
-  and its options, e.g. ``conv:features=32:kernel=3,pool:window=2,flatten,dense:width=128``."""
+  and its options, e.g. ``conv:features=32:kernel=3,pool:window=2,flatten,dense:width=128``.
+
+  Every option is checked here, so that a bad one is one line naming the layer (its position and
+  text), the option and what it may be: whole sizes in 1..MAX_SIZE, `blocks.OPTION_CHOICES` and
+  `model.activation` names. Whether a layer fits the shape it gets is checked as the network is
+  built (`synthpart.model.build_network`)."""
+  texts: list[str | None] = []
   if isinstance(value, str):
-    value = [_layer_from_text(path, item) for item in value.split(",") if item.strip()]
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    texts = list(items)
+    value = [_layer_from_text(path, item) for item in items]
   if not isinstance(value, (list, tuple)):
     raise ConfigError(f"{path} must be a list of block tables, got {value!r}")
   layers = []
   for i, layer in enumerate(value):
     if not isinstance(layer, Mapping) or "type" not in layer:
       raise ConfigError(f"{path}[{i}] must be a table with a type, got {layer!r}")
+    if not isinstance(layer["type"], str):
+      raise ConfigError(f"{path}[{i}].type must be a string, one of {', '.join(BUILT_IN)}; got "
+                        f"{layer['type']!r}")
     BUILT_IN.check(layer["type"], f"{path}[{i}].type")
-    options = {k: v for k, v in layer.items() if k != "type"}
-    allowed = [name for name in inspect.signature(BUILT_IN[layer["type"]]).parameters
-               if name not in ("dtype", "param_dtype")]
-    for key, option in options.items():
+    where = f"{path}[{i}] ({texts[i] if texts else layer_text(layer)})"
+    parameters = inspect.signature(BUILT_IN[layer["type"]]).parameters
+    allowed = [name for name in parameters if name not in ("dtype", "param_dtype")]
+    for key, option in layer.items():
+      if key == "type":
+        continue
       if key not in allowed:
-        raise ConfigError(f"{path}[{i}]: {layer['type']} has no option {_shown(key)}; allowed: "
+        raise ConfigError(f"{where}: {layer['type']} has no option {_shown(key)}; allowed: "
                           f"{', '.join(allowed) or 'none'}")
-      if isinstance(option, bool) or not isinstance(option, (int, str)):
-        raise ConfigError(f"{path}[{i}].{key} must be an integer or a string, got {option!r}")
-      if isinstance(option, int) and not 1 <= option <= MAX_SIZE:
-        raise ConfigError(f"{path}[{i}].{key} must be in 1..{MAX_SIZE}, got {option}")
-    if "activation" in options:
-      ACTIVATIONS.check(options["activation"], f"{path}[{i}].activation")
+      _check_layer_option(where, key, option, str(parameters[key].annotation))
+    missing = [name for name, parameter in parameters.items()
+               if parameter.default is inspect.Parameter.empty and name not in layer]
+    if missing:
+      raise ConfigError(f"{where}: {layer['type']} needs {', '.join(missing)} (a whole number "
+                        f"in 1..{MAX_SIZE})")
     layers.append(dict(layer))
   return tuple(layers)
 
 
+def layer_text(layer: Mapping[str, Any]) -> str:
+  """A `model.layers` entry as the command line writes it: ``type:key=value:...``."""
+  return ":".join([_shown(layer.get("type")),
+                   *(f"{_shown(k)}={_shown(v)}" for k, v in layer.items() if k != "type")])
+
+
+def _check_layer_option(where: str, key: str, option: Any, annotation: str) -> None:
+  """Raises `ConfigError` unless `option` suits the built-in block's parameter `key`, whose
+  annotation (text) says whether it is a whole size or a name."""
+  if annotation.startswith("int"):
+    if isinstance(option, bool) or not isinstance(option, int) or not 1 <= option <= MAX_SIZE:
+      raise ConfigError(f"{where}: {key} must be a whole number in 1..{MAX_SIZE}, got "
+                        f"{option!r}")
+  elif key == "activation":
+    if not isinstance(option, str) or option not in ACTIVATIONS:
+      raise ConfigError(f"{where}: activation must be one of {', '.join(ACTIVATIONS)}, got "
+                        f"{option!r}")
+  elif key in OPTION_CHOICES:
+    if option not in OPTION_CHOICES[key]:
+      raise ConfigError(f"{where}: {key} must be one of {', '.join(OPTION_CHOICES[key])}, got "
+                        f"{option!r}")
+  elif not isinstance(option, str):
+    raise ConfigError(f"{where}: {key} must be a string, got {option!r}")
+
+
 def _layer_from_text(path: str, item: str) -> dict[str, Any]:
-  kind, *options = item.strip().split(":")
+  kind, *options = item.split(":")
   layer: dict[str, Any] = {"type": kind}
   for option in options:
     key, sep, text = option.partition("=")
-    if not sep:
+    if not sep or not key:
       raise ConfigError(f"{path}: {option!r} in {item!r} must look like key=value")
-    layer[key] = int(text) if text.isdigit() else text
+    if key in layer:
+      raise ConfigError(f"{path}: {key} is given twice in {item!r}")
+    layer[key] = _integer_or_text(text)
   return layer
+
+
+def _integer_or_text(text: str) -> int | str:
+  """An option's text as an integer where it is one (``-3`` too, so that its range is named),
+  else as text."""
+  try:
+    return int(text) if text.strip() else text
+  except ValueError:
+    return text
 
 
 def _build(cls: type, path: str, values: Mapping[str, Any]) -> Any:

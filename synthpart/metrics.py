@@ -21,7 +21,9 @@ four methods, given to ``Progress(metrics=...)`` in a program, or named on the c
 ``--metrics-writer package.module:function``, where ``function(run_dir, hparams)`` returns it.
 
 Only process 0 of a multi-process run writes (`open_writer`). Missing packages are reported by
-`check` as one line, before any training starts.
+`check` as one line, before any training starts. A writer of one's own is called through
+`UserWriter`: whatever its factory or its methods raise is a `synthpart.errors.UserCodeError`
+naming it, which stops the run there (what it finished, results.json and checkpoints, stays).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 
 from synthpart.config import flatten
-from synthpart.errors import ConfigError
+from synthpart.errors import ConfigError, call_user_code
 
 # What the HParams dashboard compares runs by.
 HPARAM_METRICS = ("accuracy/test", "accuracy/final")
@@ -78,8 +80,15 @@ class MultiWriter:
       writer.flush()
 
   def close(self) -> None:
+    """Closes every writer, even where one fails; then raises the first failure."""
+    failure: Exception | None = None
     for writer in self.writers:
-      writer.close()
+      try:
+        writer.close()
+      except Exception as e:
+        failure = failure or e
+    if failure is not None:
+      raise failure
 
 
 def split_tag(key: str) -> tuple[str, str]:
@@ -179,6 +188,38 @@ class WandbWriter:
     self._run.finish()
 
 
+class UserWriter:
+  """A writer of the user's (`--metrics-writer SPEC`) whose every call goes through
+  `synthpart.errors.call_user_code`: what it raises is a `UserCodeError` naming SPEC and the
+  method. After one failure it is broken, and its later calls do nothing (closing the run's
+  writers after the failure does not hide it)."""
+
+  def __init__(self, spec: str, writer: MetricWriter):
+    self.spec, self.writer, self.broken = spec, writer, False
+
+  def _call(self, method: str, *args: Any) -> None:
+    if self.broken:
+      return
+    try:
+      call_user_code(f"--metrics-writer {self.spec} {method}", getattr(self.writer, method),
+                     *args)
+    except BaseException:
+      self.broken = True
+      raise
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    self._call("write_scalars", step, scalars)
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    self._call("write_hparams", hparams)
+
+  def flush(self) -> None:
+    self._call("flush")
+
+  def close(self) -> None:
+    self._call("close")
+
+
 def load_factory(spec: str) -> WriterFactory:
   """The function ``package.module:function`` names (`--metrics-writer`)."""
   module, sep, name = spec.partition(":")
@@ -239,11 +280,11 @@ def open_writer(options: MetricsOptions, run_dir: str | Path,
   if options.wandb:
     writers.append(WandbWriter(run_dir, options.wandb_project, hparams))
   for spec in options.factories:
-    writer = load_factory(spec)(run_dir, hparams)
+    writer = call_user_code(f"--metrics-writer {spec}", load_factory(spec), run_dir, hparams)
     if not isinstance(writer, MetricWriter):
       raise ConfigError(f"--metrics-writer {spec} returned {type(writer).__name__}, which lacks "
                         "write_scalars, write_hparams, flush or close")
-    writers.append(writer)
+    writers.append(UserWriter(spec, writer))
   multi = MultiWriter(writers)
   multi.write_hparams(hparams)
   return multi

@@ -20,21 +20,32 @@ import jax.numpy as jnp
 
 from synthpart import blocks as B
 from synthpart.blocks import Block, Shape
-from synthpart.config import ModelConfig
-from synthpart.errors import ConfigError
+from synthpart.config import ModelConfig, layer_text
+from synthpart.errors import ConfigError, call_user_code
 from synthpart.partition import SegmentSpec, plan_segments
 
 Params = list[Any]  # one pytree per block
 
 
-def _built_in(layer: Mapping[str, Any], m: ModelConfig) -> Block:
+def _built_in(index: int, layer: Mapping[str, Any], m: ModelConfig) -> Block:
+  """The built-in block of `model.layers[index]`; its init names that entry in a `ConfigError`
+  (a layer that does not fit the shape it gets)."""
   kind = layer["type"]
   options = {k: v for k, v in layer.items() if k != "type"}
   if kind in ("dense", "conv"):
     options.setdefault("activation", m.activation)
   if kind in ("dense", "conv", "layer_norm"):
     options.update(dtype=m.dtype, param_dtype=m.param_dtype)
-  return B.BUILT_IN[kind](**options)
+  block = B.BUILT_IN[kind](**options)
+  label = f"model.layers[{index}] ({layer_text(layer)})"
+
+  def init(key: jax.Array, shape: Shape) -> tuple[Any, Shape]:
+    try:
+      return block.init(key, shape)
+    except ConfigError as e:
+      raise ConfigError(f"{label}: {e}") from None
+
+  return block._replace(init=init)
 
 
 def load_factory(spec: str) -> Any:
@@ -54,14 +65,15 @@ def load_factory(spec: str) -> Any:
 def build_network(m: ModelConfig, input_shape: Shape, num_classes: int) -> tuple[Block, ...]:
   """The blocks of the network `m` describes, for inputs of `input_shape` and `num_classes`."""
   if m.factory:
-    built = load_factory(m.factory)(tuple(input_shape), num_classes)
+    built = call_user_code(f"model.factory {m.factory}", load_factory(m.factory),
+                           tuple(input_shape), num_classes)
     if not isinstance(built, Sequence) or not built or not all(
         isinstance(b, Block) for b in built):
       raise ConfigError(f"model.factory {m.factory!r} must return a non-empty list of "
                         "synthpart.blocks.Block")
     return tuple(built)
   if m.layers:
-    hidden = [_built_in(layer, m) for layer in m.layers]
+    hidden = [_built_in(i, layer, m) for i, layer in enumerate(m.layers)]
   else:
     hidden = [B.dense(w, m.activation, m.dtype, m.param_dtype) for w in m.hidden]
   return (*hidden, B.dense(num_classes, None, m.dtype, m.param_dtype))
@@ -78,8 +90,11 @@ def dense_plan(widths: Sequence[int], cuts: tuple[int, ...], activation: str = "
 def network_shapes(blocks: Sequence[Block], input_shape: Shape) -> tuple[Shape, ...]:
   """The per-example shape at every block boundary, input first."""
   shapes = [tuple(input_shape)]
-  for block in blocks:
+  for b, block in enumerate(blocks):
     shapes.append(B.output_shape(block, shapes[-1]))
+    if any(size < 1 for size in shapes[-1]):
+      raise ConfigError(f"block {b + 1} of the network ({block.name}) gives an empty output "
+                        f"{list(shapes[-1])} for its input {list(shapes[-2])}")
   return tuple(shapes)
 
 

@@ -59,6 +59,7 @@ import jax
 
 from synthpart.errors import DataError
 from synthpart.placement import Transfer
+from synthpart.schema import check
 from synthpart.train.problem import Problem, prng_impl
 
 SCHEMA_VERSION = 1
@@ -203,48 +204,58 @@ def method_from_dict(d: dict[str, Any]) -> MethodResult:
                          "transfers": [Transfer(**t) for t in d.get("transfers", [])]})
 
 
-# The keys every results.json holds (see the module docstring), by where they sit.
-_REQUIRED = {
-    "": ("schema", "command", "dataset", "config", "runs"),
-    "dataset": ("name", "num_classes", "num_train", "num_test", "num_features"),
-    "runs[]": ("method", "test_accuracy", "wall_seconds", "compile_seconds", "segments", "curve"),
-    "segments[]": ("name", "layers", "epochs", "batch_size", "steps_per_epoch",
-                   "loss_per_epoch"),
-    "curve[]": ("epoch", "seconds"),
+# What every results.json holds (see the module docstring) and what reading it relies on, as a
+# `synthpart.schema` schema; other keys are allowed.
+_SEGMENT = {"name": "string", "layers": ["int"], "objective": "string", "device": "string",
+            "optimizer": "string", "epochs": "int", "batch_size": "int", "steps_per_epoch": "int",
+            "loss_per_epoch": ["number?"], "epoch_seconds?": ["number"],
+            "learning_rate?": "number", "max_steps?": "int", "memory?": "object?",
+            "flops_per_step?": "int?", "forward_flops?": "int?", "diverged?": "bool",
+            "divergence?": "string?"}
+_POINT = {"epoch": "int", "seconds": "number", "examples": ["int"], "accuracy?": "number",
+          "steps?": ["int"], "partial?": "bool", "round?": "int"}
+_TRANSFER = {"what": "string", "source": "string", "destination": "string", "bytes": "int",
+             "kind": "string"}
+_RUN = {"method": "string", "status?": "string", "test_accuracy": "number?",
+        "wall_seconds": "number", "compile_seconds": "number", "evaluations?": "int",
+        "eval_seconds?": "number", "eval_flops?": "number", "segments": [_SEGMENT],
+        "curve": [_POINT], "transfers?": [_TRANSFER]}
+RESULTS_SCHEMA = {
+    "schema": "int", "command": "string",
+    "dataset": {"name": "string", "num_classes": "int", "num_train": "int", "num_test": "int",
+                "num_features": "int"},
+    "config": {"seed": "int",
+               "model": {"hidden": ["int"], "cuts": ["int"], "activation": "string"},
+               "sil": {"kind": "string", "scale": "number", "loss": "string",
+                       "noise": "number"},
+               "train": {"optimizer": "string", "learning_rate": "number", "batch_size": "int",
+                         "epochs": "int"},
+               "recovery": {"epochs": "int", "learning_rate": "number"},
+               "segments?": [{"epochs?": "int"}]},
+    "devices?": ["string"], "backend?": "string",
+    "runs": [_RUN],
 }
 
 
 def check_document(document: Any, source: str) -> None:
-  """Raises `DataError` naming the first key a results.json document lacks (or holds as the
-  wrong kind of value): commands that read results fail on one line, not deep inside."""
-  def table(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-      raise DataError(f"{source} is not a synthpart results document: {where or 'the document'} "
-                      f"must be a JSON object")
-    return value
-
-  def require(value: Any, kind: str, where: str) -> dict[str, Any]:
-    value = table(value, where)
-    for key in _REQUIRED[kind]:
-      if key not in value:
-        raise DataError(f"{source} is not a synthpart results document: "
-                        f"{where + '.' if where else ''}{key} is missing")
-    return value
-
-  def items(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-      raise DataError(f"{source} is not a synthpart results document: {where} must be a list")
-    return value
-
-  document = require(document, "", "")
-  require(document["dataset"], "dataset", "dataset")
-  table(document["config"], "config")
-  for i, run in enumerate(items(document["runs"], "runs")):
-    run = require(run, "runs[]", f"runs[{i}]")
-    for j, segment in enumerate(items(run["segments"], f"runs[{i}].segments")):
-      require(segment, "segments[]", f"runs[{i}].segments[{j}]")
-    for j, point in enumerate(items(run["curve"], f"runs[{i}].curve")):
-      require(point, "curve[]", f"runs[{i}].curve[{j}]")
+  """Raises `DataError` naming the first entry a results.json document lacks or holds as the
+  wrong kind of value (`RESULTS_SCHEMA`): commands that read results fail on one line, not deep
+  inside. Every run has at least one loop, each loop's `layers` is [start, stop), and its
+  `memory` (where recorded) holds bytes."""
+  check(document, RESULTS_SCHEMA, source, "results document")
+  for i, run in enumerate(document["runs"]):
+    if not run["segments"]:
+      raise DataError(f"{source} is not a synthpart results document: runs[{i}].segments is "
+                      "empty")
+    for j, segment in enumerate(run["segments"]):
+      where = f"{source} is not a synthpart results document: runs[{i}].segments[{j}]"
+      if len(segment["layers"]) != 2:
+        raise DataError(f"{where}.layers must be [start, stop), got {segment['layers']}")
+      memory = segment.get("memory") or {}
+      for key, value in memory.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+          raise DataError(f"{where}.memory.{key} must be a whole number of bytes, got "
+                          f"{value!r:.40}")
 
 
 def format_table(runs: list[MethodResult]) -> str:

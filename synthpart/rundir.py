@@ -340,7 +340,10 @@ def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwri
       stored = json.loads(stored_path.read_text())
     except (OSError, ValueError) as e:
       raise CheckpointError(f"{stored_path} cannot be read: {e}") from None
-    recorded = stored.pop(DATA_FINGERPRINT, None) if isinstance(stored, dict) else None
+    if not isinstance(stored, dict):
+      raise CheckpointError(f"{stored_path} is not a settings object (a JSON object of the "
+                            f"run's settings); it holds a {type(stored).__name__}")
+    recorded = stored.pop(DATA_FINGERPRINT, None)
     differing = config_differences(stored, config)
     if differing:
       raise CheckpointError(f"--resume: the settings differ from the run in {root}: "

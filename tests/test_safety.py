@@ -210,7 +210,9 @@ def test_a_diverged_method_is_flagged_and_the_others_kept(tmp_path, capsys):
           == ("diverged", None))
   assert "DIVERGED" in captured.out and "%" in captured.out
   lines = captured.err.strip().splitlines()
-  assert len(lines) == 3 and all("diverged" in line and "chance" in line for line in lines)
+  # Stopped at chance, or at once where the loss blew up past 1000 times its start.
+  assert len(lines) == 3 and all(
+      "diverged" in line and ("chance" in line or "over 1000 times" in line) for line in lines)
 
 
 def test_non_finite_losses_are_null_in_strict_json(tmp_path, capsys):

@@ -26,6 +26,7 @@ from synthpart.report.figures import (
 )
 from synthpart.report.reading import (
   baseline_documents,
+  check_directory,
   point_documents,
   reference_point,
   runs_outside_grid,
@@ -47,12 +48,14 @@ def write_report(directory: str | Path, out: str | Path | None = None,
                  memory: bool = True) -> Path:
   """Writes report.md (and figures/) for a run or sweep directory; returns report.md's path.
 
-  `memory`: draw the memory figure from the memory the runs recorded.
+  `memory`: draw the memory figure from the memory the runs recorded. Every file the report
+  reads is checked first (`check_directory`): a damaged one is a `DataError` naming it.
   """
   directory = Path(directory)
   if not directory.is_dir():
     raise ConfigError(f"{directory} is not a directory")
   out = Path(out) if out is not None else directory
+  check_directory(directory)
   if (directory / "budget.json").exists():
     text = budget_report(directory, out)
   elif (directory / "sweep.json").exists():

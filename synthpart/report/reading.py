@@ -1,4 +1,9 @@
-"""What a report reads: results.json of runs, sweep.json of sweeps, and what they recorded.
+"""What a report reads: results.json of runs, sweep.json of sweeps, budget.json of budget
+searches, and what they recorded.
+
+`check_directory` checks every file a report of a directory reads before it reads any
+(`synthpart.schema`), so that a damaged or hand-edited file is one line naming it and the entry
+that is wrong.
 
 Nothing here trains, compiles or measures: memory is what each loop recorded when it compiled
 (`segments[i]["memory"]`), bytes moved are the runs' transfer ledgers, FLOPs are the analytic
@@ -9,14 +14,91 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from synthpart.config import flatten
 from synthpart.curves import Document
+from synthpart.errors import DataError
+from synthpart.results import check_document
+from synthpart.schema import check, read_json
 from synthpart.sweep.grid import read_document
+
+# What a report reads of sweep.json (`synthpart.sweep.grid.sweep_document`) and of budget.json
+# (`synthpart.budget`), as `synthpart.schema` schemas.
+SWEEP_SCHEMA = {"schema": "int", "source?": "string",
+                "axes": [{"key": "string", "values": ["any"]}], "seeds": ["int"],
+                "methods": "any", "base?": "object",
+                "points": [{"name": "string", "values": "object", "runs": ["string"],
+                            "baselines": ["string"]}]}
+BUDGET_SCHEMA = {"schema": "int", "source?": "string", "fraction": "number", "seeds": ["int"],
+                 "grid_size": "int", "reference": "string", "methods": ["string"]}
+
+
+def check_directory(directory: Path) -> None:
+  """Checks every file the report of `directory` reads: budget.json, its sweeps and their runs;
+  or sweep.json and its runs; or results.json. Raises `DataError` naming the first file that is
+  unreadable or not what synthpart writes, and what is wrong in it."""
+  if (directory / "budget.json").exists():
+    path = directory / "budget.json"
+    plan = read_json(path, "budget file")
+    check(plan, BUDGET_SCHEMA, str(path), "budget document")
+    for key, name in [("reference", plan["reference"]),
+                      *((f"methods[{i}]", m) for i, m in enumerate(plan["methods"]))]:
+      _inside(path, "budget document", key, name)
+    if "conventional" not in plan["methods"]:
+      raise DataError(f"{path} is not a synthpart budget document: methods must include "
+                      f"conventional, got {plan['methods']}")
+    for name in [plan["reference"], *plan["methods"]]:
+      documents = _check_sweep(directory / name)
+      if name == plan["reference"]:
+        for source, document in documents:
+          if not document["runs"]:
+            raise DataError(f"{source} is not a synthpart results document: a reference run "
+                            "must hold a run, and runs is empty")
+  elif (directory / "sweep.json").exists():
+    _check_sweep(directory)
+  elif (directory / "results.json").exists():
+    _check_results(directory / "results.json")
+
+
+def _check_results(path: Path) -> Any:
+  document = read_json(path, "results file")
+  check_document(document, str(path))
+  return document
+
+
+def _inside(path: Path, what: str, key: str, name: str) -> None:
+  """Refuses a path named in a document that is not a relative path inside its directory."""
+  parts = PurePosixPath(name).parts
+  if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
+    raise DataError(f"{path} is not a synthpart {what}: {key} must name a directory inside "
+                    f"{path.parent}, got {name!r:.60}")
+
+
+def _check_sweep(directory: Path) -> list[tuple[str, Any]]:
+  """Checks sweep.json in `directory` and the results of its finished runs; returns those
+  (path, document) pairs."""
+  path = directory / "sweep.json"
+  sweep = read_json(path, "sweep file")
+  check(sweep, SWEEP_SCHEMA, str(path), "sweep document")
+  keys = [axis["key"] for axis in sweep["axes"]]
+  documents = []
+  for i, point in enumerate(sweep["points"]):
+    missing = [key for key in keys if key not in point["values"]]
+    if missing:
+      raise DataError(f"{path} is not a synthpart sweep document: points[{i}].values lacks "
+                      f"the axis {missing[0]}")
+    for field in ("runs", "baselines"):
+      for j, run in enumerate(point[field]):
+        _inside(path, "sweep document", f"points[{i}].{field}[{j}]", run)
+        if (directory / run / "results.json").exists():
+          results = directory / run / "results.json"
+          documents.append((str(results), _check_results(results)))
+  return documents
+
 
 # Per device name ("cpu:0"): {"peak": bytes, "peak_without_data": bytes}.
 DevicePeaks = dict[str, dict[str, int]]

@@ -32,11 +32,19 @@ A loop diverges, and stops without checkpointing that epoch, where after an epoc
   of predicting the training labels' frequencies, log(num_classes) for balanced classes; "no
   better" means within `CHANCE_TOLERANCE` of it, or above it (a loss in the thousands, from a
   step size far too large, is no result either). One class alone has no chance level.
+- its mean loss, though finite, is above `live.BLOWUP_FACTOR` (1000) times the larger of its
+  reference level and the loss of its very first step (the network as initialised, on its first
+  batch; kept in its checkpoints): it blew up, say from a step size far too large, and stops at
+  once, in any epoch. The reference is chance for a classifying loop and, for a loop regressing
+  onto SIL targets, the SIL loss of predicting zeros (kappa^2/3 for uniform tables and MSE).
+  The first step keeps a healthy loop whose loss starts high (inputs of a large scale, a large
+  kappa) from counting as blown up: a loop that trains never climbs to 1000 times its start.
 
 Loops regressing onto SIL targets are not judged against chance: their loss scale follows kappa
 and the SIL loss, and a loop that starts far from its targets is legitimately worse than the
-mean predictor for several epochs. A collapsed regression segment shows in the classifying loop
-it feeds (sequential) or in the method's accuracy (parallel).
+mean predictor for several epochs (the blow-up rule above judges them, against predicting
+zeros). A collapsed regression segment shows in the classifying loop it feeds (sequential) or in
+the method's accuracy (parallel).
 
 Running out of device or host memory raises `ResourceError` naming the loop and its size.
 

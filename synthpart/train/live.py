@@ -26,6 +26,7 @@ from synthpart import groups as groups_lib
 from synthpart.config import TrainConfig
 from synthpart.errors import ResourceError
 from synthpart.flops import segment_flops, segment_step_flops
+from synthpart.labels import SIL_LOSSES
 from synthpart.memory import compiled_memory, tree_bytes
 from synthpart.model import Params
 from synthpart.placement import device_name, key_on
@@ -37,6 +38,8 @@ from synthpart.train.stops import epochs_for
 
 # A loss within this fraction of chance (or above it) is no better than chance.
 CHANCE_TOLERANCE = 0.01
+# A finite epoch loss past this many times its loop's reference (`blown_up`) blew up.
+BLOWUP_FACTOR = 1e3
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -62,6 +65,40 @@ def chance_loss(labels: Any) -> float | None:
   return entropy if len(p) > 1 else None
 
 
+@functools.partial(jax.jit, static_argnames="loss")
+def _zero_losses(rows: jax.Array, loss: str) -> jax.Array:
+  """The SIL loss of predicting zeros for each row [classes, width]: [classes]."""
+  fn = SIL_LOSSES[loss]
+  return jax.vmap(lambda row: fn(jnp.zeros_like(row[None]), row[None]))(rows)
+
+
+def zero_prediction_loss(table: Any, labels: Any, loss: str) -> float:
+  """The SIL loss `loss` of predicting zeros for every training target: the mean over the
+  labels [n] of the loss between 0 and their class's row of `table` [classes, *shape]. Every
+  transfer explicit (host, then the default device, then back)."""
+  rows = np.asarray(jax.device_get(table), np.float32).reshape(len(table), -1)
+  per_class = np.asarray(jax.device_get(_zero_losses(jax.device_put(rows), loss)))
+  counts = np.bincount(np.asarray(jax.device_get(labels)).ravel(), minlength=len(per_class))
+  return float((per_class * counts[:len(per_class)]).sum() / max(1, counts.sum()))
+
+
+def blown_up(loss: float, epoch: int, level: float | None, first_step: float | None,
+             what: str = "chance") -> str | None:
+  """Why a finite epoch mean loss `loss` (of 1-based `epoch`) blew up, or None: it is above
+  `BLOWUP_FACTOR` times the larger of the loop's `level` (`what` names it: chance, or the loss
+  of predicting zeros) and the loss of its very first step (`first_step`, the network as
+  initialised), either None where unknown. Neither known: never."""
+  references = [(value, name) for value, name in ((level, what), (first_step,
+                                                                   "its first step's loss"))
+                if value is not None and math.isfinite(value) and value > 0]
+  if not references:
+    return None
+  value, name = max(references)
+  if loss > BLOWUP_FACTOR * value:
+    return f"loss {loss:.4g} at epoch {epoch}, over {BLOWUP_FACTOR:g} times {name} ({value:.4g})"
+  return None
+
+
 @dataclasses.dataclass
 class Loop:
   """One optax loop, live on its device: compiled epoch, state, data, constants, key."""
@@ -78,6 +115,10 @@ class Loop:
   compiled_chunks: dict[int, Any] = dataclasses.field(default_factory=dict)
   chance: float | None = None  # a classifying loop's chance-level loss (`chance_loss`)
   chance_epochs: int = 0  # epochs in a row at chance that stop it (0: never)
+  # a regression loop's loss of predicting zeros for its targets (`zero_prediction_loss`)
+  zero_loss: float | None = None
+  # the loss of the loop's first step (its network as initialised); None until it has trained
+  first_step_loss: float | None = None
   start_round: int = 0  # the round of `drive` in which this loop trains its first epoch
   # plan(key, epoch) -> (order, step keys) of an epoch (`epoch_plan`), jitted; with the epoch
   # it was last made for, so the chunks of one epoch share it
@@ -152,6 +193,7 @@ class Loop:
     self.state, meta = restored
     self.result.loss_per_epoch = list(meta["loss_per_epoch"])
     self.result.epoch_seconds = list(meta["epoch_seconds"])
+    self.first_step_loss = meta.get("first_step_loss")
     self.last_checkpoint = str(policy.loop_dir(method, self.result.name) / str(meta["epoch"]))
     return meta
 
@@ -168,7 +210,7 @@ class Loop:
             "epoch_seconds": self.result.epoch_seconds,
             "curve": progress.curve, "wall_seconds": progress.wall_seconds,
             "evaluations": progress.evaluations, "eval_seconds": progress.eval_seconds,
-            "eval_flops": progress.eval_flops,
+            "eval_flops": progress.eval_flops, "first_step_loss": self.first_step_loss,
             "transfers": [dataclasses.asdict(t) for t in progress.transfers]}
     self.last_checkpoint = str(checkpoint.save(policy, method, self.result.name, epoch,
                                                self.state, meta))
@@ -179,8 +221,11 @@ class Loop:
     return self.judge()
 
   def store(self, losses: jax.Array | np.ndarray, seconds: float) -> None:
-    """Stores an epoch's mean loss and time."""
-    self.result.loss_per_epoch.append(float(np.mean(jax.device_get(losses))))
+    """Stores an epoch's mean loss and time (and, for its first epoch, its first step's loss)."""
+    losses = np.asarray(jax.device_get(losses))
+    if not self.done and losses.size:
+      self.first_step_loss = float(losses.ravel()[0])
+    self.result.loss_per_epoch.append(float(np.mean(losses)))
     self.result.epoch_seconds.append(seconds)
 
   def judge(self) -> bool:
@@ -204,7 +249,10 @@ class Loop:
         and all(l >= (1 - CHANCE_TOLERANCE) * self.chance for l in recent)):
       return (f"loss no better than chance ({self.chance:.4g}) for {n} epochs in a row, last "
               f"{loss:.4g}")
-    return None
+    if self.zero_loss is not None:
+      return blown_up(loss, self.done, self.zero_loss, self.first_step_loss,
+                      "the loss of predicting zeros")
+    return blown_up(loss, self.done, self.chance, self.first_step_loss)
 
 
 def objective(task: Task) -> str:
@@ -226,6 +274,8 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
   optimizer = make_optimizer(train, num_examples // train.batch_size)
   classifies = task.spec.is_last or consts.sil_out is None  # as `make_loss` decides
   chance = chance_loss(data["y"]) if classifies else None
+  zero_loss = (None if classifies or consts.sil_out is None
+               else zero_prediction_loss(consts.sil_out, data["y"], task.sil_loss))
   try:
     with jax.default_device(groups_lib.lead_device(device)):
       params = jax.device_put(params, device)
@@ -278,7 +328,8 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
       flops_per_step=segment_step_flops(task.spec, train.batch_size, train.optimizer),
       forward_flops=segment_flops(task.spec).forward)
   return Loop(result, device, run, state, data, consts, key, chunk=chunk, chance=chance,
-              chance_epochs=train.chance_epochs, plan=None if chunk is None else plan)
+              chance_epochs=train.chance_epochs, zero_loss=zero_loss,
+              plan=None if chunk is None else plan)
 
 
 def _mib(size: int) -> str:
