@@ -342,11 +342,24 @@ class _LeftoverReads:
   def install(cls) -> _LeftoverReads:
     if not isinstance(sys.unraisablehook, cls):
       sys.unraisablehook = cls(sys.unraisablehook)
+      logging.getLogger("asyncio").addFilter(_UnretrievedReads())
     return sys.unraisablehook
 
   def __call__(self, unraisable: Any) -> None:
     if not _is_leftover(unraisable):
       self.previous(unraisable)
+
+
+class _UnretrievedReads(logging.Filter):
+  """Drops asyncio's "Task (or Future) exception was never retrieved" records of the tensorstore
+  reads a failed restore left behind (their errors are tensorstore's statuses, "DATA_LOSS:
+  ..."): the restore reported the damage itself, in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (re.match(r"(Task|Future) exception was never retrieved", record.getMessage())
+                and isinstance(error, ValueError)
+                and re.match(r"[A-Z_]+: ", str(error)) is not None)
 
 
 def _is_leftover(unraisable: Any) -> bool:

@@ -19,12 +19,14 @@ complete.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -37,6 +39,7 @@ from jax import export as jax_export
 
 from synthpart import checkpoint
 from synthpart.config import Config, from_dict
+from synthpart.data import check_fingerprint
 from synthpart.data.dataset import check_num_classes
 from synthpart.errors import CheckpointError, ConfigError, DiskFullError, SynthpartError
 from synthpart.files import is_disk_full, umask, write_atomic, write_json_atomic
@@ -50,7 +53,8 @@ from synthpart.model import (
   whole_network,
 )
 from synthpart.partition import SegmentSpec, plan_segments
-from synthpart.setup import prepare_dataset
+from synthpart.rundir import claim
+from synthpart.setup import prepare_fingerprinted
 from synthpart.train.loop import TrainState
 from synthpart.train.objectives import Constants, preprocess_pixels
 from synthpart.train.optim import LoopSettings, make_optimizer
@@ -263,10 +267,42 @@ def _move_into_place(staging: Path, out: Path) -> None:
     raise ConfigError(f"--out {out} cannot be written: {e.strerror or e}") from None
 
 
+@contextlib.contextmanager
+def _exporting_into(out: Path) -> Iterator[None]:
+  """Holds `out`'s parent directory (created where missing) for one export at a time: an flock
+  on the directory itself, so that nothing is written beside `out` for it, and two exports into
+  one parent never cross their renames."""
+  try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+  except OSError as e:
+    raise ConfigError(f"--out {out} cannot be written: {e.strerror or e}") from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise CheckpointError(f"--out {out}: another synthpart export is writing into "
+                            f"{out.parent}; wait for it to end") from None
+    yield
+  finally:
+    os.close(fd)
+
+
 def export_model(run_dir: str | Path, method: str, out: str | Path,
                  overwrite: bool = False) -> Path:
-  """Writes `method`'s trained network from `run_dir` to `out` (see the module docstring)."""
+  """Writes `method`'s trained network from `run_dir` to `out` (see the module docstring).
+
+  Holds the run directory (`synthpart.rundir.claim`: no training may write into it meanwhile)
+  and `out`'s parent (one export at a time) until the export is in place.
+  """
   run_dir, out = Path(run_dir), _check_out(Path(out), overwrite)
+  if not (run_dir / "results.json").is_file():
+    _read_run(run_dir)  # its one line: no run, or not a file
+  with claim(run_dir, "run"), _exporting_into(out):
+    return _export_locked(run_dir, method, _check_out(out, overwrite), overwrite)
+
+
+def _export_locked(run_dir: Path, method: str, out: Path, overwrite: bool) -> Path:
   results = run_dir / "results.json"
   document = _read_run(run_dir)
   _method_run(document, method, results)
@@ -286,7 +322,11 @@ def export_model(run_dir: str | Path, method: str, out: str | Path,
   like = jax.eval_shape(lambda: init_segment(jax.random.key(0), whole))
   consts = Constants()
   if config.data.standardize:  # the statistics of the run's own training split
-    x = prepare_dataset(config, progress=False).train_images.astype(np.float32)
+    dataset, current = prepare_fingerprinted(config, progress=False)
+    check_fingerprint(data["name"], data.get("fingerprint"), current, "export",
+                      str(results), "restore the data the run was trained on: the model "
+                      "standardises its inputs with their statistics")
+    x = dataset.train_images.astype(np.float32)
     x = x / data["input_scale"]
     consts = Constants(mean=jnp.asarray(x.mean(0)), std=jnp.asarray(x.std(0) + 1e-6))
   scale = float(data["input_scale"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import synthpart
-from synthpart import checkpoint, export
+from synthpart import checkpoint, export, rundir
 from synthpart.cli import main
 from synthpart.data import load_dataset
 from synthpart.errors import CheckpointError, DiskFullError
@@ -70,6 +70,17 @@ def _data_file(run, method, loop):
   d = run / "checkpoints" / method / loop
   step = max((p for p in d.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
   return max((step / "state" / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size)
+
+
+def _other_digest(run, method, loop):
+  """Records another sha256 in the loop's newest checkpoint: its arrays no longer match the
+  digest saved with them, as after a flipped byte that zstd does not notice."""
+  d = run / "checkpoints" / method / loop
+  step = max((p for p in d.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+  meta = step / "meta" / "metadata"
+  document = json.loads(meta.read_text())
+  document["digest"] = "0" * 64
+  meta.write_text(json.dumps(document))
 
 
 def _flip(path, fraction):
@@ -179,6 +190,18 @@ def test_export_replaces_only_an_export_and_only_once_the_new_one_is_whole(
   assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "mine", "notes.txt", "users"]
 
 
+def test_a_run_in_use_or_a_parent_being_exported_into_is_refused(digits_run, tmp_path, capsys):
+  out = tmp_path / "model"
+  with rundir.claim(digits_run, "run"):  # a training writing into the run
+    assert main(["export", str(digits_run), "--method", "conventional", "--out", str(out)]) == 2
+  assert "is in use by another synthpart run" in capsys.readouterr().err
+  with export._exporting_into(out):  # another export writing beside --out
+    assert main(["export", str(digits_run), "--method", "conventional", "--out", str(out)]) == 2
+  assert "another synthpart export is writing into" in capsys.readouterr().err
+  assert sorted(p.name for p in tmp_path.iterdir()) == []
+  assert not (digits_run / rundir.LOCK_FILE).exists()
+
+
 def test_damaged_or_edited_runs_are_one_line_and_write_nothing(digits_run, tmp_path, capsys):
   def remove(key):
     return lambda d: d.pop(key)
@@ -193,7 +216,8 @@ def test_damaged_or_edited_runs_are_one_line_and_write_nothing(digits_run, tmp_p
     d["runs"][1].update(status="diverged", divergence="loss nan at epoch 1")
 
   edits = [(remove("config"), "conventional", "no 'config' table"),
-           (dataset("num_classes", 0), "conventional", "num_classes must be positive"),
+           (dataset("num_classes", 0), "conventional",
+            "num_classes must be in 1..2147483647, got 0"),
            (dataset("input_shape", [8, 8, 2]), "conventional",
             "params.0.kernel is float32[64, 16], the network's float32[128, 16]"),
            (model("hidden", [16, 17]), "pnn-sequential", "does not hold the network"),
@@ -211,8 +235,8 @@ def test_damaged_or_edited_runs_are_one_line_and_write_nothing(digits_run, tmp_p
   # Damaged checkpoints: a flipped byte zstd finds, one only the digest finds, files gone.
   zstd = _copy(digits_run, tmp_path, "zstd")
   _flip(_data_file(zstd, "conventional", "network"), 0.0)
-  flipped = _copy(digits_run, tmp_path, "flipped")
-  _flip(_data_file(flipped, "conventional", "network"), 0.5)
+  flipped = _copy(digits_run, tmp_path, "flipped")  # arrays that are not those saved
+  _other_digest(flipped, "conventional", "network")
   gone = _copy(digits_run, tmp_path, "gone")
   shutil.rmtree(gone / "checkpoints" / "pnn-parallel" / "segment-1")
   for run, method, words in [(zstd, "conventional", "ZSTD_decompressStream() failed"),
@@ -238,10 +262,9 @@ def test_load_model_raises_its_own_error_for_damaged_files(exported, tmp_path):
   (truncated / "model.jax").write_bytes(blob[:len(blob) // 3])
   missing = shutil.copytree(exported, tmp_path / "missing")
   shutil.rmtree(missing / "params")
-  flipped = shutil.copytree(exported, tmp_path / "flipped")
-  data = max((flipped / "params" / "ocdbt.process_0" / "d").iterdir(),
-             key=lambda p: p.stat().st_size)
-  _flip(data, 0.5)
+  flipped = shutil.copytree(exported, tmp_path / "flipped")  # params other than those saved
+  meta = json.loads((flipped / "model.json").read_text())
+  (flipped / "model.json").write_text(json.dumps({**meta, "params_digest": "0" * 64}))
   zstd = shutil.copytree(exported, tmp_path / "zstd")
   _flip(max((zstd / "params" / "ocdbt.process_0" / "d").iterdir(),
             key=lambda p: p.stat().st_size), 0.0)

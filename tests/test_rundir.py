@@ -294,8 +294,12 @@ def test_commands_refuse_each_others_directories(tmp_path, capsys):
   _a_run(run)
   sweep = _directory(tmp_path / "sweep", "sweep")
   budget = _directory(tmp_path / "budget", "budget")
-  before = {root: _tree(root) for root in (run, sweep, budget)}
+  launch = _directory(tmp_path / "launch", "launch")
+  before = {root: _tree(root) for root in (run, sweep, budget, launch)}
   for command, root, words in [
+      (["launch", *TINY, "--local", "2"], run, "train or compare (config.json"),
+      (["launch", *TINY, "--local", "2", "--overwrite"], sweep, "sweep (sweep.json"),
+      (["train", *TINY, "--overwrite"], launch, "launch (launch.json"),
       (["sweep", str(tmp_path / "sweep.toml")], run, "train or compare (config.json"),
       (["sweep", str(tmp_path / "sweep.toml"), "--dry-run"], budget, "budget (budget.json"),
       (["train", *TINY], sweep, "sweep (sweep.json"),

@@ -53,7 +53,7 @@ from synthpart.distributed.rundir import (
 )
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
-from synthpart.rundir import lock_run_dir
+from synthpart.rundir import claim
 
 Exits = list[tuple[int, int]]  # (process, exit code), in the order the processes ended
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
@@ -218,7 +218,7 @@ def launch_local(args: argparse.Namespace, config: Config) -> int:
   num_segments = config.model.num_segments
   check_local(args, num_segments)
   out = Path(args.out or f"runs/launch-{time.strftime('%Y%m%d-%H%M%S')}")
-  with lock_run_dir(out), stop_signals() as stop:
+  with claim(out, "launch"), stop_signals() as stop:
     run = RunDir(out, args.local)
     check_fresh(run, args.overwrite)
     base = child_arguments(args, out)

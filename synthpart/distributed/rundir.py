@@ -43,7 +43,7 @@ from synthpart.data import check_fingerprint
 from synthpart.errors import ConfigError, SynthpartError
 from synthpart.files import write_atomic, write_json_atomic
 from synthpart.model import Params
-from synthpart.rundir import LOCK_FILE, RunLock, holds_run, lock_run_dir
+from synthpart.rundir import LOCK_FILE, RunLock, claim, holds_run
 
 Status = dict[str, Any]  # one segment's status document (segment-<k>.json)
 ENV_LAUNCHER = "SYNTHPART_LAUNCHER"  # the pid of the launcher that started this process
@@ -217,12 +217,13 @@ def lock_launch_dir(root: Path) -> RunLock | None:
   where the launcher that started this process holds it ($SYNTHPART_LAUNCHER, checked against
   the pid DIR/.lock records and this process's parent).
 
-  Raises `CheckpointError` (having changed nothing) where another process holds the lock, and
+  Raises `CheckpointError` (having changed nothing) where another process holds the lock or
+  another command (a run, a sweep...) wrote the directory (`synthpart.rundir.claim`), and
   `ConfigError` where $SYNTHPART_LAUNCHER names a process that does not hold it.
   """
   launcher = os.environ.get(ENV_LAUNCHER)
   if not launcher:
-    return lock_run_dir(root)
+    return claim(root, "launch")
   try:
     holder = (root / LOCK_FILE).read_text().strip()
   except OSError:
