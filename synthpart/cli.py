@@ -24,7 +24,8 @@ process, too little memory or disk), printed as one line; 3 (`train` and `compar
 diverged: its loss or parameters stopped being finite, its loss stayed at chance level, or it
 blew up past 1000 times its reference or its first step's loss (see `synthpart.train.driver`);
 every method's results are still written, with "status": "diverged" for that one; 130
-interrupted.
+interrupted; `launch` also 128 + the signal that stopped it (143 for SIGTERM, 129 for SIGHUP),
+having stopped its processes.
 """
 
 from __future__ import annotations
