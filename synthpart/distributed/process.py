@@ -10,6 +10,9 @@ in process 0, which must outlive the others, so process 0 waits for their exit b
 Nothing is written into the run directory before process 0 holds its lock (or the `--local`
 launcher that started it does) and has checked it; the others write nothing before its go. A
 process 0 that stops the launch before the go waits until the others have heard why and left.
+
+It is over 400 lines because a process's life is one sequence that reads best in one place:
+identity, joining, the claim and the go, training, assembling, leaving, in that order.
 """
 
 from __future__ import annotations
