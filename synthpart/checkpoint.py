@@ -102,16 +102,23 @@ def save(policy: Policy, method: str, loop: str, epoch: int, state: Any,
   directory = policy.loop_dir(method, loop)
   meta = {**meta, "digest": state_digest(state)}
   crash_point(f"checkpoint-write:{method}/{loop}:{epoch}", directory)
-  try:
-    with _quiet_disk_full(), _manager(directory, policy.keep) as manager:
-      manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                  meta=ocp.args.JsonSave(meta)), force=True)
-      manager.wait_until_finished()
-  except Exception as e:  # orbax and tensorstore wrap the system's error in their own types
-    if is_disk_full(e):
-      raise DiskFullError(f"no space left on the device writing checkpoint "
-                          f"{directory / str(epoch)}") from None
-    raise
+  with _leftovers_dropped():
+    try:
+      with _quiet_disk_full(), _manager(directory, policy.keep) as manager:
+        manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)), force=True)
+        manager.wait_until_finished()
+      failure = None
+    except Exception as e:  # orbax and tensorstore wrap the system's error in their own types
+      if not is_disk_full(e):
+        raise
+      failure = DiskFullError(f"no space left on the device writing checkpoint "
+                              f"{directory / str(epoch)}")
+    if failure is not None:
+      gc.collect()  # the failed write's coroutines, while their noise is dropped
+  if failure is not None:
+    logging.getLogger("absl").addFilter(_LeftoverWrites())
+    raise failure
   crash_point(f"checkpoint-saved:{method}/{loop}:{epoch}")
   return directory / str(epoch)
 
@@ -125,14 +132,26 @@ class _DiskFullRecords(logging.Filter):
                    for code in (errno.ENOSPC, errno.EDQUOT))
 
 
+class _LeftoverWrites(logging.Filter):
+  """Drops what orbax's writer threads log as they end after a save failed on a full disk
+  ("_SignalingThread.run() raised an exception: RESOURCE_EXHAUSTED ...", "cannot schedule new
+  futures after shutdown"): `save` reported the full disk itself, in one line. Installed once a
+  save failed; those threads end at any time after."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "_SignalingThread.run() raised an exception" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def _quiet_disk_full() -> Iterator[None]:
-  logger, drop = logging.getLogger("absl"), _DiskFullRecords()
-  logger.addFilter(drop)
+  logger, drops = logging.getLogger("absl"), (_DiskFullRecords(), _LeftoverWrites())
+  for drop in drops:
+    logger.addFilter(drop)
   try:
     yield
   finally:
-    logger.removeFilter(drop)
+    for drop in drops:
+      logger.removeFilter(drop)
 
 
 def state_digest(state: Any) -> str:
@@ -300,9 +319,7 @@ def _guarded(path: Path, read: Callable[[], _T]) -> _T:
   threads print when they end after orbax's event loop has closed is dropped by
   `_LeftoverReads`, from the first read on.
   """
-  _LeftoverReads.install()
-  with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
+  with _leftovers_dropped():
     try:
       return read()
     except CheckpointError as e:
@@ -311,6 +328,17 @@ def _guarded(path: Path, read: Callable[[], _T]) -> _T:
       failure = CheckpointError(f"checkpoint {path} is corrupt or truncated: {_innermost(e)}")
     gc.collect()  # the failed read's frames and coroutines, while their noise is dropped
   raise failure  # outside the handler: it holds no reference to the failed read
+
+
+@contextlib.contextmanager
+def _leftovers_dropped() -> Iterator[None]:
+  """Around an orbax read or write that may fail: drops the "never awaited" warnings of the
+  coroutines a failure leaves (collect them inside), and from the first use on, what its
+  leftover operations print as they end (`_LeftoverReads`)."""
+  _LeftoverReads.install()
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
+    yield
 
 
 def _innermost(e: BaseException) -> str:
