@@ -93,6 +93,8 @@ def _run(args: argparse.Namespace, experiment: exp.Experiment) -> int:
   Returns 0, or `EXIT_DIVERGED` where a method diverged (its results are kept all the same).
   """
   config = load_config(args)
+  if args.command == "compare":
+    exp.require_cuts(config, "compare")
   out = _out_dir(args)
   with rundir.claim(out, "run"):
     try:
@@ -289,6 +291,12 @@ def debugging(args: argparse.Namespace) -> bool:
       "", "0")
 
 
+def one_line(message: str) -> str:
+  """`message` on one line: a line break in it (a path or value the user gave may hold one) is
+  written as the escape a shell would read back, so an error is always one line."""
+  return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
@@ -298,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except SynthpartError as e:
     if debugging(args):
       traceback.print_exception(e, file=sys.stderr)
-    print(f"synthpart: error: {e}", file=sys.stderr)
+    print(f"synthpart: error: {one_line(str(e))}", file=sys.stderr)
     return EXIT_USER_ERROR
   except KeyboardInterrupt:
     print("synthpart: interrupted", file=sys.stderr)

@@ -501,12 +501,21 @@ MAX_EPOCHS = 10**6
 # SIL tables are float32 and losses square their entries: past this kappa they overflow, and long
 # before it no optimizer step size fits both the targets and the weights.
 MAX_KAPPA = 1e6
+# Training computes in float32 (or narrower): a step size, clipping norm or loss scale below its
+# smallest normal number is zero there, and the run would train nothing while recording the value.
+FLOAT32_TINY = 2.0 ** -126
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _float32_positive(value: float) -> bool:
+  return FLOAT32_TINY <= value <= FLOAT32_MAX
 
 
 def _check_train(path: str, t: TrainConfig, allow_zero_epochs: bool = False) -> None:
   OPTIMIZERS.check(t.optimizer, f"{path}.optimizer")
-  if not (t.learning_rate > 0 and math.isfinite(t.learning_rate)):
-    raise ConfigError(f"{path}.learning_rate must be a positive number, got {t.learning_rate}")
+  if not _float32_positive(t.learning_rate):
+    raise ConfigError(f"{path}.learning_rate must be a positive number float32 can hold "
+                      f"({FLOAT32_TINY:.3g}..{FLOAT32_MAX:.3g}), got {t.learning_rate}")
   if not 1 <= t.batch_size <= MAX_SIZE:
     raise ConfigError(f"{path}.batch_size must be in 1..{MAX_SIZE}, got {t.batch_size}")
   least = 0 if allow_zero_epochs else 1
@@ -518,8 +527,8 @@ def _check_train(path: str, t: TrainConfig, allow_zero_epochs: bool = False) -> 
                       f"stop at chance level), got {t.chance_epochs}")
   if not (t.weight_decay >= 0 and math.isfinite(t.weight_decay)):
     raise ConfigError(f"{path}.weight_decay must be a number >= 0, got {t.weight_decay}")
-  if not math.isfinite(t.momentum):
-    raise ConfigError(f"{path}.momentum must be a finite number, got {t.momentum}")
+  if not (math.isfinite(t.momentum) and 0 <= t.momentum <= 1):
+    raise ConfigError(f"{path}.momentum must be in [0, 1], got {t.momentum}")
   if not 0 <= t.steps <= MAX_EPOCHS * 10**4:
     raise ConfigError(f"{path}.steps must be an integer in 0..{MAX_EPOCHS * 10**4} (0: whole "
                       f"epochs), got {t.steps}")
@@ -534,11 +543,12 @@ def _check_train(path: str, t: TrainConfig, allow_zero_epochs: bool = False) -> 
     raise ConfigError(f"{path}.step_epochs must be at least 1, got {t.step_epochs}")
   if not 0 < t.step_factor <= 1:
     raise ConfigError(f"{path}.step_factor must be in (0, 1], got {t.step_factor}")
-  if not (t.clip_norm >= 0 and math.isfinite(t.clip_norm)):
-    raise ConfigError(f"{path}.clip_norm must be >= 0 (0: no clipping), got {t.clip_norm}")
-  if not (t.loss_scale > 0 and math.isfinite(t.loss_scale)):
-    raise ConfigError(f"{path}.loss_scale must be a positive number (1: none), got "
-                      f"{t.loss_scale}")
+  if not (t.clip_norm == 0 or _float32_positive(t.clip_norm)):
+    raise ConfigError(f"{path}.clip_norm must be 0 (no clipping) or in {FLOAT32_TINY:.3g}.."
+                      f"{FLOAT32_MAX:.3g} (float32), got {t.clip_norm}")
+  if not _float32_positive(t.loss_scale):
+    raise ConfigError(f"{path}.loss_scale must be a positive number float32 can hold "
+                      f"({FLOAT32_TINY:.3g}..{FLOAT32_MAX:.3g}; 1: none), got {t.loss_scale}")
 
 
 def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

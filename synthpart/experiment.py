@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from synthpart import checkpoint
+from synthpart.config import Config
+from synthpart.errors import ConfigError
 from synthpart.progress import Progress
 from synthpart.results import MethodResult
 from synthpart.train.model_parallel import train_model_parallel
@@ -51,6 +53,14 @@ def compare(problem: Problem, progress: Progress, with_model_parallel: bool = Fa
                        on_result, done=runs)
 
 
+def require_cuts(config: Config, what: str) -> None:
+  """Refuses, in one line, partitioned training (`what`) of a network without a cut: it would
+  be conventional training under a partitioned method's name."""
+  if config.model.num_segments < 2:
+    raise ConfigError(f"{what} needs at least one cut (model.cuts, e.g. --cuts 2): with none "
+                      "there is one segment, which is conventional training")
+
+
 def run_schedules(problem: Problem, progress: Progress, schedules: Sequence[str],
                   checkpoints: checkpoint.Policy | None = None, on_result: OnResult = _noop,
                   done: Sequence[MethodResult] = ()) -> list[MethodResult]:
@@ -59,6 +69,8 @@ def run_schedules(problem: Problem, progress: Progress, schedules: Sequence[str]
   The parallel schedule is followed by its reference row, "pnn-parallel-nearest-sil": its first
   segment alone, read out by the nearest SIL vector (`nearest_sil_reference`).
   """
+  if schedules:
+    require_cuts(problem.config, f"the {schedules[0]} schedule")
   runs = list(done)
   for schedule in schedules:
     params, result = RUNNERS[schedule](problem, progress, checkpoints=checkpoints)

@@ -56,3 +56,22 @@ def test_every_help_states_its_defaults_and_the_version_is_shown(capsys):
   with pytest.raises(SystemExit):
     main(["--version"])
   assert capsys.readouterr().out.strip() == f"synthpart {__version__}"
+
+
+def test_an_error_naming_a_line_break_stays_one_line(tmp_path, capsys):
+  assert main(["train", "--dataset", "npz:no\nfile.npz", "-q", "--out", str(tmp_path / "r")]) == 2
+  (line,) = capsys.readouterr().err.strip().splitlines()
+  assert line.startswith("synthpart: error:") and "no\\nfile.npz" in line
+
+
+def test_partitioned_methods_without_a_cut_are_refused_before_anything_is_written(tmp_path,
+                                                                                  capsys):
+  sweep = tmp_path / "sweep.toml"
+  sweep.write_text('seeds = [0]\nmethods = ["sequential"]\n[base.model]\nhidden = [8, 8]\n'
+                   '[base.train]\nepochs = 1\n[base.recovery]\nepochs = 0\n'
+                   '[axes]\n"model.cuts" = [[], [1]]\n')
+  for command in (["compare", *SMALL, "--cuts", ""], ["sweep", str(sweep)]):
+    assert main([*command, "--out", str(tmp_path / "out")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "needs at least one cut (model.cuts" in line, line
+    assert not (tmp_path / "out").exists()

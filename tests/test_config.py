@@ -55,6 +55,13 @@ def test_comma_lists_from_flags():
     ("model.hidden", [2**40], "at most"),
     ("train.weight_decay", float("nan"), "weight_decay"),
     ("train.momentum", float("inf"), "momentum"),
+    ("train.momentum", -5, "train.momentum must be in"),
+    ("train.momentum", 1.5, "train.momentum must be in"),
+    # zero in float32: the run would train nothing while recording the value
+    ("train.learning_rate", 1e-300, "learning_rate must be a positive number float32 can hold"),
+    ("recovery.learning_rate", 1e39, "float32 can hold"),
+    ("train.clip_norm", 1e-300, "clip_norm must be 0"),
+    ("train.loss_scale", 1e-300, "loss_scale must be a positive number float32 can hold"),
 ])
 def test_bad_settings_name_the_culprit(key, value, words):
   with pytest.raises(ConfigError, match=words.replace(".", r"\.")):

@@ -67,11 +67,14 @@ def jobs(sweep: Sweep, points: Sequence[Point]) -> list[Job]:
   for point in points:
     for config in point.configs:
       directory = f"{point.name}/seed-{config.seed}"
+      if isinstance(methods, str) and methods != "train":
+        exp.require_cuts(config, f"point {point.name} ({methods})")
       if isinstance(methods, str):
         out.append(Job(directory, config, methods))
       else:
         schedules = tuple(m for m in methods if m != "conventional")
         if schedules:
+          exp.require_cuts(config, f"point {point.name} ({', '.join(schedules)})")
           out.append(Job(directory, config, "schedules", schedules))
   return out
 
