@@ -127,6 +127,21 @@ def test_a_tiny_budget_search_end_to_end(tmp_path):
   run_budget(budget, tmp_path, RunOptions(show_progress=False), load=load)
   assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("results.json")} == stamps
   assert len(stamps) == 5 and loads == ["digits", "digits"]
+  # Another file into the same --out (another fraction; other learning rates) is refused before
+  # anything is rewritten: budget.json and every sweep.json still describe the runs there.
+  plans = {p: p.read_bytes() for p in [*tmp_path.rglob("sweep.json"), tmp_path / "budget.json"]}
+  rates = _values(methods={**_values()["methods"],
+                           "conventional": {"axes": {"train.learning_rate": [0.01, 0.1]}}})
+  for values, culprit in (({"fraction": 0.6}, "budget.json"),
+                          (rates, "conventional/sweep.json")):
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}/{culprit} holds results of other "
+                       r"settings than this budget search's \((fraction|axes, points)\b.*; use "
+                       "another --out"):
+      run_budget(parse_budget(_values(**values)), tmp_path, RunOptions(show_progress=False),
+                 load=load)
+  assert {p: p.read_bytes() for p in plans} == plans
+  assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("results.json")} == stamps
+  assert loads == ["digits", "digits"]
 
 
 KILL_BUDGET = """

@@ -174,13 +174,61 @@ def test_rerun_skips_finished_runs_and_redoes_missing_ones(finished, monkeypatch
   (out / "sil.scale=2/seed-1/results.json").unlink()
   run(tiny_sweep(), out)
   assert made == ["sil.scale=2/seed-1"]
+  # Results lacking a method the job trains are trained again, not reused as they are.
+  path = out / "sil.scale=0.5/seed-1/results.json"
+  document = json.loads(path.read_text())
+  document["runs"] = [r for r in document["runs"] if r["method"] != "pnn-parallel"]
+  path.write_text(json.dumps(document))
+  run(tiny_sweep(), out)
+  assert made == ["sil.scale=2/seed-1", "sil.scale=0.5/seed-1"]
+  assert "pnn-parallel" in {r["method"] for r in json.loads(path.read_text())["runs"]}
 
 
 def test_changed_settings_in_the_same_directory_are_refused(finished):
+  """Another sweep file into the same --out is refused before sweep.json is rewritten; so are
+  results of other settings where sweep.json is gone."""
   out, _ = finished
+  plan = (out / "sweep.json").read_bytes()
+  stamps = {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
   changed = tiny_sweep(base={**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 2}})
-  with pytest.raises(ConfigError, match="other settings"):
-    run(changed, out)
+  more = tiny_sweep(methods=["conventional", "sequential", "parallel"])
+  wider = tiny_sweep(axes={"sil.scale": [0.5, 2.0, 4.0]})
+  for other, keys in ((changed, "base"), (more, "methods"), (wider, "axes, points")):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(out))}/sweep\.json holds results of "
+                       rf"other settings than this sweep's \({keys}(, points)? differ\); use "
+                       "another --out"):
+      run(other, out)
+    assert (out / "sweep.json").read_bytes() == plan
+  hidden = out / "sweep.json.aside"
+  (out / "sweep.json").rename(hidden)
+  try:
+    with pytest.raises(ConfigError, match=r"results\.json holds results of other settings"):
+      run(changed, out)
+    assert not (out / "sweep.json").exists()
+  finally:
+    hidden.rename(out / "sweep.json")
+  assert {p: p.stat().st_mtime_ns for p in out.rglob("results.json")} == stamps
+
+
+def test_results_lacking_a_method_of_the_job_are_not_done(finished, tmp_path):
+  out, _ = finished
+  sweep = tiny_sweep()
+  by_kind = {j.kind: j for j in reversed(sweep_lib.jobs(sweep, sweep_lib.expand(sweep)))}
+  assert by_kind["schedules"].directory == "sil.scale=0.5/seed-0"
+  assert sweep_lib.job_methods(by_kind["schedules"]) == ("pnn-parallel",)
+  assert sweep_lib.job_methods(by_kind["baseline"]) == ("conventional",)
+  config = by_kind["schedules"].config
+  assert sweep_lib.job_methods(sweep_lib.Job("d", config, "train")) == ("pnn-sequential",)
+  assert sweep_lib.job_methods(sweep_lib.Job("d", config, "compare")) == (
+      "conventional", "pnn-sequential", "pnn-parallel", "pnn-pipelined")
+  path = out / "sil.scale=0.5/seed-0/results.json"
+  assert sweep_lib.is_done(path, config, methods=("pnn-parallel",))
+  assert not sweep_lib.is_done(path, config, methods=("pnn-parallel", "pnn-sequential"))
+  document = json.loads(path.read_text())
+  document["runs"] = [r for r in document["runs"] if r["method"] != "pnn-parallel"]
+  lacking = tmp_path / "results.json"
+  lacking.write_text(json.dumps(document))
+  assert not sweep_lib.is_done(lacking, config, methods=("pnn-parallel",))
 
 
 def test_changed_data_in_the_same_directory_are_refused(finished, tmp_path):

@@ -4,6 +4,10 @@ Jobs run seed by seed (the reference, then every method's grid, for seed 0; then
 interrupted search already holds whole seeds to analyse. Rerunning the same command continues it:
 a job whose results.json holds the same settings is not run again, and one trained on other data
 (another fingerprint) stops the search (`synthpart.sweep.is_done`).
+
+A rerun with another budget file (other settings, fraction, seeds or methods) is refused before
+anything is written: budget.json (its analysis aside) and every sweep's sweep.json must be those
+this file makes (`synthpart.sweep.grid.check_plan`), and every job's results of its settings.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from synthpart.budget.summary import budget_markdown
 from synthpart.files import write_json_atomic
 from synthpart.rundir import claim, refuse_foreign
 from synthpart.setup import Loader
-from synthpart.sweep.grid import expand, sweep_document
-from synthpart.sweep.run import Datasets, Job, RunOptions, is_done, jobs, run_jobs
+from synthpart.sweep.grid import PLAN_IGNORED, check_plan, expand, sweep_document
+from synthpart.sweep.run import Datasets, Job, RunOptions, jobs, pending, run_jobs
 from synthpart.sweep.summary import summarize, write_summary
 
 
@@ -36,15 +40,24 @@ def budget_jobs(budget: Budget) -> list[Job]:
 def pending_jobs(budget: Budget, out: Path, datasets: Datasets | None = None) -> list[Job]:
   """The jobs whose results are not yet under `out` (with `datasets`: refusing results of other
   data than theirs)."""
-  return [j for j in budget_jobs(budget) if not is_done(out / j.directory / "results.json",
-                                                        j.config, datasets)]
+  return pending(budget_jobs(budget), out, datasets)
+
+
+def check_plans(budget: Budget, out: Path) -> None:
+  """Refuses (`ConfigError`), writing nothing, an `out` whose budget.json (its analysis aside) or
+  any sweep's sweep.json differs from what `budget` would write, and (`CheckpointError`) a
+  sweep's directory that another command wrote."""
+  check_plan(out / "budget.json", budget_document(budget), "budget search",
+             (*PLAN_IGNORED, "analysis"))
+  for name, sweep in budget.sweeps:
+    refuse_foreign(out / name, "sweep")
+    check_plan(out / name / "sweep.json", sweep_document(sweep, expand(sweep)), "budget search")
 
 
 def write_plan(budget: Budget, out: Path) -> None:
   """budget.json (the plan; the analysis joins it when the runs are done) and every sweep's
-  sweep.json; a sweep's directory that another command wrote is refused before any is written."""
-  for name, _ in budget.sweeps:
-    refuse_foreign(out / name, "sweep")
+  sweep.json; `check_plans` first refuses a directory of other settings before any is written."""
+  check_plans(budget, out)
   write_json_atomic(out / "budget.json", budget_document(budget))
   for name, sweep in budget.sweeps:
     write_json_atomic(out / name / "sweep.json", sweep_document(sweep, expand(sweep)))
@@ -68,12 +81,14 @@ def run_budget(budget: Budget, out: str | Path, options: RunOptions | None = Non
   """Runs every job not yet done, then writes the analysis; returns it.
 
   `out` is claimed first (`synthpart.rundir.claim`): locked until the search ends, and refused,
-  untouched, where another process holds it or another command (a run, a sweep...) wrote it.
+  untouched, where another process holds it or another command (a run, a sweep...) wrote it,
+  and refused, untouched, where its plan files or any job's results are of other settings.
   """
   out, options = Path(out), options or RunOptions()
   with claim(out, "budget"):
+    check_plans(budget, out)
+    todo, datasets = budget_jobs(budget), Datasets(load)
+    left = pending_jobs(budget, out, datasets)
     write_plan(budget, out)
-    todo = budget_jobs(budget)
-    datasets = Datasets(load)
-    run_jobs(todo, pending_jobs(budget, out, datasets), out, options, datasets, "budget")
+    run_jobs(todo, left, out, options, datasets, "budget")
     return write_outcome(budget, out)

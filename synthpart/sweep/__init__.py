@@ -30,10 +30,11 @@ Layout of the output directory::
   DIR/baseline-<hash>/seed-<s>/results.json
   DIR/summary.json, DIR/summary.md   mean ± std test accuracy and wall seconds per point, method
 
-A (point, seed) whose results.json exists with the same settings is skipped, so rerunning the
-same command continues an interrupted sweep. One sweep at a time uses DIR
-(`synthpart.rundir.claim`: locked until it ends), and a directory another command wrote (a run,
-a budget...) is refused.
+A (point, seed) whose results.json exists with the same settings and every method it trains is
+skipped, so rerunning the same command continues an interrupted sweep; a rerun whose sweep.json
+would differ (another file into the same DIR) is refused before anything is written. One sweep
+at a time uses DIR (`synthpart.rundir.claim`: locked until it ends), and a directory another
+command wrote (a run, a budget...) is refused.
 
 Modules, top-down: `grid` (the file parsed, its points, names and configs, sweep.json), `summary`
 (mean ± std per point and method, from the results files), `run` (the jobs, run resumably),
@@ -68,6 +69,7 @@ from synthpart.sweep.run import (
     RunOptions,
     is_done,
     job_experiment,
+    job_methods,
     jobs,
     run_job,
     run_sweep,
@@ -78,7 +80,8 @@ from synthpart.sweep.summary import mean_std, summarize, summary_markdown, write
 __all__ = [
     "Datasets", "Job", "Point", "RunOptions", "Sweep", "add_sweep_commands", "baseline_config",
     "baseline_name", "default_cache_dir", "enable_compile_cache", "expand", "flatten",
-    "format_value", "freeze", "is_done", "job_experiment", "jobs", "load_sweep", "mean_std",
+    "format_value", "freeze", "is_done", "job_experiment",
+    "job_methods", "jobs", "load_sweep", "mean_std",
     "non_default", "parse_sweep", "point_config", "point_name", "read_document", "run_job",
     "run_sweep", "stored_config", "summarize", "summary_markdown", "sweep_document", "thaw",
     "value_label", "write_summary",

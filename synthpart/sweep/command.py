@@ -12,7 +12,7 @@ import jax
 from synthpart.errors import ConfigError
 from synthpart.rundir import refuse_foreign
 from synthpart.sweep.grid import expand, load_sweep
-from synthpart.sweep.run import RunOptions, is_done, jobs, run_sweep
+from synthpart.sweep.run import RunOptions, is_done, job_methods, jobs, run_sweep
 from synthpart.sweep.summary import summary_markdown
 
 
@@ -66,7 +66,8 @@ def _sweep_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     refuse_foreign(out, "sweep")
     for job in todo:
-      done = is_done(out / job.directory / "results.json", job.config)
+      done = is_done(out / job.directory / "results.json", job.config,
+                     methods=job_methods(job))
       print(f"{'done ' if done else 'to do'}  {job.directory}")
     print(f"{len(points)} points x {len(sweep.seeds)} seeds: {len(todo)} runs")
     return 0

@@ -2,6 +2,9 @@
 
 Axis values are frozen (lists become tuples) so they hash and compare; `format_value` and
 `value_label` give each one the short, stable text that point names, tables and figures use.
+
+`check_plan` keeps a directory's plan file (sweep.json, a budget's budget.json) true to its runs:
+a rerun into a directory whose plan says other settings is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -235,3 +238,37 @@ def sweep_document(sweep: Sweep, points: Sequence[Point]) -> dict[str, Any]:
                         if has_baselines(sweep) else []),
       } for p in points],
   }
+
+
+# Plan keys that say where the file was, not what it asks: a copy run from elsewhere is the same.
+PLAN_IGNORED = ("source",)
+
+
+def plan_differences(stored: Any, new: Mapping[str, Any],
+                     ignored: Sequence[str] = PLAN_IGNORED) -> list[str]:
+  """The top-level keys in which plan document `stored` (as read back) differs from `new`,
+  sorted, `ignored` keys left out; every key where `stored` is not a JSON object."""
+  plain = json.loads(json.dumps(new))  # tuples become lists, as stored
+  if not isinstance(stored, Mapping):
+    return sorted(plain)
+  keys = (set(stored) | set(plain)) - set(ignored)
+  return sorted(k for k in keys if stored.get(k) != plain.get(k))
+
+
+def check_plan(path: Path, new: Mapping[str, Any], what: str,
+               ignored: Sequence[str] = PLAN_IGNORED) -> None:
+  """Refuses, in one line (`ConfigError`), a plan file `path` already there that differs from
+  `new` (its `ignored` keys aside): its runs were made for other settings. `what` names the
+  command (sweep, budget search) in the message. A missing `path` passes."""
+  if not path.exists():
+    return
+  try:
+    stored = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path} cannot be read ({e.__class__.__name__}), so its runs cannot be "
+                      f"matched to this {what}; use another --out") from None
+  differ = plan_differences(stored, new, ignored)
+  if differ:
+    shown = ", ".join(differ[:3]) + (", ..." if len(differ) > 3 else "")
+    raise ConfigError(f"{path} holds results of other settings than this {what}'s ({shown} "
+                      "differ); use another --out, or rerun the file that made them")

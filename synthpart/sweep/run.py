@@ -2,7 +2,13 @@
 
 Results already there count only for the same settings and the same data: a job's results.json
 records its data's fingerprint (`synthpart.data.fingerprint`), and a sweep run again on data
-whose fingerprint differs stops before it trains anything, instead of mixing the two.
+whose fingerprint differs stops before it trains anything, instead of mixing the two. A
+results.json counts as done only where it holds every method its job trains (`job_methods`);
+one that lacks some is trained again.
+
+A rerun into a directory whose sweep.json says other settings is refused before anything is
+written (`synthpart.sweep.grid.check_plan`), and so is one where any job's results are of other
+settings or data: sweep.json always describes the runs beside it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from synthpart.sweep.grid import (
   Sweep,
   baseline_config,
   baseline_name,
+  check_plan,
   expand,
   has_baselines,
   sweep_document,
@@ -107,9 +114,24 @@ class Datasets:
     return self._get(config)[1]
 
 
-def is_done(path: Path, config: config_lib.Config, datasets: Datasets | None = None) -> bool:
+def job_methods(job: Job) -> tuple[str, ...]:
+  """The methods whose rows `job`'s results.json must hold to count as done (recovery and
+  reference rows aside: a diverged method has none)."""
+  if job.kind == "baseline" or (job.kind == "train" and job.config.model.num_segments == 1):
+    return ("conventional",)
+  if job.kind == "train":
+    return (f"pnn-{job.config.schedule}",)
+  schedules = job.schedules if job.kind == "schedules" else ("sequential", "parallel",
+                                                              "pipelined")
+  return (*(("conventional",) if job.kind == "compare" else ()),
+          *(f"pnn-{s}" for s in schedules))
+
+
+def is_done(path: Path, config: config_lib.Config, datasets: Datasets | None = None,
+            methods: Sequence[str] = ()) -> bool:
   """True when `path` holds results of exactly `config` (and, with `datasets`, of the same data
-  where the results record their fingerprint); a mismatch is an error, not a redo."""
+  where the results record their fingerprint) with a row of every one of `methods`; a mismatch
+  of settings or data is an error, not a redo; missing methods are a redo."""
   if not path.exists():
     return False
   try:
@@ -128,7 +150,17 @@ def is_done(path: Path, config: config_lib.Config, datasets: Datasets | None = N
                       "finished results cannot be reused",
                       str(path), "restore the data those results were trained on, use another "
                       "--out, or remove that directory")
-  return True
+  runs = document.get("runs")
+  found = {r.get("method") for r in runs if isinstance(r, Mapping)} if isinstance(runs, list) \
+      else set()
+  return set(methods) <= found
+
+
+def pending(todo: Sequence[Job], out: Path, datasets: Datasets | None = None) -> list[Job]:
+  """The jobs of `todo` not yet done under `out` (`is_done`: raising, before anything trains,
+  where any job's results are of other settings or data)."""
+  return [j for j in todo
+          if not is_done(out / j.directory / "results.json", j.config, datasets, job_methods(j))]
 
 
 def stored_config(settings: Any) -> config_lib.Config | None:
@@ -186,6 +218,8 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
 
   `out` is claimed first (`synthpart.rundir.claim`): locked until the sweep ends, and refused,
   untouched, where another process holds it or another command (a run, a budget...) wrote it.
+  Its sweep.json and every job's results are checked against this sweep before sweep.json is
+  written: a directory of other settings is refused, untouched (`ConfigError`).
 
   `load(data_config)` returns a dataset (default: `synthpart.data.load_dataset`); each distinct
   dataset is loaded once per sweep.
@@ -195,11 +229,12 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
   points = expand(sweep)
   todo = jobs(sweep, points)
   datasets = Datasets(load)
+  document = sweep_document(sweep, points)
   with claim(out, "sweep"):
-    write_json_atomic(out / "sweep.json", sweep_document(sweep, points))
-    pending = [j for j in todo
-               if not is_done(out / j.directory / "results.json", j.config, datasets)]
-    run_jobs(todo, pending, out, options, datasets, "sweep")
+    check_plan(out / "sweep.json", document, "sweep")
+    left = pending(todo, out, datasets)
+    write_json_atomic(out / "sweep.json", document)
+    run_jobs(todo, left, out, options, datasets, "sweep")
     summary = summarize(out)
     write_summary(out, summary)
   return summary
