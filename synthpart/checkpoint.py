@@ -6,12 +6,15 @@ DIR/checkpoints/<method>/<loop>/<epoch>/ (orbax: state = params + optimizer, and
 The JSON meta holds the epoch, the loop's PRNG key data, its losses and timings so far, and the
 method's curve. The data order needs no storing: an epoch's order is a pure function of (key,
 epoch). A sha256 of the arrays, kept in the meta, catches damage that orbax's own format would
-not notice. Orbax writes each step to a temporary directory and renames it when complete, so a
-crash mid-write leaves the previous checkpoint as the latest (and `restore` removes what it
-left). `restore` places a checkpoint on the device it is given, whatever devices saved it,
-once the arrays' names, shapes and dtypes (from orbax's metadata) are those the caller expects;
-a damaged one is one `CheckpointError`, and the reads orbax leaves behind it print nothing.
-Checkpoints are arrays and JSON: never pickles. The run directory around them is
+not notice. The meta also holds the run's fingerprint (`run_fingerprint`: the sha256 of the
+run's settings and its data's fingerprint, `Policy.run`), and `restore` refuses a checkpoint of
+another run, copied in or trained before config.json was edited; a checkpoint without one (an
+older one) restores unchecked. Orbax writes each step to a temporary directory and renames it
+when complete, so a crash mid-write leaves the previous checkpoint as the latest (and `restore`
+removes what it left). `restore` places a checkpoint on the device it is given, whatever devices
+saved it, once the arrays' names, shapes and dtypes (from orbax's metadata) are those the caller
+expects; a damaged one is one `CheckpointError`, and the reads orbax leaves behind it print
+nothing. Checkpoints are arrays and JSON: never pickles. The run directory around them is
 `synthpart.rundir`'s.
 """
 
@@ -22,6 +25,7 @@ import dataclasses
 import errno
 import gc
 import hashlib
+import json
 import logging
 import os
 import re
@@ -68,12 +72,24 @@ def crash_point(name: str, directory: Path | None = None) -> None:
   threading.Thread(target=kill_when_writing, daemon=True).start()
 
 
+def run_fingerprint(settings: dict[str, Any], data_fingerprint: str | None) -> str:
+  """The fingerprint of the run a checkpoint belongs to: the sha256 of `settings` (a
+  `Config.to_dict()`, as config.json and results.json's "config" store it) as canonical JSON
+  (sorted keys, no spaces), a newline, and `data_fingerprint` (that of the data; "" where none).
+  The caller passes the settings without the data's fingerprint: training and export hash the
+  same dict whichever file they read it from."""
+  text = json.dumps(settings, sort_keys=True, separators=(",", ":"), allow_nan=True)
+  return hashlib.sha256(f"{text}\n{data_fingerprint or ''}".encode()).hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
-  """Where and how often loops checkpoint."""
+  """Where and how often loops checkpoint; `run`, the run's fingerprint (`run_fingerprint`),
+  written into every checkpoint's meta and checked by `restore` (None: neither)."""
   root: Path
   every: int = 1
   keep: int = 2
+  run: str | None = None
 
   def loop_dir(self, method: str, loop: str) -> Path:
     return self.root / "checkpoints" / _slug(method) / _slug(loop)
@@ -101,6 +117,8 @@ def save(policy: Policy, method: str, loop: str, epoch: int, state: Any,
   """Writes `state` (a pytree of arrays) and `meta` (JSON) as step `epoch` of the loop."""
   directory = policy.loop_dir(method, loop)
   meta = {**meta, "digest": state_digest(state)}
+  if policy.run is not None:
+    meta["run"] = policy.run
   crash_point(f"checkpoint-write:{method}/{loop}:{epoch}", directory)
   with _leftovers_dropped():
     try:
@@ -263,7 +281,8 @@ def restore(policy: Policy, method: str, loop: str, like: Any,
 
   Returns None where the loop has none. Arrays of other names, shapes or dtypes than `like`'s
   (`expected` says what that is), a corrupt or truncated checkpoint, or arrays whose digest
-  differs from the one saved with them raise `CheckpointError`. With `tidy`, half-written steps
+  differs from the one saved with them raise `CheckpointError`, and so does a checkpoint whose
+  meta records a run other than `policy.run` (where both are known). With `tidy`, half-written steps
   left by an interrupted save are deleted first (a reader of another process's run passes
   False).
   """
@@ -288,7 +307,18 @@ def restore(policy: Policy, method: str, loop: str, like: Any,
       raise ValueError("its arrays do not match the digest written with them")
     return state, meta
 
-  return _guarded(path, read)
+  state, meta = _guarded(path, read)
+  check_run(policy.run, path, meta)
+  return state, meta
+
+
+def check_run(run: str | None, path: Path, meta: dict[str, Any]) -> None:
+  """Raises `CheckpointError` where the checkpoint at `path`, of meta `meta`, records a run other
+  than `run` (`run_fingerprint`); None, or a checkpoint that records none, passes."""
+  written_by = meta.get("run")
+  if run is not None and written_by is not None and written_by != run:
+    raise CheckpointError(f"checkpoint {path} was written by another run (other settings or "
+                          "data); --overwrite to start again")
 
 
 def read_tree(directory: Path, like: Any, device: jax.Device, expected: str) -> Any:

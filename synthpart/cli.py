@@ -122,9 +122,12 @@ def _run(args: argparse.Namespace, experiment: exp.Experiment) -> int:
 def _run_locked(args: argparse.Namespace, experiment: exp.Experiment, config: Config,
                 out: Path) -> int:
   # Checked before any work: a run directory holding another run is never touched, and no run
-  # trains for a metric writer whose package is missing.
+  # trains for a metric writer whose package is missing. config.json records what the run
+  # trains (the command and its method set): --resume refuses another.
+  trains = {"command": args.command,
+            "with_model_parallel": bool(getattr(args, "with_model_parallel", False))}
   rundir.prepare_run_dir(out, config.to_dict(), resume=args.resume,
-                         overwrite=args.overwrite, dry_run=True)
+                         overwrite=args.overwrite, dry_run=True, trains=trains)
   options = _metrics_options(args)
   metrics.check(options)
   # One device per segment by default; segment groups need the sum of their sizes.
@@ -133,12 +136,15 @@ def _run_locked(args: argparse.Namespace, experiment: exp.Experiment, config: Co
   problem = make_problem(config, dataset, devices)
   # Again, now that the data are loaded: --resume refuses data other than the run's.
   rundir.prepare_run_dir(out, config.to_dict(), resume=args.resume,
-                         overwrite=args.overwrite, fingerprint=fingerprint)
+                         overwrite=args.overwrite, fingerprint=fingerprint, trains=trains)
   hparams = {"dataset": dataset.name, "dataset_source": dataset.source,
              **metrics.flat_hparams(config.to_dict())}
   progress = Progress(quiet=args.quiet, log_path=out / "log.txt",
                       metrics=metrics.open_writer(options, out, hparams))
-  policy = checkpoint.Policy(out, config.checkpoint.every, config.checkpoint.keep)
+  # Every checkpoint records the run's settings and data (their hash); restoring refuses another
+  # run's (copied in, or trained before config.json was edited).
+  policy = checkpoint.Policy(out, config.checkpoint.every, config.checkpoint.keep,
+                             run=checkpoint.run_fingerprint(config.to_dict(), fingerprint))
   finished: set[str] = set()
 
   def keep_results(runs: list[MethodResult]) -> None:

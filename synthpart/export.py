@@ -10,7 +10,9 @@ sha256). `synthpart.load_model(DIR)` returns a callable x -> logits. Nothing is 
 
 Every checkpoint is restored onto one host device, whatever devices the run trained on, and
 checked as `--resume` checks it: its arrays' names, shapes and dtypes against the network that
-results.json describes, and their sha256 against the one saved with them. The model is written
+results.json describes, their sha256 against the one saved with them, and the run that wrote
+them (the hash of results.json's settings and data fingerprint: `checkpoint.run_fingerprint`)
+against this one. The model is written
 into a temporary directory beside DIR and renamed into place once complete, so DIR holds one
 whole export or none. DIR must be new or empty; `--overwrite` replaces an earlier export (a
 directory holding model.json and nothing but the export's files), only once the new one is
@@ -156,13 +158,17 @@ def _dataset(document: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def _restore_params(run_dir: Path, config: Config, method: str, specs: tuple[SegmentSpec, ...],
-                    expected: str) -> Params:
+                    expected: str, data_fingerprint: str | None = None) -> Params:
   """The trained parameters of `method`, composed, as arrays on this host's first CPU device:
-  each loop's checkpoint is checked against the network (`checkpoint.restore`)."""
+  each loop's checkpoint is checked against the network and the run (`checkpoint.restore`;
+  the run's fingerprint from `config`, results.json's settings, and `data_fingerprint`, its
+  data's: the hash training wrote into the checkpoints), once every loop's arrays are those of
+  the network (an edited network is named as such)."""
   policy = checkpoint.Policy(run_dir, config.checkpoint.every, config.checkpoint.keep)
+  run = checkpoint.run_fingerprint(config.to_dict(), data_fingerprint)
   loops = _loops(method, config)
   device = jax.local_devices(backend="cpu")[0]
-  parts = []
+  parts, metas = [], []
   for (loop, train), spec in zip(loops, specs if len(loops) > 1 else [whole_network(specs)]):
     like = jax.eval_shape(functools.partial(_initial_state, spec, make_optimizer(train)))
     restored = checkpoint.restore(policy, method, loop, like, device, tidy=False,
@@ -171,6 +177,9 @@ def _restore_params(run_dir: Path, config: Config, method: str, specs: tuple[Seg
       raise CheckpointError(f"no checkpoint of {method}/{loop} under {run_dir}/checkpoints: "
                             "its files were moved or deleted")
     parts.append(restored[0].params)
+    metas.append((policy.loop_dir(method, loop) / str(restored[1]["epoch"]), restored[1]))
+  for path, meta in metas:
+    checkpoint.check_run(run, path, meta)
   return compose(parts)
 
 
@@ -318,7 +327,8 @@ def _export_locked(run_dir: Path, method: str, out: Path, overwrite: bool) -> Pa
     raise CheckpointError(f"{results} describes no network that can be built "
                           f"({type(e).__name__}: {e}); results.json edited?") from None
   whole = whole_network(specs)
-  params = _restore_params(run_dir, config, method, specs, f"the network {results} describes")
+  params = _restore_params(run_dir, config, method, specs, f"the network {results} describes",
+                           data.get("fingerprint"))
   like = jax.eval_shape(lambda: init_segment(jax.random.key(0), whole))
   consts = Constants()
   if config.data.standardize:  # the statistics of the run's own training split

@@ -12,8 +12,9 @@ own; no other command claims them.
 A run directory::
 
   DIR/.lock              flock'ed by the one process using DIR; holds that process's pid
-  DIR/config.json        the run's settings and its data's fingerprint (`data_fingerprint`);
-                         --resume refuses different settings or data
+  DIR/config.json        the run's settings, its data's fingerprint (`data_fingerprint`) and
+                         what it trains (`RUN_KEYS`: "command", "with_model_parallel");
+                         --resume refuses different settings, data, command or methods
   DIR/results.json       rewritten atomically after every method
   DIR/log.txt            one line per epoch of every loop, and every note
   DIR/checkpoints/       per-loop checkpoints (`synthpart.checkpoint`)
@@ -55,6 +56,9 @@ from synthpart.trash import empty_trash, move_aside, pending_trash, put_back
 LOCK_FILE = ".lock"
 # config.json's key for the fingerprint of the run's data (`synthpart.data.fingerprint`).
 DATA_FINGERPRINT = "data_fingerprint"
+# config.json's top-level keys that say what the run trains: the command (`train`, `compare`)
+# and its options that choose the methods. Not settings: `config_differences` never sees them.
+RUN_KEYS = ("command", "with_model_parallel")
 
 
 class RunLock:
@@ -322,13 +326,16 @@ RUN_FILES = ("config.json", "results.json", "log.txt", "checkpoints", "tensorboa
 
 
 def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwrite: bool,
-                    dry_run: bool = False, fingerprint: str | None = None) -> None:
+                    dry_run: bool = False, fingerprint: str | None = None,
+                    trains: dict[str, Any] | None = None) -> None:
   """Claims `root` for a run: a fresh directory, or the same run when resuming.
 
   Refuses a directory holding another run unless `resume` (same settings only, and where
-  `fingerprint` is given and config.json records one, the same data) or `overwrite`, and one
-  without a run that holds entries named like a run's (the user's). A new run's config.json
-  records `fingerprint` as `DATA_FINGERPRINT`. Nothing is written before the checks pass, and
+  `fingerprint` is given and config.json records one, the same data; where `trains` is given
+  and config.json records what its run trains, the same) or `overwrite`, and one without a run
+  that holds entries named like a run's (the user's). A new run's config.json records
+  `fingerprint` as `DATA_FINGERPRINT` and `trains` (`RUN_KEYS`: e.g. {"command": "compare",
+  "with_model_parallel": False}) at its top level. Nothing is written before the checks pass, and
   nothing at all with `dry_run`. The caller holds `root`'s lock.
   """
   holds_another = holds_run(root, ("config.json", "results.json"))
@@ -344,6 +351,12 @@ def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwri
       raise CheckpointError(f"{stored_path} is not a settings object (a JSON object of the "
                             f"run's settings); it holds a {type(stored).__name__}")
     recorded = stored.pop(DATA_FINGERPRINT, None)
+    made_by = {key: stored.pop(key) for key in RUN_KEYS if key in stored}
+    if trains is not None and "command" in made_by and any(
+        made_by.get(key, False) != trains.get(key, False) for key in RUN_KEYS):
+      raise CheckpointError(f"--resume: {root} was made by `synthpart {_command_line(made_by)}`"
+                            f", not `synthpart {_command_line(trains)}`; resume it with the "
+                            "same command")
     differing = config_differences(stored, config)
     if differing:
       raise CheckpointError(f"--resume: the settings differ from the run in {root}: "
@@ -374,14 +387,20 @@ def prepare_run_dir(root: Path, config: dict[str, Any], *, resume: bool, overwri
   made = move_aside(root, entries)  # config.json first, results.json next
   try:
     root.mkdir(parents=True, exist_ok=True)
-    write_run_config(root, config if fingerprint is None
-                     else {**config, DATA_FINGERPRINT: fingerprint})
+    write_run_config(root, {**config, **({} if fingerprint is None
+                                          else {DATA_FINGERPRINT: fingerprint}), **(trains or {})})
   except BaseException:
     if made is not None:  # a full disk, say: the earlier run goes back where it was
       put_back(root, made, entries)
     raise
   crash_point("run-dir:config-written")
   empty_trash(root)
+
+
+def _command_line(trains: dict[str, Any]) -> str:
+  """What `trains` (config.json's `RUN_KEYS`) says, as the command line that trains it."""
+  flags = [f"--{key.replace('_', '-')}" for key in RUN_KEYS[1:] if trains.get(key)]
+  return " ".join([str(trains.get("command", "?")), *flags])
 
 
 def _run_entries(root: Path) -> list[Path]:

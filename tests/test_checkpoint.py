@@ -95,3 +95,31 @@ def test_settings_added_since_a_run_count_at_their_defaults(tmp_path):
   root.mkdir()
   (root / "config.json").write_text(json.dumps(older))
   rundir.prepare_run_dir(root, current, resume=True, overwrite=False)  # no refusal
+
+
+def test_a_checkpoint_of_another_run_is_refused_and_an_older_one_restores(tmp_path):
+  mine = checkpoint.Policy(tmp_path, run="a" * 64)
+  theirs = checkpoint.Policy(tmp_path, run="b" * 64)
+  state = _state()
+  checkpoint.save(theirs, "m", "segment 0", 1, state, {"epoch": 1})  # copied in from "b"
+  with pytest.raises(CheckpointError, match=r"checkpoint .*segment-0/1 was written by another "
+                     r"run \(other settings or data\); --overwrite to start again"):
+    checkpoint.restore(mine, "m", "segment 0", state, jax.devices()[0])
+  restored, meta = checkpoint.restore(theirs, "m", "segment 0", state, jax.devices()[0])
+  assert meta["run"] == "b" * 64 and _equal(restored, state)
+  checkpoint.save(checkpoint.Policy(tmp_path), "m", "segment 1", 1, state, {"epoch": 1})
+  _, meta = checkpoint.restore(mine, "m", "segment 1", state, jax.devices()[0])  # no "run"
+  assert "run" not in meta
+
+
+def test_the_run_fingerprint_is_the_same_from_config_json_and_results_json():
+  config = config_lib.load(overrides={"train.epochs": 1})
+  stored = json.loads(json.dumps(config.to_dict()))  # as either file holds it
+  again = config_lib.from_dict(stored).to_dict()
+  fingerprint = checkpoint.run_fingerprint(config.to_dict(), "d" * 64)
+  assert checkpoint.run_fingerprint(stored, "d" * 64) == fingerprint
+  assert checkpoint.run_fingerprint(again, "d" * 64) == fingerprint
+  other = config_lib.load(overrides={"train.epochs": 2}).to_dict()
+  assert checkpoint.run_fingerprint(other, "d" * 64) != fingerprint
+  assert checkpoint.run_fingerprint(stored, "e" * 64) != fingerprint
+  assert checkpoint.run_fingerprint(stored, None) != fingerprint

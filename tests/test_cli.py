@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -75,3 +76,26 @@ def test_partitioned_methods_without_a_cut_are_refused_before_anything_is_writte
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "needs at least one cut (model.cuts" in line, line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_command_and_checkpoints_of_other_settings(tmp_path, capsys):
+  """compare --resume on a train run, and a train run resumed after config.json was edited to
+  match the new flags (its checkpoints are of the 1-epoch run): one line each, nothing lost."""
+  out = tmp_path / "run"
+  flags = ["--dataset", "digits", "--hidden", "8,8", "--cuts", "1", "--recovery-epochs", "0",
+           "-q", "--out", str(out)]
+  assert main(["train", *flags, "--epochs", "1"]) == 0
+  results = (out / "results.json").read_bytes()
+  assert main(["compare", *flags, "--epochs", "1", "--resume"]) == 2
+  config = json.loads((out / "config.json").read_text())
+  assert config["command"] == "train" and config["with_model_parallel"] is False
+  config["train"]["epochs"] = 2
+  (out / "config.json").write_text(json.dumps(config))
+  assert main(["train", *flags, "--epochs", "2", "--resume"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 2, err
+  assert err[0].startswith(f"synthpart: error: --resume: {out} was made by `synthpart train`, "
+                           "not `synthpart compare`; resume it with the same command"), err
+  assert "was written by another run (other settings or data)" in err[1], err
+  assert (out / "results.json").read_bytes() == results

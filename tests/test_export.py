@@ -225,7 +225,10 @@ def test_damaged_or_edited_runs_are_one_line_and_write_nothing(digits_run, tmp_p
            (lambda d: None, "pnn-parallel-nearest-sil",
             "reference readout (the first segment of pnn-parallel"),
            (diverged, "pnn-sequential", "diverged (loss nan at epoch 1), so it has no trained"),
-           (lambda d: None, "model-parallel", "is not in")]
+           (lambda d: None, "model-parallel", "is not in"),
+           # another seed: the same shapes, but the checkpoints are not of these settings
+           (lambda d: d["config"].update(seed=d["config"]["seed"] + 1), "pnn-sequential",
+            "segment-0/1 was written by another run (other settings or data)")]
   expected = []
   for i, (edit, method, words) in enumerate(edits):
     run = _copy(digits_run, tmp_path, f"edited-{i}")

@@ -342,3 +342,30 @@ def test_a_fresh_process_refuses_another_commands_directory(tmp_path):
   assert proc.returncode == 2, proc.stderr
   assert "is the directory of synthpart sweep" in _one_error_line(proc.stderr)
   assert _tree(sweep) == before
+
+
+COMPARE = {"command": "compare", "with_model_parallel": False}
+
+
+def test_resume_refuses_another_command_or_method_set_and_older_runs_resume(tmp_path):
+  root = tmp_path / "run"
+  rundir.prepare_run_dir(root, {"seed": 1}, resume=False, overwrite=False, fingerprint="f",
+                         trains={**COMPARE, "with_model_parallel": True})
+  stored = json.loads((root / "config.json").read_text())
+  assert stored == {"seed": 1, "data_fingerprint": "f", "command": "compare",
+                    "with_model_parallel": True}
+  before = (root / "config.json").read_bytes()
+  for trains, made in [({"command": "train", "with_model_parallel": False}, "train"),
+                       (COMPARE, "compare`")]:
+    with pytest.raises(CheckpointError, match=(
+        f"--resume: {root} was made by `synthpart compare --with-model-parallel`, not "
+        f"`synthpart {made}.*; resume it with the same command")):
+      rundir.prepare_run_dir(root, {"seed": 1}, resume=True, overwrite=False, trains=trains)
+  # The same command resumes: its keys are not settings (no "differ" for them).
+  rundir.prepare_run_dir(root, {"seed": 1}, resume=True, overwrite=False, fingerprint="f",
+                         trains={**COMPARE, "with_model_parallel": True})
+  assert (root / "config.json").read_bytes() == before
+  # A run directory written before config.json said what it trains resumes unchecked.
+  (root / "config.json").write_text(json.dumps({"seed": 1}))
+  rundir.prepare_run_dir(root, {"seed": 1}, resume=True, overwrite=False,
+                         trains={"command": "train", "with_model_parallel": False})
