@@ -284,11 +284,11 @@ def _read_text(path: Path, what: str) -> str | None:
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
-  """Checks the file `sweep` reads before it reads it, so that a directory or a binary file is
-  one line, not a traceback (`report` checks every file it reads itself:
+  """Checks the file `sweep` or `budget` reads before it reads it, so that a directory or a
+  binary file is one line, not a traceback (`report` checks every file it reads itself:
   `synthpart.report.reading.check_directory`)."""
-  if args.command == "sweep":
-    _read_text(Path(args.file), "sweep file")
+  if args.command in ("sweep", "budget"):
+    _read_text(Path(args.file), f"{args.command} file")
 
 
 def debugging(args: argparse.Namespace) -> bool:

@@ -57,7 +57,7 @@ import dataclasses
 import inspect
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -448,23 +448,47 @@ def from_dict(values: Mapping[str, Any]) -> Config:
 
 
 def set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
-  """Sets `values[a][b]...` from ``"a.b..."``; numeric parts index the `segments` list."""
+  """Sets `values[a][b]...` from ``"a.b..."``; numeric parts index the `segments` list.
+
+  `ConfigError` where a part of the path is not a table (a list indexed by name, a number or a
+  list given a key): the value goes into a table, never into a list or a number.
+  """
   parts = dotted.split(".")
   node: Any = values
   for i, part in enumerate(parts[:-1]):
-    if part.isdigit():
-      if not isinstance(node, list):
-        raise ConfigError(f"cannot index {'.'.join(parts[:i])} with {part} in {dotted!r}")
+    if isinstance(node, list):
+      if not part.isdigit():
+        raise _not_a_table(dotted, parts[:i], node)
       while len(node) <= int(part):
         node.append({})
       node = node[int(part)]
-    else:
+    elif isinstance(node, dict):
+      if part.isdigit():
+        raise ConfigError(f"cannot set {dotted}: {'.'.join(parts[:i]) or 'the config'} is a "
+                          f"table, not a list; {part} is not one of its keys")
       default: list[Any] | dict[str, Any] = (
           [] if i + 1 < len(parts) and parts[i + 1].isdigit() else {})
       node = node.setdefault(part, default)
+    else:
+      raise _not_a_table(dotted, parts[:i], node)
+  if not isinstance(node, dict):
+    raise _not_a_table(dotted, parts[:-1], node)
   if isinstance(value, str):
     value = _parse_scalar(value)
   node[parts[-1]] = value
+
+
+def _not_a_table(dotted: str, prefix: Sequence[str], node: Any) -> ConfigError:
+  """The error of a dotted path one of whose parts (`prefix`) holds `node`, not a table."""
+  where = ".".join(prefix) or "the config"
+  kind = "a list" if isinstance(node, list) else f"{node!r}"
+  if list(prefix) == ["segments"]:
+    hint = "set a key of one segment's table (e.g. segments.0.epochs=3)"
+  elif isinstance(node, list):
+    hint = f"give {where} whole (e.g. {where}=[...])"
+  else:
+    hint = f"set {where} itself"
+  return ConfigError(f"cannot set {dotted}: {where} is {kind}, not a table; {hint}")
 
 
 def _parse_scalar(text: str) -> Any:
@@ -484,6 +508,8 @@ def load(path: str | Path | None = None, overrides: Mapping[str, Any] | None = N
       values = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
       raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+      raise ConfigError(f"config file {path} is a directory; give a file") from None
     except (OSError, UnicodeDecodeError) as e:
       raise ConfigError(f"config file {path} cannot be read: {e}") from None
     except tomllib.TOMLDecodeError as e:

@@ -191,3 +191,9 @@ def test_a_killed_budget_search_resumes_without_redoing_runs(tmp_path):
   analysis = json.loads((out / "budget.json").read_text())["analysis"]
   assert set(analysis["methods"]) == {"conventional", "sequential"}
   assert "Compute to target" in resumed.stdout
+
+
+def test_a_budget_base_that_is_a_directory_is_one_line(tmp_path):
+  with pytest.raises(ConfigError, match=rf"^sweep base config {tmp_path} is a directory; give a "
+                     r"file$"):
+    parse_budget(_values(base="."), tmp_path)

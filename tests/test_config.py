@@ -137,3 +137,42 @@ def test_the_pmap_backend_refuses_what_needs_chunks():
     with pytest.raises(ConfigError, match=culprit):
       config_lib.load(overrides={**group, **extra})
   config_lib.load(overrides={"placement.backend": "pmap", "schedule": "pipelined"})  # no group
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--set", "segments.0=5"], "cannot set segments.0: segments is a list, not a table"),
+    (["--set", "model.hidden.0=5"], "cannot set model.hidden.0: model.hidden is '32,32', not a "
+     "table; set model.hidden itself"),
+    (["CONFIG", "--set", "train.epochs.x=1"], "cannot set train.epochs.x: train.epochs is 1, "
+     "not a table"),
+    (["--set", "train.epochs.x.y=1"], "cannot set train.epochs.x.y: train.epochs is 1"),
+    (["--set", "model.3.x=1"], "cannot set model.3.x: model is a table, not a list"),
+])
+def test_a_dotted_setting_through_a_list_or_a_number_is_one_line(tmp_path, capsys, argv, words):
+  from synthpart.cli import main
+  config = tmp_path / "c.toml"
+  config.write_text("[train]\nepochs = 1\n")
+  argv = [str(config) if a == "CONFIG" else a for a in argv]
+  tiny = ["--dataset", "digits", "--hidden", "32,32", "--cuts", "1", "--epochs", "1",
+          "--recovery-epochs", "0", "-q", "--out", str(tmp_path / "run")]
+  assert main(["train", *argv, *tiny]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and words in err
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"model.hidden.0": 5}, "model.hidden is a list, not a table; give model.hidden whole"),
+    ({"model.hidden": [8], "model.hidden.x": 1}, "model.hidden is a list, not a table"),
+    ({"segments.0": 5}, "set a key of one segment's table (e.g. segments.0.epochs=3)"),
+    ({"train.epochs": 1, "train.epochs.x": 1}, "train.epochs is 1, not a table"),
+])
+def test_overrides_into_a_list_or_a_number_name_the_part(overrides, words):
+  with pytest.raises(ConfigError, match=r"^cannot set ") as info:
+    config_lib.load(overrides=overrides)
+  assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_config_file_that_is_a_directory_is_one_line(tmp_path):
+  with pytest.raises(ConfigError, match=rf"^config file {tmp_path} is a directory; give a file$"):
+    config_lib.load(tmp_path)

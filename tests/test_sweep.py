@@ -100,6 +100,10 @@ def test_set_overrides_the_base_and_base_may_be_a_file(tmp_path):
     ({"seeds": [0, 0]}, "seeds must be"),
     ({"axes": {"model.cuts": [[1], [7]]}}, "sweep point model.cuts=7"),
     ({"axes": {"sil.nope": [1]}}, "unknown setting sil.nope"),
+    ({"axes": {"model.hidden.0": [16]}}, "cannot set model.hidden.0: model.hidden is a list, "
+     "not a table"),
+    ({"axes": {"train.epochs.x": [1]}}, "cannot set train.epochs.x: train.epochs is 1, not a "
+     "table"),
 ])
 def test_bad_sweeps_raise_one_line_config_errors(changes, message):
   with pytest.raises(ConfigError, match=message) as error:
@@ -273,3 +277,62 @@ def test_tensorboard_files_are_written_per_method(finished):
   logs = out / "sil.scale=0.5/seed-0/tensorboard"
   assert sorted(p.name for p in logs.iterdir()) == ["pnn-parallel", "pnn-parallel-nearest-sil"]
   assert any(f.name.startswith("events.out.tfevents") for f in (logs / "pnn-parallel").iterdir())
+
+
+@pytest.mark.slow
+def test_a_baseline_of_a_sweep_with_placement_groups_is_rerun_as_done(tmp_path, monkeypatch):
+  """The baseline trains the whole network on the first segment's group: its config says so
+  (no per-segment groups for a network without cuts) and reads back equal, so a rerun skips it."""
+  sweep = tiny_sweep(seeds=[0], methods=["conventional", "sequential"],
+                     axes={"sil.scale": [0.5]}, set={"placement.groups": [1, 1]})
+  baseline = next(j for j in sweep_lib.jobs(sweep, sweep_lib.expand(sweep)) if j.kind == "baseline")
+  assert baseline.config.placement.groups == () and baseline.config.model.cuts == ()
+  assert sweep_run.stored_config(baseline.config.to_dict()) == baseline.config
+  wide = tiny_sweep(seeds=[0], set={"placement.groups": [2, 1]})
+  wide_baseline = next(j for j in sweep_lib.jobs(wide, sweep_lib.expand(wide))
+                       if j.kind == "baseline")
+  assert wide_baseline.config.placement.devices_per_segment == 2
+  run(sweep, tmp_path)
+  made = []
+  real = sweep_lib.job_experiment
+  monkeypatch.setattr(sweep_run, "job_experiment", lambda job: made.append(job) or real(job))
+  run(sweep, tmp_path)
+  assert made == []
+
+
+def _sweep_file(path, base=None):
+  base_line = f'base = "{base}"\n' if base is not None else ""
+  path.write_text(base_line + 'seeds = [0]\nmethods = ["conventional", "parallel"]\n'
+                  '[set]\n"data.name" = "tiny"\n"model.hidden" = [8, 8, 8]\n"model.cuts" = [2]\n'
+                  '"train.epochs" = 1\n"recovery.epochs" = 0\n')
+  return path
+
+
+def test_inputs_and_caches_that_are_not_files_or_directories_are_one_line(tmp_path, capsys,
+                                                                          monkeypatch):
+  """A directory where a TOML file goes, and a compile cache that cannot be a directory: one
+  line naming the path (or XDG_CACHE_HOME), exit 2, before anything trains."""
+  from synthpart.cli import main
+  afile = tmp_path / "afile"
+  afile.write_text("mine")
+  good = _sweep_file(tmp_path / "good.toml")
+  out = tmp_path / "out"
+  cases = [
+      (["sweep", str(_sweep_file(tmp_path / "dot.toml", ".")), "--out", str(out)],
+       f"sweep base config {tmp_path} is a directory; give a file"),
+      (["sweep", str(tmp_path), "--out", str(out)], f"sweep file {tmp_path} is a directory"),
+      (["budget", str(tmp_path), "--out", str(out)], f"budget file {tmp_path} is a directory"),
+      (["sweep", str(good), "--out", str(out), "--compile-cache", str(afile)],
+       f"--compile-cache {afile} exists and is not a directory"),
+      (["sweep", str(good), "--out", str(out), "--compile-cache", str(afile / "sub")],
+       f"--compile-cache {afile}/sub cannot be created (Not a directory)"),
+  ]
+  for argv, words in cases:
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+  monkeypatch.setenv("XDG_CACHE_HOME", str(afile))
+  assert main(["sweep", str(good), "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and f"XDG_CACHE_HOME={afile}: the compile cache" in err, err
+  assert afile.read_text() == "mine" and not out.exists()

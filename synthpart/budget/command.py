@@ -11,7 +11,7 @@ from synthpart.budget.plan import load_budget
 from synthpart.budget.run import budget_jobs, pending_jobs, run_budget
 from synthpart.budget.summary import budget_markdown
 from synthpart.rundir import refuse_foreign
-from synthpart.sweep.command import default_cache_dir, enable_compile_cache
+from synthpart.sweep.command import enable_compile_cache
 from synthpart.sweep.run import RunOptions
 
 
@@ -45,7 +45,7 @@ def _budget_command(args: argparse.Namespace) -> int:
     print(f"{len(budget.methods)} methods x {budget.grid_size} budgets x {len(budget.seeds)} "
           f"seeds, and {len(budget.seeds)} reference runs: {len(every)} runs")
     return 0
-  enable_compile_cache(args.compile_cache or default_cache_dir())
+  enable_compile_cache(args.compile_cache)
   start = time.perf_counter()
   analysis = run_budget(budget, out, RunOptions(
       devices=args.devices, verbose=args.verbose and not args.quiet,

@@ -10,7 +10,8 @@ Failures that may pass (an interrupted transfer, a timeout, a reset connection, 
 others (HTTP 404, a refused connection, an unknown host) fail at once. `fetch_any` tries a file's
 URLs in turn and, if all fail, names every one with its reason.
 
-`SYNTHPART_MIRROR` (a base URL) replaces the published URLs: a file is then fetched from
+`SYNTHPART_MIRROR` (an http(s) base URL; anything else is refused) replaces the published URLs:
+a file is then fetched from
 `$SYNTHPART_MIRROR/<file name>`.
 """
 
@@ -22,11 +23,12 @@ import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from synthpart.errors import DataError
+from synthpart.errors import ConfigError, DataError
 
 MIRROR_ENV = "SYNTHPART_MIRROR"
 # Seconds before the first retry; each further wait doubles, up to the maximum.
@@ -64,9 +66,19 @@ def _one_line(text: object) -> str:
 
 
 def urls_for(filename: str, urls: Sequence[str], mirror: str | None = None) -> tuple[str, ...]:
-  """The URLs to try for a file: the mirror's alone when one is set (argument, else env)."""
+  """The URLs to try for a file: the mirror's alone when one is set (argument, else env).
+
+  Raises:
+    ConfigError: the mirror is not an http(s) URL with a host (it names SYNTHPART_MIRROR where
+      the environment set it); other schemes are refused, not tried.
+  """
+  where = "mirror" if mirror is not None else MIRROR_ENV
   mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
   if mirror:
+    parts = urllib.parse.urlsplit(mirror.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+      raise ConfigError(f"{where} must be an http:// or https:// URL with a host, got "
+                        f"{mirror!r}")
     return (f"{mirror.rstrip('/')}/{filename}",)
   return tuple(urls)
 

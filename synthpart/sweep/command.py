@@ -42,15 +42,32 @@ def default_cache_dir() -> str:
   return str(Path(root) / "synthpart" / "jax")
 
 
-def enable_compile_cache(directory: str) -> None:
-  """Turns on JAX's on-disk compilation cache for this process ("none": leaves it off).
+def enable_compile_cache(directory: str | None = None) -> None:
+  """Turns on JAX's on-disk compilation cache for this process in `directory` (`--compile-cache`;
+  None: `default_cache_dir()`; "none": leaves it off).
 
   A sweep compiles the same loops over and over (a new seed or kappa changes values, not
-  shapes); the cache turns those compiles into reads.
+  shapes); the cache turns those compiles into reads. A directory that cannot be made is a
+  one-line `ConfigError` naming the flag or XDG_CACHE_HOME, before anything trains.
   """
-  if directory.lower() == "none":
+  if directory is not None and directory.lower() == "none":
     return
-  Path(directory).mkdir(parents=True, exist_ok=True)
+  if directory is None:
+    directory = default_cache_dir()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    culprit = f"the compile cache {directory}"
+    if xdg:
+      culprit = f"XDG_CACHE_HOME={xdg}: {culprit}"
+    fix = "set XDG_CACHE_HOME to a directory, or give --compile-cache DIR or none"
+  else:
+    culprit = f"--compile-cache {directory}"
+    fix = "give a directory synthpart can create, or none"
+  try:
+    Path(directory).mkdir(parents=True, exist_ok=True)
+  except FileExistsError:
+    raise ConfigError(f"{culprit} exists and is not a directory; {fix}") from None
+  except OSError as e:
+    raise ConfigError(f"{culprit} cannot be created ({e.strerror}); {fix}") from None
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -71,7 +88,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
       print(f"{'done ' if done else 'to do'}  {job.directory}")
     print(f"{len(points)} points x {len(sweep.seeds)} seeds: {len(todo)} runs")
     return 0
-  enable_compile_cache(args.compile_cache or default_cache_dir())
+  enable_compile_cache(args.compile_cache)
   start = time.perf_counter()
   summary = run_sweep(sweep, args.out, RunOptions(
       devices=args.devices, verbose=args.verbose and not args.quiet,

@@ -104,13 +104,17 @@ PARSERS: dict[str, Callable[[str], Any]] = {"JSON": json.loads, "TOML": tomllib.
 
 
 def read_document(path: Path, kind: str, what: str = "") -> Any:
-  """A JSON or TOML file (`kind`) parsed; missing or malformed, a one-line `ConfigError`
-  naming it (`what`, e.g. "sweep file", before its path)."""
+  """A JSON or TOML file (`kind`) parsed; missing, a directory, unreadable or malformed, a
+  one-line `ConfigError` naming it (`what`, e.g. "sweep file", before its path)."""
   where = f"{what} {path}" if what else str(path)
   try:
     return PARSERS[kind](path.read_text())
   except FileNotFoundError:
     raise ConfigError(f"{where} does not exist") from None
+  except IsADirectoryError:
+    raise ConfigError(f"{where} is a directory; give a file") from None
+  except OSError as e:
+    raise ConfigError(f"{where} cannot be read: {e.strerror}") from None
   except ValueError as e:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
     raise ConfigError(f"{where} is not valid {kind}: {e}") from None
 
@@ -193,12 +197,16 @@ def baseline_config(config: config_lib.Config) -> config_lib.Config:
   """The config with every partition-only setting at its default and no cuts.
 
   Conventional training reads none of those, so points that differ only in them share one
-  baseline run per seed.
+  baseline run per seed. It trains the whole network on the first segment's device group, so
+  its placement is that group's size, as `devices_per_segment` of its one segment (per-segment
+  `placement.groups` would not fit a network without cuts).
   """
   default = config_lib.Config()
+  first = config.placement.sizes(config.model.num_segments)[0]
+  placement = dataclasses.replace(config.placement, groups=(), devices_per_segment=first)
   return dataclasses.replace(
       config, model=dataclasses.replace(config.model, cuts=()), sil=default.sil, segments=(),
-      recovery=default.recovery, schedule=default.schedule)
+      recovery=default.recovery, schedule=default.schedule, placement=placement)
 
 
 def baseline_name(config: config_lib.Config) -> str:

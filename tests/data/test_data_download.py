@@ -13,7 +13,7 @@ import pytest
 
 from synthpart.data import download, idx, load_dataset, sources
 from synthpart.data.registry import Remote, get_spec
-from synthpart.errors import DataError
+from synthpart.errors import ConfigError, DataError
 
 PAYLOAD = bytes(range(256)) * 400  # 100 kB: several reads, so an interruption is mid-file
 
@@ -362,3 +362,16 @@ def test_fetch_any_with_one_url_gives_its_error(tmp_path, http_server):
 def test_fetch_any_without_urls(tmp_path):
   with pytest.raises(DataError, match=r"^f\.bin: no URL to download it from$"):
     download.fetch_any([], tmp_path / "f.bin")
+
+
+@pytest.mark.parametrize("mirror", ["not a url", "ftp://127.0.0.1:21", "http://", "file:///tmp"])
+def test_a_mirror_that_is_not_an_http_url_is_one_line(isolated, monkeypatch, capsys, mirror):
+  """Refused before any connection: no urllib error, no hang on a scheme urllib would try."""
+  from synthpart.cli import main
+  monkeypatch.setenv("SYNTHPART_MIRROR", mirror)
+  assert main(["data", "download", "mnist"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "SYNTHPART_MIRROR must be an http:// or https:// URL" in err
+  assert repr(mirror) in err
+  with pytest.raises(ConfigError, match=r"^mirror must be an http"):
+    download.urls_for("a.gz", ("https://x/a.gz",), mirror)
