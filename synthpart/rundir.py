@@ -263,6 +263,28 @@ def refuse_foreign(root: Path, kind: str) -> None:
                           "into another command's directory: choose another --out")
 
 
+# What else a command's directory holds besides its marker, where the marker alone is a common
+# name for a file of the user's (a config.json, a report.md of a project): above or below an
+# --out, a directory counts as the command's only with one of these too.
+_EVIDENCE: dict[str, tuple[str, ...]] = {
+  "run": ("results.json", "log.txt", "checkpoints"),
+  "export": ("params", "model.jax"),
+  "bench": ("bench.md",),
+  "report": ("figures",),
+}
+
+
+def _nested_kind(root: Path) -> tuple[str, str] | None:
+  """`dir_kind(root)`, where the marker is backed by the command's other files (`_EVIDENCE`)."""
+  found = dir_kind(root)
+  if found is None or found[0] not in _EVIDENCE or found[1] in _EVIDENCE[found[0]]:
+    return found
+  try:
+    return found if any((root / name).exists() for name in _EVIDENCE[found[0]]) else None
+  except OSError:
+    return None
+
+
 def refuse_nesting(root: Path, kind: str, inside: str | None = None) -> None:
   """Refuses, in one line (`CheckpointError`), an `--out` for a directory of `kind` that lies
   inside another command's directory (an ancestor holding a marker of `DIR_KINDS`), or that
@@ -281,7 +303,7 @@ def refuse_nesting(root: Path, kind: str, inside: str | None = None) -> None:
   except OSError:
     return  # `lock_run_dir` says why
   for ancestor in real.parents:
-    found = dir_kind(ancestor)
+    found = _nested_kind(ancestor)
     if found is not None and found[0] not in allowed:
       raise CheckpointError(f"--out {root} lies inside {ancestor}, the directory of synthpart "
                             f"{_COMMANDS[found[0]]} ({found[1]} is in it); synthpart "
@@ -295,7 +317,7 @@ def refuse_nesting(root: Path, kind: str, inside: str | None = None) -> None:
     subdirs.sort()
     for name in list(subdirs):
       below = Path(directory) / name
-      found = dir_kind(below)
+      found = _nested_kind(below)
       if found is not None and found[0] not in nested:
         shown = Path(root) / below.relative_to(real)
         raise CheckpointError(f"--out {root} holds {shown}, the directory of synthpart "

@@ -78,6 +78,7 @@ def test_bench_claims_its_out_before_it_runs(tmp_path, capsys, monkeypatch):
   run = tmp_path / "run"
   run.mkdir()
   (run / "config.json").write_text("{}")
+  (run / "results.json").write_text("{}")
   (tmp_path / "afile").write_text("mine")
   earlier = tmp_path / "earlier"
   earlier.mkdir()
@@ -88,7 +89,7 @@ def test_bench_claims_its_out_before_it_runs(tmp_path, capsys, monkeypatch):
     assert main(["bench", "paper", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
-  assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+  assert sorted(p.name for p in run.iterdir()) == ["config.json", "results.json"]
   assert (tmp_path / "afile").read_text() == "mine"
   assert (earlier / "bench.json").read_text() == '{"earlier": 1}'
   assert "bench.json" in rundir.DIR_KINDS["bench"]

@@ -218,7 +218,23 @@ def _directory(root: Path, kind: str) -> Path:
   (root / rundir.DIR_KINDS[kind][0]).write_text("{}")
   if kind == "launch":  # a launch writes a results.json too
     (root / "results.json").write_text("{}")
+  evidence = {"run": "log.txt", "export": "model.jax", "bench": "bench.md", "report": "figures"}
+  if kind in evidence:  # what the command writes besides its marker
+    (root / evidence[kind]).mkdir()
   return root
+
+
+def test_a_users_files_named_like_markers_do_not_make_a_commands_directory(tmp_path):
+  project = tmp_path / "project"
+  project.mkdir()
+  for name in ("config.json", "model.json", "report.md", "bench.json"):
+    (project / name).write_text("the user's")
+  (project / "docs" / "api").mkdir(parents=True)
+  (project / "docs" / "api" / "config.json").write_text("the user's")
+  with rundir.claim(project / "runs" / "a", "run"):
+    pass
+  with rundir.claim(project / "docs", "sweep"):
+    pass
 
 
 def test_each_kind_refuses_the_others_directories(tmp_path):
