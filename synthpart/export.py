@@ -55,7 +55,7 @@ from synthpart.model import (
   whole_network,
 )
 from synthpart.partition import SegmentSpec, plan_segments
-from synthpart.rundir import claim
+from synthpart.rundir import claim, refuse_nesting
 from synthpart.setup import prepare_fingerprinted
 from synthpart.train.loop import TrainState
 from synthpart.train.objectives import Constants, preprocess_pixels
@@ -301,13 +301,20 @@ def export_model(run_dir: str | Path, method: str, out: str | Path,
                  overwrite: bool = False) -> Path:
   """Writes `method`'s trained network from `run_dir` to `out` (see the module docstring).
 
-  Holds the run directory (`synthpart.rundir.claim`: no training may write into it meanwhile)
-  and `out`'s parent (one export at a time) until the export is in place.
+  Holds the run directory (`synthpart.rundir.claim`: no training may write into it meanwhile;
+  a run of a sweep or budget too) unless it is not writable (a read-only file system, another
+  user's run: nothing can write into it then), and `out`'s parent (one export at a time) until
+  the export is in place. `out` inside another command's directory, or holding one, is refused
+  (`synthpart.rundir.refuse_nesting`).
   """
   run_dir, out = Path(run_dir), _check_out(Path(out), overwrite)
   if not (run_dir / "results.json").is_file():
     _read_run(run_dir)  # its one line: no run, or not a file
-  with claim(run_dir, "run"), _exporting_into(out):
+  refuse_nesting(out, "export")
+  held = (claim(run_dir, "run", inside="sweep") if os.access(run_dir, os.W_OK | os.X_OK)
+          else contextlib.nullcontext())
+  with held, _exporting_into(out):
+    refuse_nesting(out, "export")  # again, now that no other export writes beside it
     return _export_locked(run_dir, method, _check_out(out, overwrite), overwrite)
 
 

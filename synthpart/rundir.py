@@ -6,8 +6,10 @@ Every command that writes a directory claims it first (`claim(root, kind)`): the
 however the process ends, and a refusal of a directory another command wrote. `DIR_KINDS` tells
 the kinds apart by their marker files: a run (`train`, `compare`: config.json, results.json), a
 sweep (sweep.json), a budget search (budget.json), a launch (launch.json), an exported model
-(model.json). A sweep's runs and a budget's sweeps are the command's own directories inside its
-own; no other command claims them.
+(model.json), a benchmark (bench.json), a report written elsewhere than its run (report.md).
+A sweep's runs and a budget's sweeps (and their runs) are the command's own directories inside
+its own (`OWN_NESTINGS`); no other command claims a directory inside another command's, or one
+holding another command's directory below it (`refuse_nesting`).
 
 A run directory::
 
@@ -230,9 +232,13 @@ DIR_KINDS: dict[str, tuple[str, ...]] = {
   "budget": ("budget.json",),
   "sweep": ("sweep.json",),
   "run": ("config.json", "results.json"),
+  "bench": ("bench.json",),
+  "report": ("report.md",),
 }
 _COMMANDS = {"launch": "launch", "export": "export", "budget": "budget", "sweep": "sweep",
-             "run": "train or compare"}
+             "run": "train or compare", "bench": "bench", "report": "report"}
+# The commands' own nestings: the kinds of directory each kind's command makes inside its own.
+OWN_NESTINGS: dict[str, tuple[str, ...]] = {"sweep": ("run",), "budget": ("sweep", "run")}
 
 
 def dir_kind(root: Path) -> tuple[str, str] | None:
@@ -261,19 +267,85 @@ def refuse_foreign(root: Path, kind: str) -> None:
                           "into another command's directory: choose another --out")
 
 
-def claim(root: Path, kind: str) -> RunLock:
+# What else a command's directory holds besides its marker, where the marker alone is a common
+# name for a file of the user's (a config.json, a report.md of a project): above or below an
+# --out, a directory counts as the command's only with one of these too.
+_EVIDENCE: dict[str, tuple[str, ...]] = {
+  "run": ("results.json", "log.txt", "checkpoints"),
+  "export": ("params", "model.jax"),
+  "bench": ("bench.md",),
+  "report": ("figures",),
+}
+
+
+def _nested_kind(root: Path) -> tuple[str, str] | None:
+  """`dir_kind(root)`, where the marker is backed by the command's other files (`_EVIDENCE`)."""
+  found = dir_kind(root)
+  if found is None or found[0] not in _EVIDENCE or found[1] in _EVIDENCE[found[0]]:
+    return found
+  try:
+    return found if any((root / name).exists() for name in _EVIDENCE[found[0]]) else None
+  except OSError:
+    return None
+
+
+def refuse_nesting(root: Path, kind: str, inside: str | None = None) -> None:
+  """Refuses, in one line (`CheckpointError`), an `--out` for a directory of `kind` that lies
+  inside another command's directory (an ancestor holding a marker of `DIR_KINDS`), or that
+  holds one below it at any depth (which an --overwrite would move or a write would mix with).
+
+  `inside`: the kind of directory whose own command makes `root` in it (a sweep its runs, a
+  budget its sweeps; `OWN_NESTINGS`): ancestors of that kind, and of the kinds that nest it,
+  are allowed then. A directory already of `kind` may hold its command's own nestings.
+  """
+  if inside is not None and kind not in OWN_NESTINGS.get(inside, ()):
+    raise ValueError(f"a {inside} directory holds no {kind} directories of its own")
+  allowed = () if inside is None else (inside, *(k for k, v in OWN_NESTINGS.items()
+                                                 if inside in v))
+  try:
+    real = Path(os.path.realpath(root))
+  except OSError:
+    return  # `lock_run_dir` says why
+  for ancestor in real.parents:
+    found = _nested_kind(ancestor)
+    if found is not None and found[0] not in allowed:
+      raise CheckpointError(f"--out {root} lies inside {ancestor}, the directory of synthpart "
+                            f"{_COMMANDS[found[0]]} ({found[1]} is in it); synthpart "
+                            f"{_COMMANDS[kind]} does not write into another command's "
+                            "directory: choose an --out outside it")
+  if not real.is_dir():
+    return
+  own = dir_kind(real)
+  nested = OWN_NESTINGS.get(kind, ()) if own is not None and own[0] == kind else ()
+  for directory, subdirs, _ in os.walk(real):
+    subdirs.sort()
+    for name in list(subdirs):
+      below = Path(directory) / name
+      found = _nested_kind(below)
+      if found is not None and found[0] not in nested:
+        shown = Path(root) / below.relative_to(real)
+        raise CheckpointError(f"--out {root} holds {shown}, the directory of synthpart "
+                              f"{_COMMANDS[found[0]]} ({found[1]} is in it); synthpart "
+                              f"{_COMMANDS[kind]} does not write over another command's "
+                              "directory: move it or choose another --out")
+
+
+def claim(root: Path, kind: str, inside: str | None = None) -> RunLock:
   """Claims directory `root` for a command writing a directory of `kind` (a key of `DIR_KINDS`):
   takes its exclusive lock (`lock_run_dir`, creating `root` where it is missing), then refuses a
-  directory of another kind (`refuse_foreign`), letting go of the lock again. Call it before
-  writing anything into `root`, and hold the lock returned until the command ends.
+  directory of another kind (`refuse_foreign`) and one inside or holding another command's
+  directory (`refuse_nesting`; `inside`: see there), letting go of the lock again. Call it
+  before writing anything into `root`, and hold the lock returned until the command ends.
 
   Raises `CheckpointError`, having written nothing, where another process holds `root`, where
   another command wrote it, or where it cannot be a directory.
   """
   refuse_foreign(root, kind)  # before the lock too: a foreign directory gets no lock file
+  refuse_nesting(root, kind, inside)
   lock = lock_run_dir(root)
   try:
     refuse_foreign(root, kind)  # again under the lock: no other command can write it now
+    refuse_nesting(root, kind, inside)
   except BaseException:
     lock.release()
     raise

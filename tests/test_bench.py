@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from synthpart import bench
+from synthpart import bench, rundir
 from synthpart.cli import main
 from synthpart.model import whole_network
 from synthpart.progress import Progress
@@ -68,3 +68,28 @@ def test_mixed_precision_bench_suite_runs():
   loops = bench.run_suite(suite, size, problem, repeats=1, kinds=("conventional",))
   assert [loop["loop"] for loop in loops] == ["conventional"]
   assert loops[0]["samples_per_s"] > 0
+
+
+def test_bench_claims_its_out_before_it_runs(tmp_path, capsys, monkeypatch):
+  def ran(*args, **kwargs):
+    raise AssertionError("the benchmark ran")
+
+  monkeypatch.setattr("synthpart.bench.command.run_suite", ran)
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text("{}")
+  (run / "results.json").write_text("{}")
+  (tmp_path / "afile").write_text("mine")
+  earlier = tmp_path / "earlier"
+  earlier.mkdir()
+  (earlier / "bench.json").write_text('{"earlier": 1}')
+  for out, words in [(run, "another command's directory"), (tmp_path / "afile",
+                                                             "not a directory"),
+                     (run / "sub", "lies inside"), (earlier, "earlier benchmark")]:
+    assert main(["bench", "paper", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+  assert sorted(p.name for p in run.iterdir()) == ["config.json", "results.json"]
+  assert (tmp_path / "afile").read_text() == "mine"
+  assert (earlier / "bench.json").read_text() == '{"earlier": 1}'
+  assert "bench.json" in rundir.DIR_KINDS["bench"]

@@ -297,3 +297,28 @@ def test_float_inputs_are_not_divided_by_255(tmp_path):
                "recovery.batch_size=16", "-q", "--out",
                str(out)]) == 0
   assert json.loads((out / "results.json").read_text())["dataset"]["input_scale"] == 1.0
+
+
+def test_a_read_only_run_is_exported_without_its_claim(digits_run, tmp_path, capsys,
+                                                       monkeypatch):
+  # --out inside another command's directory (the run's own) is refused, nothing written
+  before = sorted(p.name for p in digits_run.iterdir())
+  assert main(["export", str(digits_run), "--method", "conventional",
+               "--out", str(digits_run / "exported")]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "lies inside" in err, err
+  assert sorted(p.name for p in digits_run.iterdir()) == before
+  real_access = os.access
+  run = os.path.realpath(digits_run)
+
+  def access(path, mode):  # as on a read-only file system, or another user's run
+    return False if os.path.realpath(path) == run else real_access(path, mode)
+
+  def claimed(*args, **kwargs):
+    raise AssertionError("claimed the read-only run")
+
+  monkeypatch.setattr("synthpart.export.os.access", access)
+  monkeypatch.setattr("synthpart.export.claim", claimed)
+  out = tmp_path / "model"
+  assert main(["export", str(digits_run), "--method", "conventional", "--out", str(out)]) == 0
+  assert (out / "model.json").is_file()

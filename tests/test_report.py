@@ -219,3 +219,27 @@ def test_cli_writes_tensorboard_and_report(tmp_path, capsys):
   assert any((out / "tensorboard" / "pnn-sequential").iterdir())
   assert main(["report", str(out), "--no-memory"]) == 0
   assert (out / "report.md").exists()
+
+
+def test_report_elsewhere_claims_its_out(tmp_path, document, capsys, monkeypatch):
+  from synthpart.cli import main
+  run = write_run(tmp_path / "r1", document)
+  other = write_run(tmp_path / "r2", document)
+  before = sorted(p.name for p in other.iterdir())
+  (tmp_path / "afile").write_text("mine")
+  for out, words in [(other, "another command's directory"), (tmp_path / "afile",
+                                                               "not a directory"),
+                     (other / "figures", "lies inside")]:
+    assert main(["report", str(run), "--out", str(out), "--no-memory"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+  assert sorted(p.name for p in other.iterdir()) == before
+  assert (tmp_path / "afile").read_text() == "mine"
+
+  def read_only(path, text):
+    raise OSError(30, "Read-only file system", str(path))
+
+  monkeypatch.setattr("synthpart.report.markdown.write_text_atomic", read_only)
+  assert main(["report", str(run), "--no-memory"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "report.md cannot be written: Read-only" in err, err

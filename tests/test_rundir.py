@@ -218,7 +218,23 @@ def _directory(root: Path, kind: str) -> Path:
   (root / rundir.DIR_KINDS[kind][0]).write_text("{}")
   if kind == "launch":  # a launch writes a results.json too
     (root / "results.json").write_text("{}")
+  evidence = {"run": "log.txt", "export": "model.jax", "bench": "bench.md", "report": "figures"}
+  if kind in evidence:  # what the command writes besides its marker
+    (root / evidence[kind]).mkdir()
   return root
+
+
+def test_a_users_files_named_like_markers_do_not_make_a_commands_directory(tmp_path):
+  project = tmp_path / "project"
+  project.mkdir()
+  for name in ("config.json", "model.json", "report.md", "bench.json"):
+    (project / name).write_text("the user's")
+  (project / "docs" / "api").mkdir(parents=True)
+  (project / "docs" / "api" / "config.json").write_text("the user's")
+  with rundir.claim(project / "runs" / "a", "run"):
+    pass
+  with rundir.claim(project / "docs", "sweep"):
+    pass
 
 
 def test_each_kind_refuses_the_others_directories(tmp_path):
@@ -235,7 +251,7 @@ def test_each_kind_refuses_the_others_directories(tmp_path):
       assert f"{rundir.DIR_KINDS[found][0]} is in it" in str(e.value)
       assert _tree(root) == before  # not even a lock file
   with pytest.raises(ValueError, match="unknown kind"):
-    rundir.claim(tmp_path / "x", "report")
+    rundir.claim(tmp_path / "x", "nothing")
 
 
 def test_a_commands_own_nestings_are_allowed(tmp_path):
@@ -243,10 +259,74 @@ def test_a_commands_own_nestings_are_allowed(tmp_path):
   _a_run(sweep / "point" / "seed-0")  # a sweep's runs
   budget = _directory(tmp_path / "budget", "budget")
   _directory(budget / "reference", "sweep")  # a budget's sweeps
-  for root, kind in [(sweep, "sweep"), (sweep / "point" / "seed-0", "run"),
-                     (budget, "budget"), (budget / "reference", "sweep")]:
-    with rundir.claim(root, kind):
+  _a_run(budget / "reference" / "point" / "seed-0")  # and their runs
+  for root, kind, inside in [(sweep, "sweep", None), (sweep / "point" / "seed-0", "run", "sweep"),
+                             (budget, "budget", None), (budget / "reference", "sweep", "budget"),
+                             (budget / "reference" / "point" / "seed-0", "run", "sweep")]:
+    with rundir.claim(root, kind, inside=inside):
       pass
+  # ...made by the sweep or budget itself: a user's --out there is another command's
+  for root, kind in [(sweep / "point" / "seed-1", "run"), (budget / "sequential", "sweep"),
+                     (budget / "sweep" / "point" / "seed-0", "run")]:
+    with pytest.raises(CheckpointError, match="lies inside"):
+      rundir.claim(root, kind)
+    assert not root.exists()
+
+
+def test_no_directory_inside_another_commands(tmp_path):
+  for outer in rundir.DIR_KINDS:
+    root = _directory(tmp_path / outer, outer)
+    before = _tree(root)
+    for kind in ("run", "sweep", "export", "bench", "report"):
+      inner = root / "checkpoints" / "mine"
+      with pytest.raises(CheckpointError, match="lies inside") as e:
+        rundir.claim(inner, kind)
+      assert f"{root}, the directory of synthpart" in str(e.value)
+      assert f"({rundir.DIR_KINDS[outer][0]} is in it)" in str(e.value)
+      assert _tree(root) == before  # nothing created in it
+
+
+def test_no_directory_over_another_commands(tmp_path):
+  run = tmp_path / "r1"
+  _a_run(run)
+  _a_run(run / "checkpoints" / "mine")  # a run made inside it, by hand or by an older version
+  export = _directory(tmp_path / "e0", "export")
+  _a_run(export / "params" / "myrun")
+  plain = tmp_path / "plain"
+  _directory(plain / "a" / "b" / "sweep", "sweep")
+  unmarked_sweep = tmp_path / "s"
+  _a_run(unmarked_sweep / "point" / "seed-0")  # runs, but no sweep.json: not a sweep's own
+  for root, kind, inner in [(run, "run", run / "checkpoints" / "mine"),
+                            (export, "export", export / "params" / "myrun"),
+                            (plain, "run", plain / "a" / "b" / "sweep"),
+                            (plain, "budget", plain / "a" / "b" / "sweep"),
+                            (unmarked_sweep, "sweep", unmarked_sweep / "point" / "seed-0")]:
+    before = _tree(root)
+    with pytest.raises(CheckpointError, match="does not write over") as e:
+      rundir.claim(root, kind)
+    assert f"holds {inner}, the directory of synthpart" in str(e.value)
+    assert _tree(root) == before
+
+
+def test_train_refuses_out_inside_or_over_another_commands_directory(tmp_path, capsys):
+  run = tmp_path / "r1"
+  _a_run(run)
+  sweep = _directory(tmp_path / "sweep", "sweep")
+  tiny = ["--dataset", "digits", "--hidden", "32,32", "--cuts", "1", "--epochs", "1",
+          "--recovery-epochs", "0", "-q"]
+  for out, extra in [(run / "checkpoints" / "mine", []), (sweep / "x" / "seed-0", []),
+                     (tmp_path / "e0" / "params" / "myrun", [])]:
+    if out.parts[-3] == "e0":
+      _directory(tmp_path / "e0", "export")
+    assert cli.main(["train", *tiny, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lies inside" in err, err
+    assert not out.exists()
+  _a_run(tmp_path / "holder" / "nested")
+  before = _tree(tmp_path / "holder")
+  assert cli.main(["train", *tiny, "--out", str(tmp_path / "holder"), "--overwrite"]) == 2
+  assert "holds" in capsys.readouterr().err
+  assert _tree(tmp_path / "holder") == before
 
 
 _HOLDER = """

@@ -1,7 +1,9 @@
 """`synthpart bench SUITE`: throughput, FLOP/s, compile time and memory of every training loop.
 
 The command runs a suite's loops (`synthpart.bench.loops`), adds the compiled memory of every
-method (`synthpart.bench.compiled`) unless told not to, and writes bench.json and bench.md.
+method (`synthpart.bench.compiled`) unless told not to, and writes bench.json and bench.md into
+--out, which it claims before the benchmark runs (`synthpart.rundir.claim`, kind "bench"): another
+command's directory is refused, and an earlier benchmark is replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from synthpart.bench.loops import (
   LOOP_KINDS,
   SUITES,
   Size,
+  Suite,
   machine,
   real_subset,
   run_suite,
@@ -26,6 +29,7 @@ from synthpart.bench.loops import (
 )
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic, write_text_atomic
+from synthpart.rundir import claim
 from synthpart.setup import select_devices
 from synthpart.train.problem import make_problem
 
@@ -102,7 +106,10 @@ def add_bench_command(
                  help="skip the per-method, per-device memory report (it compiles every "
                       "method once more, without running it)")
   p.add_argument("--out", default=None, metavar="DIR",
-                 help="where bench.json and bench.md go (default runs/bench-SUITE-TIME)")
+                 help="where bench.json and bench.md go (default runs/bench-SUITE-TIME); "
+                      "a directory of another command is refused")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an earlier benchmark's bench.json and bench.md in --out")
   p.set_defaults(func=run_bench_command)
   return p
 
@@ -135,6 +142,17 @@ def run_bench_command(args: argparse.Namespace) -> int:
   kinds = _loop_kinds(args.loops)
   suite = SUITES[args.suite]
   overrides = _overrides(args.set)
+  out = Path(args.out or f"runs/bench-{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+  with claim(out, "bench"):  # before the benchmark runs: a directory it may not write refused
+    earlier = [name for name in ("bench.json", "bench.md") if (out / name).exists()]
+    if earlier and not args.overwrite:
+      raise ConfigError(f"--out {out} holds an earlier benchmark ({', '.join(earlier)}); "
+                        "choose another --out or pass --overwrite to replace it")
+    return _run_bench(args, suite, kinds, overrides, out)
+
+
+def _run_bench(args: argparse.Namespace, suite: Suite, kinds: list[str],
+               overrides: dict[str, Any], out: Path) -> int:
   devices = select_devices(args.devices, len(suite.cuts) + 1)
   size = suite.size(jax.default_backend(), args.full)
   size = Size(tuple(args.width or w for w in size.hidden), args.batch_size or size.batch_size,
@@ -160,7 +178,6 @@ def run_bench_command(args: argparse.Namespace) -> int:
                 "scaled_for_cpu": size.hidden != suite.accelerator.hidden
                 and not args.width},
       "config": config.to_dict(), "machine": machine(), "loops": loops, "memory": memory}
-  out = Path(args.out or f"runs/bench-{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}")
   write_json_atomic(out / "bench.json", document)
   markdown = format_markdown(document)
   write_text_atomic(out / "bench.md", markdown)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from synthpart.report.sections import (
   setting_title,
   settings_line,
 )
+from synthpart.rundir import claim
 from synthpart.sweep.grid import read_document, value_label
 from synthpart.sweep.summary import summarize, summary_markdown
 
@@ -49,13 +51,27 @@ def write_report(directory: str | Path, out: str | Path | None = None,
   """Writes report.md (and figures/) for a run or sweep directory; returns report.md's path.
 
   `memory`: draw the memory figure from the memory the runs recorded. Every file the report
-  reads is checked first (`check_directory`): a damaged one is a `DataError` naming it.
+  reads is checked first (`check_directory`): a damaged one is a `DataError` naming it. An `out`
+  other than `directory` is claimed (`synthpart.rundir.claim`, kind "report"): locked while the
+  report is written, and refused where another command wrote it; an `out` that cannot be
+  written is a `ConfigError` naming it.
   """
   directory = Path(directory)
   if not directory.is_dir():
     raise ConfigError(f"{directory} is not a directory")
   out = Path(out) if out is not None else directory
   check_directory(directory)
+  try:
+    if os.path.realpath(out) == os.path.realpath(directory):
+      return _write_report(directory, out, memory)  # the run's (or sweep's) own report
+    with claim(out, "report"):  # elsewhere: no other command's directory, one report at a time
+      return _write_report(directory, out, memory)
+  except OSError as e:
+    raise ConfigError(f"--out {e.filename or out} cannot be written: "
+                      f"{e.strerror or e}") from None
+
+
+def _write_report(directory: Path, out: Path, memory: bool) -> Path:
   if (directory / "budget.json").exists():
     text = budget_report(directory, out)
   elif (directory / "sweep.json").exists():
