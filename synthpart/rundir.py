@@ -53,7 +53,7 @@ from synthpart.config import Config
 from synthpart.data import check_fingerprint
 from synthpart.errors import CheckpointError
 from synthpart.files import write_json_atomic
-from synthpart.trash import empty_trash, move_aside, pending_trash, put_back
+from synthpart.trash import empty_trash, move_aside, pending_trash, put_back, recorded_trash
 
 LOCK_FILE = ".lock"
 # config.json's key for the fingerprint of the run's data (`synthpart.data.fingerprint`).
@@ -303,9 +303,13 @@ def refuse_nesting(root: Path, kind: str, inside: str | None = None) -> None:
   allowed = () if inside is None else (inside, *(k for k, v in OWN_NESTINGS.items()
                                                  if inside in v))
   try:
-    real = Path(os.path.realpath(root))
+    _refuse_nesting(root, kind, allowed)
   except OSError:
-    return  # `lock_run_dir` says why
+    return  # a name too long, a loop of links: `lock_run_dir` says why
+
+
+def _refuse_nesting(root: Path, kind: str, allowed: Sequence[str]) -> None:
+  real = Path(os.path.realpath(root))
   for ancestor in real.parents:
     found = _nested_kind(ancestor)
     if found is not None and found[0] not in allowed:
@@ -317,8 +321,9 @@ def refuse_nesting(root: Path, kind: str, inside: str | None = None) -> None:
     return
   own = dir_kind(real)
   nested = OWN_NESTINGS.get(kind, ()) if own is not None and own[0] == kind else ()
+  trash = {real / name for name in recorded_trash(real)}  # an earlier run, being replaced
   for directory, subdirs, _ in os.walk(real):
-    subdirs.sort()
+    subdirs[:] = sorted(n for n in subdirs if Path(directory) / n not in trash)
     for name in list(subdirs):
       below = Path(directory) / name
       found = _nested_kind(below)

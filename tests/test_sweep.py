@@ -11,7 +11,7 @@ import pytest
 
 from synthpart import sweep as sweep_lib
 from synthpart.data import fingerprint
-from synthpart.errors import ConfigError, DataError
+from synthpart.errors import CheckpointError, ConfigError, DataError
 from synthpart.sweep import run as sweep_run
 
 from tiny import tiny_dataset
@@ -206,7 +206,9 @@ def test_changed_settings_in_the_same_directory_are_refused(finished):
   hidden = out / "sweep.json.aside"
   (out / "sweep.json").rename(hidden)
   try:
-    with pytest.raises(ConfigError, match=r"results\.json holds results of other settings"):
+    # Runs without their sweep.json: not known to be this sweep's, so not written over.
+    with pytest.raises(CheckpointError, match=r"the directory of synthpart train or compare "
+                       r"\(results\.json is in it\); synthpart sweep does not write over"):
       run(changed, out)
     assert not (out / "sweep.json").exists()
   finally:
