@@ -16,6 +16,10 @@ saved it, once the arrays' names, shapes and dtypes (from orbax's metadata) are 
 expects; a damaged one is one `CheckpointError`, and the reads orbax leaves behind it print
 nothing. Checkpoints are arrays and JSON: never pickles. The run directory around them is
 `synthpart.rundir`'s.
+
+It is over 400 lines because orbax's failures need quieting in three places (a damaged read,
+a full disk, the reads and writes they leave running), kept beside the saves and restores they
+follow.
 """
 
 from __future__ import annotations

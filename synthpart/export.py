@@ -17,6 +17,9 @@ into a temporary directory beside DIR and renamed into place once complete, so D
 whole export or none. DIR must be new or empty; `--overwrite` replaces an earlier export (a
 directory holding model.json and nothing but the export's files), only once the new one is
 complete.
+
+It is over 400 lines because an export is one transaction: checks of the run, the restore,
+the lowering and the atomic write read best together, in that order.
 """
 
 from __future__ import annotations

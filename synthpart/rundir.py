@@ -34,6 +34,9 @@ run and --resume refuse and another --overwrite clears. synthpart deletes only t
 directories it made, whose names it recorded before moving anything into them; an --overwrite
 that cannot move an entry puts back what it had moved and changes nothing. `--overwrite` on a
 directory holding no run moves nothing.
+
+It is over 400 lines because every rule about which directory a command may write is here,
+in one place: the lock, the kinds and their nestings, the overwrite and resume checks.
 """
 
 from __future__ import annotations
