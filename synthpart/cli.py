@@ -50,7 +50,7 @@ from synthpart.data.cli import add_data_commands
 from synthpart.distributed import add_launch_command
 from synthpart.errors import ConfigError, DiskFullError, ResourceError, SynthpartError
 from synthpart.export import export_model
-from synthpart.files import is_disk_full, write_json_atomic
+from synthpart.files import is_disk_full, read_user_text, write_json_atomic
 from synthpart.progress import Progress
 from synthpart.report import add_report_commands
 from synthpart.results import (
@@ -269,18 +269,11 @@ def _read_text(path: Path, what: str) -> str | None:
   """The text of a file a command is about to read, or None where it does not exist (the command
   says so itself); `ConfigError` where it is a directory, unreadable or not UTF-8."""
   try:
-    raw = path.read_bytes()
-  except FileNotFoundError:
-    return None
-  except IsADirectoryError:
-    raise ConfigError(f"{what} {path} is a directory; give a file") from None
-  except OSError as e:
-    raise ConfigError(f"{what} {path} cannot be read: {e.strerror}") from None
-  try:
-    return raw.decode("utf-8-sig")
-  except UnicodeDecodeError as e:
-    raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start} is "
-                      f"{raw[e.start]:#04x})") from None
+    if not path.exists():
+      return None
+  except OSError:
+    pass  # a name too long, say: read_user_text names it
+  return read_user_text(path, f"{what} {path}", ConfigError)
 
 
 def _check_inputs(args: argparse.Namespace) -> None:

@@ -1,4 +1,5 @@
 """Atomic file writes: a reader sees the whole new file or the old one, never half of either.
+And the reading of a file a user gave, with one line for each way it can fail.
 
 Files get the mode a plain `open` would give them (0o666 less the process's umask, so 0o644
 under the usual umask 022 and 0o664 under 002): colleagues sharing a run directory can read
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from synthpart.errors import DiskFullError
+from synthpart.errors import DiskFullError, SynthpartError
 
 # The errors of a device with no space (or quota) left.
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -97,3 +98,26 @@ def write_json_atomic(path: str | os.PathLike, document: Any) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
   """Writes `text` as UTF-8, atomically."""
   write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def read_user_bytes(path: Path, where: str, error: type[SynthpartError]) -> bytes:
+  """The bytes of a file the user named; `error` in one line naming it (`where`, e.g. "results
+  file PATH") where it is missing, a directory or unreadable."""
+  try:
+    return path.read_bytes()
+  except FileNotFoundError:
+    raise error(f"{where} does not exist") from None
+  except IsADirectoryError:
+    raise error(f"{where} is a directory; give a file") from None
+  except OSError as e:
+    raise error(f"{where} cannot be read: {e.strerror}") from None
+
+
+def read_user_text(path: Path, where: str, error: type[SynthpartError]) -> str:
+  """`read_user_bytes` decoded as UTF-8 (a byte order mark allowed); `error` also where it is
+  not UTF-8, naming the first byte that is not."""
+  raw = read_user_bytes(path, where, error)
+  try:
+    return raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise error(f"{where} is not UTF-8 text (byte {e.start} is {raw[e.start]:#04x})") from None

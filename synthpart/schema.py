@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from synthpart.errors import DataError
+from synthpart.files import read_user_text
 
 Schema = str | list[Any] | dict[str, Any]
 
@@ -97,18 +98,7 @@ def read_json(path: Path, what: str) -> Any:
   file", before its path) where it is missing, a directory, unreadable, not UTF-8, not JSON or
   nested deeper than `MAX_DEPTH`."""
   where = f"{what} {path}"
-  try:
-    raw = path.read_bytes()
-  except FileNotFoundError:
-    raise DataError(f"{where} does not exist") from None
-  except IsADirectoryError:
-    raise DataError(f"{where} is a directory; give a file") from None
-  except OSError as e:
-    raise DataError(f"{where} cannot be read: {e.strerror}") from None
-  try:
-    text = raw.decode("utf-8-sig")
-  except UnicodeDecodeError as e:
-    raise DataError(f"{where} is not UTF-8 text (byte {e.start} is {raw[e.start]:#04x})") from None
+  text = read_user_text(path, where, DataError)
   try:
     document = json.loads(text)
   except RecursionError:

@@ -22,6 +22,7 @@ from typing import Any
 from synthpart import config as config_lib
 from synthpart.config import flatten
 from synthpart.errors import ConfigError
+from synthpart.files import read_user_bytes
 
 SCHEDULE_METHODS = ("conventional", *config_lib.SCHEDULES.names)
 WHOLE_METHODS = ("compare", "train")
@@ -107,14 +108,9 @@ def read_document(path: Path, kind: str, what: str = "") -> Any:
   """A JSON or TOML file (`kind`) parsed; missing, a directory, unreadable or malformed, a
   one-line `ConfigError` naming it (`what`, e.g. "sweep file", before its path)."""
   where = f"{what} {path}" if what else str(path)
+  raw = read_user_bytes(path, where, ConfigError)
   try:
-    return PARSERS[kind](path.read_text())
-  except FileNotFoundError:
-    raise ConfigError(f"{where} does not exist") from None
-  except IsADirectoryError:
-    raise ConfigError(f"{where} is a directory; give a file") from None
-  except OSError as e:
-    raise ConfigError(f"{where} cannot be read: {e.strerror}") from None
+    return PARSERS[kind](raw.decode())
   except ValueError as e:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
     raise ConfigError(f"{where} is not valid {kind}: {e}") from None
 
