@@ -52,17 +52,13 @@ from synthpart.errors import ConfigError, DiskFullError, ResourceError, Synthpar
 from synthpart.export import export_model
 from synthpart.files import is_disk_full, read_user_text, write_json_atomic
 from synthpart.progress import Progress
+from synthpart.records import MethodRecord, divergence_reason
 from synthpart.report import add_report_commands
-from synthpart.results import (
-  MethodResult,
-  divergence_reason,
-  format_table,
-  results_document,
-)
+from synthpart.results import format_table, results_document
 from synthpart.setup import add_run_arguments, load_config, prepare_fingerprinted, select_devices
 from synthpart.sweep import add_sweep_commands
 from synthpart.train.live import is_out_of_memory
-from synthpart.train.problem import make_problem
+from synthpart.train.problem import describe, make_problem
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -94,7 +90,7 @@ def _run(args: argparse.Namespace, experiment: exp.Experiment) -> int:
   """
   config = load_config(args)
   if args.command == "compare":
-    exp.require_cuts(config, "compare")
+    exp.check_compare(config)
   out = _out_dir(args)
   with rundir.claim(out, "run"):
     try:
@@ -147,10 +143,11 @@ def _run_locked(args: argparse.Namespace, experiment: exp.Experiment, config: Co
                              run=checkpoint.run_fingerprint(config.to_dict(), fingerprint))
   finished: set[str] = set()
 
-  def keep_results(runs: list[MethodResult]) -> None:
+  description = describe(problem, dataset.source, fingerprint)
+
+  def keep_results(runs: list[MethodRecord]) -> None:
     write_json_atomic(out / "results.json",
-                      results_document(args.command, problem, dataset.source, runs,
-                                       fingerprint))
+                      results_document(args.command, description, config.to_dict(), runs))
     for run in runs:
       if run.method not in finished and run.test_accuracy is not None:
         progress.scalars(run.method, len(run.curve), {"accuracy/final": run.test_accuracy})

@@ -66,15 +66,9 @@ from synthpart.errors import ConfigError
 from synthpart.groups import BACKENDS
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
 from synthpart.registry import Registry
+from synthpart.schedule import SCHEDULES
 from synthpart.train.optim import DECAY_MASKS, LR_SCHEDULES, OPTIMIZERS
 
-# The names a run's `schedule` may take; `synthpart.train.schedules` implements each one.
-SCHEDULES: Registry[str] = Registry("schedule")
-SCHEDULES.add("sequential", "sequential", "the paper's: segment k trains on the trained "
-              "segment k-1's outputs, handed over once")
-SCHEDULES.add("parallel", "parallel", "every segment at once from the SIL tables alone")
-SCHEDULES.add("pipelined", "pipelined", "every segment at once, segment k on the current "
-              "outputs of segments 0..k-1, refreshed every pipeline.refresh_steps steps")
 DTYPES: Registry[str] = Registry("model.dtype")
 for _name in ("float32", "bfloat16", "float16"):
   DTYPES.add(_name, _name)
@@ -678,13 +672,26 @@ def _check_backend(config: Config) -> None:
     if size > 1 and (t.steps or not t.scan):
       raise ConfigError(f"placement.backend = pmap runs whole scanned epochs: {path}.steps must "
                         f"be 0 and {path}.scan true, got {t.steps} and {str(t.scan).lower()}")
-  if max(sizes) > 1 and config.schedule == "pipelined":
-    raise ConfigError("placement.backend = pmap runs whole epochs, and the pipelined schedule "
-                      "runs them in chunks: use placement.backend = sharding")
+  check_backend_for(config, (config.schedule,))
   if max(sizes) > 1 and (config.eval.every_steps or config.eval.log_spaced):
     raise ConfigError("placement.backend = pmap runs whole epochs: eval.every_steps must be 0 "
                       "and eval.log_spaced false (evaluations inside epochs need the sharding "
                       "backend)")
+
+
+def check_backend_for(config: Config, schedules: Sequence[str]) -> None:
+  """Refuses, in one line, the pmap backend over device groups for a run that trains any of
+  `schedules` in chunks of steps (`Schedule.runs_in_chunks`): pmap runs whole epochs. `compare`
+  checks every schedule it trains, a run its own."""
+  if config.placement.backend != "pmap" or config.model.num_segments < 2:
+    return
+  if max(config.placement.sizes(config.model.num_segments)) < 2:
+    return
+  for name in schedules:
+    if name in SCHEDULES and SCHEDULES[name].runs_in_chunks:
+      raise ConfigError(f"placement.backend = pmap runs whole epochs, and the {name} schedule "
+                        "runs them in chunks: use placement.backend = sharding"
+                        + (" (compare trains every schedule)" if len(schedules) > 1 else ""))
 
 
 def validate_for_data(config: Config, num_train: int) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from synthpart.flops import forward_flops, step_flops
-from synthpart.placement import TRAINING, Transfer
+from synthpart.records import TRAINING, Transfer
 
 # A results document (results.json) or one of its parts, as JSON reads it.
 Document = Mapping[str, Any]

@@ -10,31 +10,39 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from synthpart import checkpoint
-from synthpart.config import Config
+from synthpart.config import Config, check_backend_for
 from synthpart.errors import ConfigError
 from synthpart.progress import Progress
-from synthpart.results import MethodResult
+from synthpart.records import MethodRecord
+from synthpart.schedule import SCHEDULES
 from synthpart.train.model_parallel import train_model_parallel
 from synthpart.train.problem import Problem
 from synthpart.train.schedules import (
-  RUNNERS,
+  TRAINERS,
   nearest_sil_reference,
   train_conventional,
   train_recovery,
 )
 
-OnResult = Callable[[list[MethodResult]], None]
-# experiment(problem, progress, checkpoints=..., on_result=...) -> every method's result
-Experiment = Callable[..., list[MethodResult]]
+OnResult = Callable[[list[MethodRecord]], None]
+# experiment(problem, progress, checkpoints=..., on_result=...) -> every method's record
+Experiment = Callable[..., list[MethodRecord]]
 
 
-def _noop(runs: list[MethodResult]) -> None:
+def _noop(runs: list[MethodRecord]) -> None:
   del runs
+
+
+def check_compare(config: Config) -> None:
+  """Refuses, in one line and before anything trains, a config `compare` cannot train: no cut,
+  or a backend one of its schedules cannot run on."""
+  require_cuts(config, "compare")
+  check_backend_for(config, SCHEDULES.names)
 
 
 def compare(problem: Problem, progress: Progress, with_model_parallel: bool = False,
             checkpoints: checkpoint.Policy | None = None,
-            on_result: OnResult = _noop) -> list[MethodResult]:
+            on_result: OnResult = _noop) -> list[MethodRecord]:
   """Conventional training, then the sequential, parallel and pipelined schedules, each with
   and without recovery epochs (and the parallel schedule's nearest-SIL reference row).
 
@@ -44,13 +52,13 @@ def compare(problem: Problem, progress: Progress, with_model_parallel: bool = Fa
   program per epoch) after conventional.
   `on_result` sees the finished runs after every method, so partial results can be kept.
   """
-  runs = [train_conventional(problem, progress, checkpoints)[1]]
+  check_compare(problem.config)
+  runs = [train_conventional(problem, progress, checkpoints=checkpoints)[1]]
   on_result(runs)
   if with_model_parallel:
     runs.append(train_model_parallel(problem, progress)[1])
     on_result(runs)
-  return run_schedules(problem, progress, ("sequential", "parallel", "pipelined"), checkpoints,
-                       on_result, done=runs)
+  return run_schedules(problem, progress, SCHEDULES.names, checkpoints, on_result, done=runs)
 
 
 def require_cuts(config: Config, what: str) -> None:
@@ -63,7 +71,7 @@ def require_cuts(config: Config, what: str) -> None:
 
 def run_schedules(problem: Problem, progress: Progress, schedules: Sequence[str],
                   checkpoints: checkpoint.Policy | None = None, on_result: OnResult = _noop,
-                  done: Sequence[MethodResult] = ()) -> list[MethodResult]:
+                  done: Sequence[MethodRecord] = ()) -> list[MethodRecord]:
   """Each schedule, then its recovery epochs where configured; returns `done` + the new runs.
 
   The parallel schedule is followed by its reference row, "pnn-parallel-nearest-sil": its first
@@ -71,9 +79,10 @@ def run_schedules(problem: Problem, progress: Progress, schedules: Sequence[str]
   """
   if schedules:
     require_cuts(problem.config, f"the {schedules[0]} schedule")
+    check_backend_for(problem.config, schedules)
   runs = list(done)
   for schedule in schedules:
-    params, result = RUNNERS[schedule](problem, progress, checkpoints=checkpoints)
+    params, result = TRAINERS[schedule](problem, progress, checkpoints=checkpoints)
     runs.append(result)
     if schedule == "parallel" and not result.diverged:
       runs.append(nearest_sil_reference(problem, params, result))
@@ -86,10 +95,10 @@ def run_schedules(problem: Problem, progress: Progress, schedules: Sequence[str]
 
 def train_one(problem: Problem, progress: Progress,
               checkpoints: checkpoint.Policy | None = None,
-              on_result: OnResult = _noop) -> list[MethodResult]:
+              on_result: OnResult = _noop) -> list[MethodRecord]:
   """One configuration: no cuts is conventional training; else its schedule (+ recovery)."""
   if len(problem.specs) == 1:
-    runs = [train_conventional(problem, progress, checkpoints)[1]]
+    runs = [train_conventional(problem, progress, checkpoints=checkpoints)[1]]
     on_result(runs)
     return runs
   return run_schedules(problem, progress, (problem.config.schedule,), checkpoints, on_result)

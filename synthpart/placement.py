@@ -9,25 +9,32 @@ gathered to test the composed network between epochs).
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 import jax
 import numpy as np
 
 from synthpart.memory import tree_bytes
+from synthpart.records import TRAINING, Transfer
 
-TRAINING, EVALUATION = "training", "evaluation"
 
+class Ledger:
+  """The transfers of one method, in the order they happened: `hand_over` adds to it, and a
+  resumed method takes up the transfers its checkpoint kept (`reset`)."""
 
-@dataclasses.dataclass(frozen=True)
-class Transfer:
-  """One copy between devices: what moved, from where to where, its bytes and its kind."""
-  what: str
-  source: str
-  destination: str
-  bytes: int
-  kind: str = TRAINING
+  def __init__(self, transfers: Iterable[Transfer] = ()):
+    self._transfers = list(transfers)
+
+  def add(self, transfer: Transfer) -> None:
+    self._transfers.append(transfer)
+
+  def reset(self, transfers: Iterable[Transfer]) -> None:
+    self._transfers = list(transfers)
+
+  @property
+  def transfers(self) -> tuple[Transfer, ...]:
+    return tuple(self._transfers)
 
 
 def device_name(device: jax.Device | jax.sharding.Sharding) -> str:
@@ -45,37 +52,24 @@ def _devices(target: jax.Device | jax.sharding.Sharding) -> set[jax.Device]:
   return set(target.device_set) if isinstance(target, jax.sharding.Sharding) else {target}
 
 
-def hand_over(tree: Any, device: jax.Device | jax.sharding.Sharding, ledger: list[Transfer],
+def hand_over(tree: Any, device: jax.Device | jax.sharding.Sharding, ledger: Ledger | None,
               what: str, kind: str = TRAINING) -> Any:
   """Moves `tree` to `device` (an explicit transfer) and records in `ledger` what crosses.
 
   `device` may be a sharding replicated over a device group: every device of the group that
   lacks a leaf receives a full copy of it, and the ledger counts each copy. Leaves already on
-  every destination device, and host arrays, are not counted.
+  every destination device, and host arrays, are not counted. Without a ledger nothing is
+  recorded.
   """
   destinations = _devices(device)
   moving = [(x, destinations - x.devices()) for x in jax.tree.leaves(tree)
             if isinstance(x, jax.Array) and not destinations <= x.devices()]
   moved = jax.device_put(tree, device)
-  if moving:
+  if moving and ledger is not None:
     sources = sorted({device_name(d) for x, _ in moving for d in x.devices()})
-    ledger.append(Transfer(what, ",".join(sources), device_name(device),
+    ledger.add(Transfer(what, ",".join(sources), device_name(device),
                            sum(tree_bytes(x) * len(lacking) for x, lacking in moving), kind))
   return moved
-
-
-def summarize(transfers: list[Transfer], label: str = "") -> list[Transfer]:
-  """One record per (what, source, destination, kind), bytes summed, in order of first
-  appearance; `what` says how many transfers it folds (and `label`) where more than one."""
-  totals: dict[tuple[str, str, str, str], tuple[int, int]] = {}
-  for t in transfers:
-    count, size = totals.get((t.what, t.source, t.destination, t.kind), (0, 0))
-    totals[(t.what, t.source, t.destination, t.kind)] = (count + 1, size + t.bytes)
-  out = []
-  for (what, source, destination, kind), (count, size) in totals.items():
-    note = ", ".join(x for x in (label, f"{count} transfers" if count > 1 else "") if x)
-    out.append(Transfer(f"{what} ({note})" if note else what, source, destination, size, kind))
-  return out
 
 
 def key_on(key: jax.Array, device: jax.Device) -> jax.Array:

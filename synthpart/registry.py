@@ -62,6 +62,10 @@ class Registry(Generic[T]):
   def __contains__(self, name: object) -> bool:
     return name in self._items
 
+  def values(self) -> tuple[T, ...]:
+    """The items, in registration order."""
+    return tuple(self._items.values())
+
   def __iter__(self) -> Iterator[str]:
     return iter(self._items)
 

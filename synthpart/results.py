@@ -1,4 +1,5 @@
-"""What a run produced: per-loop and per-method results, and the results.json document.
+"""The results.json document: the records of a run's methods (`synthpart.records`) and what
+surrounds them (`RunDescription`), its schema and its check.
 
 results.json (schema version 1)::
 
@@ -31,7 +32,7 @@ results.json (schema version 1)::
                       "diverged", "divergence": why (null if it did not),
                       "memory": {"argument", "output", "alias", "temp",
                       "resident", "data", "peak", "peak_without_data"} (bytes),
-                      "flops_per_step", "forward_flops"}],
+                      "flops_per_step", "forward_flops", "backend": "sharding" | "pmap"}],
         "curve": [{"epoch", "seconds", "examples": [per loop], "accuracy"?, "round"?,
                    "steps": [per loop]?, "partial": true?}],
         "transfers": [{"what", "source", "destination", "bytes",
@@ -51,106 +52,30 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import math
 import platform
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-
 from synthpart.errors import DataError
-from synthpart.placement import Transfer
+from synthpart.records import MethodRecord, divergence_reason
+from synthpart.schedule import METHODS
 from synthpart.schema import check
-from synthpart.train.problem import Problem, prng_impl
+
+__all__ = ["METHODS", "SCHEMA_VERSION", "RunDescription", "check_document", "divergence_reason",
+           "format_table", "method_from_dict", "results_document", "versions"]
 
 SCHEMA_VERSION = 1
-METHODS = ("conventional", "pnn-sequential", "pnn-parallel", "pnn-sequential+recovery",
-           "pnn-parallel+recovery", "model-parallel", "pnn-parallel-nearest-sil", "pnn-pipelined",
-           "pnn-pipelined+recovery", "model-parallel-stepwise")
 
 
-@dataclasses.dataclass
-class SegmentResult:
-  """What one optax loop did: where, how long, and its loss after every epoch."""
-  name: str
-  layers: tuple[int, int]  # [start, stop) of the network's dense layers
-  objective: str
-  device: str
-  optimizer: str
-  learning_rate: float
-  batch_size: int
-  epochs: int
-  steps_per_epoch: int
-  loss_per_epoch: list[float] = dataclasses.field(default_factory=list)
-  epoch_seconds: list[float] = dataclasses.field(default_factory=list)
-  compile_seconds: float = 0.0
-  diverged: bool = False
-  divergence: str | None = None  # why the loop was stopped as diverged
-  # XLA's buffer assignment of the compiled epoch (`synthpart.memory.MemoryUse.to_dict()`),
-  # the training data on the device counted as `data`; None where not recorded.
-  memory: dict[str, int] | None = None
-  # Analytic FLOPs (`synthpart.flops`): one training step (the batch forward and backward plus
-  # the optimizer update), and one example's forward pass through the loop's blocks.
-  flops_per_step: int | None = None
-  forward_flops: int | None = None
-  # The loop's budget in steps (`train.steps`); 0: `epochs` whole epochs.
-  max_steps: int = 0
-
-  @property
-  def steps(self) -> int:
-    """Steps this loop has trained in the epochs it finished."""
-    steps = len(self.loss_per_epoch) * self.steps_per_epoch
-    return min(steps, self.max_steps) if self.max_steps else steps
-
-  @property
-  def examples(self) -> int:
-    """Training examples this loop has seen so far."""
-    return self.steps * self.batch_size
-
-
-@dataclasses.dataclass
-class MethodResult:
-  """One method's outcome: test accuracy, time, every loop, and its accuracy along the way.
-
-  `curve` holds one point per epoch round (and, evaluating within epochs, points inside rounds):
-  cumulative training seconds, examples seen by each loop so far, and the test accuracy of the
-  network composed at that point (where tracked). Evaluating costs `eval_seconds` and
-  `eval_flops` over `evaluations`, counted apart from the training's seconds and FLOPs.
-  """
-  method: str
-  test_accuracy: float = math.nan
-  wall_seconds: float = 0.0
-  compile_seconds: float = 0.0
-  evaluations: int = 0
-  eval_seconds: float = 0.0
-  eval_flops: float = 0.0
-  segments: list[SegmentResult] = dataclasses.field(default_factory=list)
-  curve: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-  transfers: list[Transfer] = dataclasses.field(default_factory=list)
-
-  @property
-  def diverged(self) -> bool:
-    return any(s.diverged for s in self.segments)
-
-  @property
-  def status(self) -> str:
-    """"diverged" where a loop diverged (its accuracy is no result), else "ok"."""
-    return "diverged" if self.diverged else "ok"
-
-  def to_dict(self) -> dict[str, Any]:
-    """The results.json entry: with its status, and no accuracy where it diverged."""
-    out = dataclasses.asdict(self)
-    out["status"] = self.status
-    if self.diverged:
-      out["test_accuracy"] = math.nan
-    return out
-
-
-def divergence_reason(result: MethodResult) -> str:
-  """Which loop of a method diverged and why, in a few words."""
-  for s in result.segments:
-    if s.diverged:
-      return f"{s.name}: {s.divergence or 'diverged'}"
-  return "no loop diverged"
+@dataclasses.dataclass(frozen=True)
+class RunDescription:
+  """What a results document says of the run around its methods: the dataset record (its name,
+  source, sizes, input shape, dtype and scale, and fingerprint), the devices, the backend and
+  the PRNG implementation."""
+  dataset: Mapping[str, Any]
+  devices: tuple[str, ...]
+  backend: str
+  prng_impl: str
 
 
 def versions() -> dict[str, str]:
@@ -164,44 +89,26 @@ def versions() -> dict[str, str]:
   return out
 
 
-def results_document(command: str, problem: Problem, dataset_source: str,
-                     runs: list[MethodResult], fingerprint: str | None = None) -> dict[str, Any]:
-  """The results.json document of `runs` (see the module docstring); `fingerprint`, that of the
-  data as loaded, goes into its dataset record where given."""
-  dataset: dict[str, Any] = {
-      "name": problem.dataset, "source": dataset_source, "num_classes": problem.num_classes,
-      "num_train": len(problem.train_y), "num_test": len(problem.test_y),
-      "num_features": math.prod(problem.train_x.shape[1:]),
-      "input_shape": list(problem.train_x.shape[1:]), "input_dtype": str(problem.train_x.dtype),
-      "input_scale": problem.input_scale}
-  if fingerprint is not None:
-    dataset["fingerprint"] = fingerprint
+def results_document(command: str, run: RunDescription, config: Mapping[str, Any],
+                     records: Sequence[MethodRecord]) -> dict[str, Any]:
+  """The results.json document of `records` (see the module docstring), for the settings
+  `config` (a `Config.to_dict()`)."""
   return {
       "schema": SCHEMA_VERSION,
       "command": command,
-      "dataset": dataset,
-      "config": problem.config.to_dict(),
-      "devices": [f"{d.platform}:{d.id}" for d in problem.devices],
-      "backend": jax.default_backend(),
-      "prng_impl": prng_impl(problem.config),
+      "dataset": dict(run.dataset),
+      "config": dict(config),
+      "devices": list(run.devices),
+      "backend": run.backend,
+      "prng_impl": run.prng_impl,
       "versions": versions(),
-      "runs": [r.to_dict() for r in runs],
+      "runs": [r.to_dict() for r in records],
   }
 
 
-def _number(value: float | None) -> float:
-  return math.nan if value is None else value
-
-
-def method_from_dict(d: dict[str, Any]) -> MethodResult:
-  """A `MethodResult` back from its results.json entry (null numbers come back as NaN)."""
-  segments = [SegmentResult(**{**s, "layers": tuple(s["layers"]),
-                               "loss_per_epoch": [_number(v) for v in s["loss_per_epoch"]]})
-              for s in d["segments"]]
-  fields = {k: v for k, v in d.items() if k != "status"}
-  return MethodResult(**{**fields, "test_accuracy": _number(d["test_accuracy"]),
-                         "segments": segments,
-                         "transfers": [Transfer(**t) for t in d.get("transfers", [])]})
+def method_from_dict(d: Mapping[str, Any]) -> MethodRecord:
+  """A `MethodRecord` back from its results.json entry (null numbers come back as NaN)."""
+  return MethodRecord.from_dict(d)
 
 
 # What every results.json holds (see the module docstring) and what reading it relies on, as a
@@ -258,7 +165,7 @@ def check_document(document: Any, source: str) -> None:
                           f"{value!r:.40}")
 
 
-def format_table(runs: list[MethodResult]) -> str:
+def format_table(runs: Sequence[MethodRecord]) -> str:
   """A plain-text table: method, test accuracy (DIVERGED where it diverged), wall and compile
   seconds, epochs per loop."""
   header = f"{'method':<26} {'test acc':>8} {'wall s':>8} {'compile s':>9}  epochs per loop"

@@ -24,7 +24,7 @@ from synthpart.memory import MemoryUse, compiled_memory, tree_bytes
 from synthpart.model import apply_segment, init_segment, whole_network
 from synthpart.partition import SegmentSpec
 from synthpart.train.loop import TrainState, make_epoch, make_predict
-from synthpart.train.objectives import Constants, make_loss, preprocess_pixels
+from synthpart.train.objectives import Constants, Inputs, make_loss, preprocess_pixels
 from synthpart.train.optim import make_optimizer
 from synthpart.train.problem import Problem, input_constants
 from synthpart.train.schedules import segment_constants, segment_task
@@ -68,8 +68,8 @@ def _epoch_memory(problem: Problem, spec: SegmentSpec, inputs: str,
     data["x"] = jax.ShapeDtypeStruct(problem.train_x.shape, jnp.uint8)
   elif inputs == "features":
     data["x"] = jax.ShapeDtypeStruct((n, spec.widths[0]), jnp.float32)
-  consts = _abstract(segment_constants(problem, spec, inputs, jax.devices("cpu")[0]))
-  epoch = make_epoch(make_loss(segment_task(problem, spec, inputs)), optimizer,
+  consts = _abstract(segment_constants(problem, spec, Inputs(inputs), jax.devices("cpu")[0]))
+  epoch = make_epoch(make_loss(segment_task(problem, spec, Inputs(inputs))), optimizer,
                      train.batch_size, n)
   compiled = _compile(epoch, state, data, consts, jax.eval_shape(lambda: jax.random.key(0)),
                       jax.ShapeDtypeStruct((), jnp.uint32))

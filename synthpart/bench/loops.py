@@ -21,10 +21,10 @@ from synthpart.groups import Placement, lead_device
 from synthpart.memory import compiled_memory, device_memory, tree_bytes
 from synthpart.model import whole_network
 from synthpart.partition import SegmentSpec
-from synthpart.placement import Transfer, device_name
+from synthpart.placement import Ledger, device_name
 from synthpart.results import versions
 from synthpart.train import model_parallel, schedules, stepwise
-from synthpart.train.live import start_loop
+from synthpart.train.objectives import Inputs
 from synthpart.train.problem import ORDER_STREAM, Problem
 
 
@@ -136,15 +136,12 @@ def bench_segment_loop(problem: Problem, spec: SegmentSpec, inputs: str, kind: s
   elif inputs == "features":
     rng = np.random.default_rng(spec.index)
     data["x"] = rng.random((n, spec.widths[0]), dtype=np.float32)
-  run = start_loop(
-      schedules.segment_task(problem, spec, inputs), train,
-      schedules.init_params(problem, spec, device), data,
-      schedules.segment_constants(problem, spec, inputs, device),
-      problem.key(ORDER_STREAM, spec.start), device, name)
-  seconds = _time_epochs(lambda epoch: run.dispatch(epoch, name), repeats)
+  run = schedules.segment_loop(problem, schedules.loop_spec(problem, kind, name, spec,
+                                                           Inputs(inputs), train=train), data)
+  seconds = _time_epochs(run.dispatch, repeats)
   flops = step_flops(problem.widths, spec.start, spec.stop, train.batch_size, train.optimizer)
   return _entry(name, kind, (spec.start, spec.stop), device, train.batch_size,
-                run.result.steps_per_epoch, repeats, seconds, run.result.compile_seconds, flops,
+                run.steps_per_epoch, repeats, seconds, run.compile_seconds, flops,
                 _memory(run.epoch_fn, 0, tree_bytes(run.data), device))
 
 
@@ -154,18 +151,18 @@ def bench_model_parallel(problem: Problem, repeats: int) -> dict[str, Any]:
   train = problem.config.train
   loop, _ = model_parallel.start_model_parallel(problem)
   seconds = _time_epochs(lambda e: loop.dispatch(e), repeats)
-  steps = loop.result.steps_per_epoch
+  steps = loop.info.steps_per_epoch
   flops = sum(step_flops(problem.widths, s.start, s.stop, train.batch_size, train.optimizer,
                          input_grads=not s.is_first) for s in problem.specs)
   moved = [t for e in range(repeats) for t in model_parallel.cut_transfers(problem, e, steps)]
   memory = {"epoch": _memory(loop.epoch_fn, 0, tree_bytes(loop.data), loop.device)}
-  return _entry("model-parallel", "model-parallel", loop.result.layers, problem.device_of(0),
-                train.batch_size, steps, repeats, seconds, loop.result.compile_seconds, flops,
+  return _entry("model-parallel", "model-parallel", loop.info.layers, problem.device_of(0),
+                train.batch_size, steps, repeats, seconds, loop.info.compile_seconds, flops,
                 memory, bytes_moved=ledger_bytes(moved),
                 bytes_moved_expected=bytes_moved(
                     problem.specs, "model-parallel", len(problem.train_y), train.batch_size,
                     repeats),
-                devices=loop.result.device.split(","))
+                devices=loop.info.device.split(","))
 
 
 def bench_model_parallel_stepwise(problem: Problem, repeats: int) -> dict[str, Any]:
@@ -173,8 +170,7 @@ def bench_model_parallel_stepwise(problem: Problem, repeats: int) -> dict[str, A
   dispatching costs); bytes moved come from the ledger."""
   train = problem.config.train
   run = stepwise.start_model_parallel(problem, train, problem.key(ORDER_STREAM, 0))
-  ledger: list[Transfer] = []
-  warm: list[Transfer] = []
+  ledger, warm = Ledger(), Ledger()
   seconds = _time_epochs(lambda e: stepwise.run_epoch(run, e, warm if e == 0 else ledger),
                          repeats)
   flops = sum(step_flops(problem.widths, s.start, s.stop, train.batch_size, train.optimizer,
@@ -194,7 +190,7 @@ def bench_model_parallel_stepwise(problem: Problem, repeats: int) -> dict[str, A
   return _entry("model-parallel-stepwise", "model-parallel-stepwise",
                 (0, problem.specs[-1].stop), problem.device_of(0), train.batch_size, run.steps,
                 repeats, seconds, sum(r.compile_seconds for r in run.results), flops, memory,
-                bytes_moved=ledger_bytes(ledger),
+                bytes_moved=ledger_bytes(ledger.transfers),
                 bytes_moved_expected=bytes_moved(
                     problem.specs, "model-parallel", run.num_examples, train.batch_size, repeats),
                 devices=[r.device for r in run.results])

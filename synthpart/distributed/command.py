@@ -20,6 +20,7 @@ from synthpart.distributed.process import (
   run_process,
 )
 from synthpart.errors import ConfigError
+from synthpart.schedule import SCHEDULES
 from synthpart.setup import add_run_arguments, load_config
 
 
@@ -80,8 +81,9 @@ def check_timeout(flag: str, seconds: float) -> None:
 def run_launch(args: argparse.Namespace) -> int:
   """`synthpart launch`: returns the exit code."""
   config = load_config(args)
-  if config.schedule == "pipelined":
-    raise ConfigError("launch runs the sequential and parallel schedules; the pipelined one "
+  if not SCHEDULES[config.schedule].launchable:
+    runs = " and ".join(s.name for s in SCHEDULES.values() if s.launchable)
+    raise ConfigError(f"launch runs the {runs} schedules; the {config.schedule} one "
                       "refreshes activations every few steps: run it in one process (train)")
   if getattr(args, "resume", False):
     raise ConfigError("launch does not --resume: rerun its failed segments with --only-segment K")

@@ -37,9 +37,9 @@ from synthpart.distributed.rundir import (
 from synthpart.files import write_json_atomic
 from synthpart.groups import layout_groups
 from synthpart.model import Params
-from synthpart.placement import Transfer, device_name, hand_over
+from synthpart.placement import Ledger, device_name, hand_over
 from synthpart.progress import Progress
-from synthpart.results import MethodResult, SegmentResult
+from synthpart.records import LoopRecord, MethodRecord, Transfer
 from synthpart.train import schedules as S
 from synthpart.train.driver import drive
 from synthpart.train.live import Loop
@@ -70,13 +70,13 @@ def own_groups(devices: Sequence[jax.Device], sizes: Sequence[int],
 
 
 def finish_segment(ctx: Context, problem: Problem, segment: int, params: Params,
-                   result: SegmentResult, activation_bytes: int = 0, **extra: Any) -> Status:
+                   result: LoopRecord, activation_bytes: int = 0, **extra: Any) -> Status:
   """Saves a trained segment's parameters, then its status (the status comes last)."""
   param_bytes = save_params(ctx.run.params(segment), jax.device_get(params))
   status = status_record(segment, ctx.process_id, "done", host=ctx.host, pid=os.getpid(),
                          devices=device_name(problem.device_of(segment)),
                          process_devices=[device_name(d) for d in problem.devices],
-                         result=dataclasses.asdict(result),
+                         result=result.to_dict(),
                          bytes_sent={"activations": activation_bytes, "parameters": param_bytes},
                          **extra)
   write_json_atomic(ctx.run.status(segment), status)
@@ -112,20 +112,20 @@ def train_parallel_segments(ctx: Context, problem: Problem,
   def on_error(loop: Loop, e: Exception) -> None:
     outcomes[segment_of[id(loop)]] = fail_segment(ctx, segment_of[id(loop)], e)
 
-  result = MethodResult("pnn-parallel", segments=[loop.result for loop in loops.values()])
-  drive(list(loops.values()), result, ctx.progress, label=result.method, on_error=on_error)
+  drive(list(loops.values()), MethodRecord("pnn-parallel"),
+        S.RunHooks(ctx.progress).of("pnn-parallel"), on_error=on_error)
   for k, loop in loops.items():
     if k in outcomes:
       continue
     try:
-      outcomes[k] = finish_segment(ctx, problem, k, loop.state.params, loop.result)
+      outcomes[k] = finish_segment(ctx, problem, k, loop.state.params, loop.record())
     except Exception as e:  # noqa: BLE001  (this segment fails alone)
       outcomes[k] = fail_segment(ctx, k, e)
   return outcomes
 
 
 def _input_of(ctx: Context, problem: Problem, k: int, features: dict[int, jax.Array],
-              result: MethodResult) -> tuple[Any, float]:
+              ledger: Ledger) -> tuple[Any, float]:
   """Segment k's training input and the seconds its hand-over took: the pixels for the first
   segment; the previous segment's output, in memory where it trained here, else read from the
   hand-off file its process writes (waiting for it, which does not count as hand-over time)."""
@@ -135,15 +135,15 @@ def _input_of(ctx: Context, problem: Problem, k: int, features: dict[int, jax.Ar
   what = f"cut {spec.input_cut} activations"
   if k - 1 in features:
     start = time.perf_counter()
-    x = jax.block_until_ready(hand_over(features.pop(k - 1), problem.device_of(k),
-                                        result.transfers, what))
+    x = jax.block_until_ready(hand_over(features.pop(k - 1), problem.device_of(k), ledger,
+                                        what))
     return x, time.perf_counter() - start
   path = wait_for_activations(ctx.run, spec.input_cut, k - 1, ctx.liveness)
   start = time.perf_counter()
   x = np.load(path, allow_pickle=False)
   seconds = time.perf_counter() - start
-  result.transfers.append(Transfer(what, f"process {owner(k - 1, ctx.run.num_processes)}",
-                                   device_name(problem.device_of(k)), int(x.nbytes)))
+  ledger.add(Transfer(what, f"process {owner(k - 1, ctx.run.num_processes)}",
+                      device_name(problem.device_of(k)), int(x.nbytes)))
   return x, seconds
 
 
@@ -161,10 +161,11 @@ def train_sequential_segments(ctx: Context, problem: Problem,
   for k in own:
     spec = problem.specs[k]
     # One result per segment: its loop, and the hand-over into it, go into its status.
-    result = MethodResult("pnn-sequential")
+    record, ledger = MethodRecord("pnn-sequential"), Ledger()
     try:
-      x, handoff_seconds = _input_of(ctx, problem, k, features, result)
-      params, out = S.sequential_segment(problem, spec, x, ctx.progress, result)
+      x, handoff_seconds = _input_of(ctx, problem, k, features, ledger)
+      params, out, record = S.sequential_segment(problem, spec, x, S.RunHooks(ctx.progress),
+                                                 record, ledger=ledger)
       sent = 0
       if out is not None and spec.output_cut is not None:
         if k + 1 in own:
@@ -173,9 +174,9 @@ def train_sequential_segments(ctx: Context, problem: Problem,
         save_array(ctx.run.handoff(spec.output_cut), host)
         if owner(k + 1, ctx.run.num_processes) != ctx.process_id:
           sent = int(host.nbytes)
-      outcomes[k] = finish_segment(ctx, problem, k, params, result.segments[-1],
+      outcomes[k] = finish_segment(ctx, problem, k, params, record.segments[-1],
                                    activation_bytes=sent,
-                                   transfers=[dataclasses.asdict(t) for t in result.transfers],
+                                   transfers=[t.to_dict() for t in ledger.transfers],
                                    handoff_seconds=handoff_seconds)
     except UpstreamMissing as e:
       outcomes[k] = fail_segment(ctx, k, e, status="skipped")
@@ -186,6 +187,5 @@ def train_sequential_segments(ctx: Context, problem: Problem,
 
 def run_segments(ctx: Context, problem: Problem, own: Sequence[int]) -> dict[int, Status]:
   """This process's segments `own`, trained by the schedule of the problem's settings."""
-  if problem.config.schedule == "parallel":
-    return train_parallel_segments(ctx, problem, own)
-  return train_sequential_segments(ctx, problem, own)
+  trainers = {"parallel": train_parallel_segments, "sequential": train_sequential_segments}
+  return trainers[problem.config.schedule](ctx, problem, own)

@@ -30,7 +30,8 @@ from synthpart.data import Dataset, check_fingerprint, fingerprint
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
 from synthpart.progress import Progress
-from synthpart.results import MethodResult, results_document
+from synthpart.records import MethodRecord
+from synthpart.results import results_document
 from synthpart.rundir import claim
 from synthpart.setup import Loader, read_dataset, select_devices, with_validation
 from synthpart.sweep.grid import (
@@ -44,10 +45,10 @@ from synthpart.sweep.grid import (
   sweep_document,
 )
 from synthpart.sweep.summary import summarize, write_summary
-from synthpart.train.problem import Problem, make_problem
+from synthpart.train.problem import Problem, describe, make_problem
 
 # experiment(problem, progress) -> the results of the methods it trains
-Experiment = Callable[[Problem, Progress], list[MethodResult]]
+Experiment = Callable[[Problem, Progress], list[MethodRecord]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +262,7 @@ def run_job(job: Job, out: Path, devices: Sequence[Any], options: RunOptions,
         progress.scalars(run.method, len(run.curve), {"accuracy/final": run.test_accuracy})
   finally:
     progress.close()
-  document = results_document(command, problem, dataset.source, runs,
-                              datasets.fingerprint(job.config))
+  document = results_document(command, describe(problem, dataset.source,
+                                                datasets.fingerprint(job.config)),
+                              job.config.to_dict(), runs)
   write_json_atomic(run_dir / "results.json", document)

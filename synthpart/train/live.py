@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from synthpart import checkpoint
 from synthpart import groups as groups_lib
 from synthpart.config import TrainConfig
 from synthpart.errors import ResourceError
@@ -30,9 +29,9 @@ from synthpart.labels import SIL_LOSSES
 from synthpart.memory import compiled_memory, tree_bytes
 from synthpart.model import Params
 from synthpart.placement import device_name, key_on
-from synthpart.results import MethodResult, SegmentResult
+from synthpart.records import LoopRecord
 from synthpart.train.loop import StepwiseEpoch, TrainState, epoch_plan, make_epoch, make_steps
-from synthpart.train.objectives import Constants, Task, make_loss
+from synthpart.train.objectives import Constants, Inputs, Task, make_loss
 from synthpart.train.optim import make_optimizer
 from synthpart.train.stops import epochs_for
 
@@ -99,11 +98,35 @@ def blown_up(loss: float, epoch: int, level: float | None, first_step: float | N
   return None
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopSpec:
+  """One optax loop before it exists: which method it trains for, its name, what it learns
+  (`task`; None for a loop whose program is its own, model-parallel backprop), its settings
+  (optimizer, learning rate, batch size, budget), where it trains (a device, or a sharding
+  replicated over a device group) and how (`backend`: "sharding" or "pmap"), and the round of
+  `synthpart.train.driver.drive` in which it trains its first epoch."""
+  method: str
+  name: str
+  task: Task | None
+  train: TrainConfig
+  device: groups_lib.Placement
+  backend: str = "sharding"
+  start_round: int = 0
+
+  @property
+  def runs_pmap(self) -> bool:
+    """Whether its epochs run through `jax.pmap` (the pmap backend, over a device group)."""
+    return self.backend == "pmap" and groups_lib.is_group(self.device)
+
+
 @dataclasses.dataclass
 class Loop:
-  """One optax loop, live on its device: compiled epoch, state, data, constants, key."""
-  result: SegmentResult
-  device: groups_lib.Placement
+  """One optax loop, live on its device: its spec, its compiled epoch, its state (the
+  `TrainState` pytree that trains), data, constants and key, and what it has done so far on the
+  host (each epoch's mean loss and seconds, whether it diverged). `record()` is its
+  `LoopRecord`."""
+  spec: LoopSpec
+  info: LoopRecord  # what the loop is: its record before it trained
   epoch_fn: Callable[..., tuple[TrainState, jax.Array]]  # compiled: see `make_epoch`
   state: TrainState
   data: dict[str, jax.Array]
@@ -119,32 +142,85 @@ class Loop:
   zero_loss: float | None = None
   # the loss of the loop's first step (its network as initialised); None until it has trained
   first_step_loss: float | None = None
-  start_round: int = 0  # the round of `drive` in which this loop trains its first epoch
   # plan(key, epoch) -> (order, step keys) of an epoch (`epoch_plan`), jitted; with the epoch
   # it was last made for, so the chunks of one epoch share it
   plan: Callable[..., tuple[jax.Array, jax.Array]] | None = None
   planned: tuple[int, tuple[jax.Array, jax.Array]] | None = None
+  losses: list[float] = dataclasses.field(default_factory=list)  # each epoch's mean loss
+  seconds: list[float] = dataclasses.field(default_factory=list)  # each epoch's seconds
+  diverged: bool = False
+  divergence: str | None = None
+  compile_seconds: float = dataclasses.field(init=False)
+
+  def __post_init__(self) -> None:
+    self.compile_seconds = self.info.compile_seconds
+
+  @property
+  def name(self) -> str:
+    return self.spec.name
+
+  @property
+  def method(self) -> str:
+    return self.spec.method
+
+  @property
+  def device(self) -> groups_lib.Placement:
+    return self.spec.device
+
+  @property
+  def start_round(self) -> int:
+    return self.spec.start_round
+
+  @property
+  def epochs(self) -> int:
+    """Epochs of its budget."""
+    return self.info.epochs
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.info.steps_per_epoch
+
+  @property
+  def max_steps(self) -> int:
+    """Its budget in steps (0: whole epochs)."""
+    return self.info.max_steps
+
+  @property
+  def batch_size(self) -> int:
+    return self.info.batch_size
 
   @property
   def done(self) -> int:
     """Epochs trained so far."""
-    return len(self.result.loss_per_epoch)
+    return len(self.losses)
 
   @property
   def finished(self) -> bool:
     """Whether every epoch of its budget is trained."""
-    return self.done >= self.result.epochs
+    return self.done >= self.epochs
+
+  @property
+  def steps(self) -> int:
+    """Steps trained so far."""
+    steps = self.done * self.steps_per_epoch
+    return min(steps, self.max_steps) if self.max_steps else steps
+
+  def record(self) -> LoopRecord:
+    """What the loop has done so far, as its immutable record."""
+    return dataclasses.replace(self.info, loss_per_epoch=tuple(self.losses),
+                               epoch_seconds=tuple(self.seconds),
+                               compile_seconds=self.compile_seconds, diverged=self.diverged,
+                               divergence=self.divergence)
 
   def epoch_in(self, round_index: int) -> int | None:
     """The epoch this loop trains in round `round_index` of `drive`, or None outside its span."""
     epoch = round_index - self.start_round
-    return epoch if 0 <= epoch < self.result.epochs else None
+    return epoch if 0 <= epoch < self.epochs else None
 
-  def dispatch(self, epoch: int, method: str = "") -> jax.Array:
+  def dispatch(self, epoch: int) -> jax.Array:
     """Enqueues one epoch and returns its per-step losses without waiting for them."""
     epoch_index = jax.device_put(np.uint32(epoch), self.device)
     self.state, losses = self.epoch_fn(self.state, self.data, self.consts, self.key, epoch_index)
-    checkpoint.crash_point(f"epoch-dispatched:{method}/{self.result.name}:{epoch + 1}")
     return losses
 
   def dispatch_steps(self, epoch: int, first: int, count: int) -> jax.Array:
@@ -161,7 +237,7 @@ class Loop:
   def plan_of(self, epoch: int) -> tuple[jax.Array, jax.Array]:
     """The epoch's order and step keys, made on the device once for all its chunks."""
     if self.plan is None:
-      raise ValueError(f"{self.result.name}: this loop does not run epochs in chunks")
+      raise ValueError(f"{self.name}: this loop does not run epochs in chunks")
     if self.planned is None or self.planned[0] != epoch:
       self.planned = (epoch, self.plan(self.key, jax.device_put(np.uint32(epoch), self.device)))
     return self.planned[1]
@@ -171,7 +247,7 @@ class Loop:
     if count in self.compiled_chunks:
       return 0.0
     if self.chunk is None:
-      raise ValueError(f"{self.result.name}: this loop does not run epochs in chunks")
+      raise ValueError(f"{self.name}: this loop does not run epochs in chunks")
     start = time.perf_counter()
     chunk = self.chunk(count)
     lower = getattr(chunk, "lower", None)  # a stepwise epoch's chunks are compiled already
@@ -179,43 +255,24 @@ class Loop:
         self.state, self.data, self.consts, *self.plan_of(0),
         jax.device_put(np.int32(0), self.device)).compile()
     seconds = time.perf_counter() - start
-    self.result.compile_seconds += seconds
+    self.compile_seconds += seconds
     return seconds
 
-  def resume(self, policy: checkpoint.Policy | None, method: str,
-             at_most: int | None = None) -> dict[str, Any]:
-    """Restores this loop's newest checkpoint (of an epoch no later than `at_most`, where
-    given), if any; returns its meta ({} if none: the loop is left as it is)."""
-    restored = None if policy is None else checkpoint.restore(
-        policy, method, self.result.name, self.state, self.device, at_most)
-    if policy is None or restored is None:
-      return {}
-    self.state, meta = restored
-    self.result.loss_per_epoch = list(meta["loss_per_epoch"])
-    self.result.epoch_seconds = list(meta["epoch_seconds"])
+  def restore(self, state: TrainState, meta: dict[str, Any], path: str) -> None:
+    """Takes up a checkpoint of this loop: its state, and its losses and times from `meta`."""
+    self.state = state
+    self.losses = list(meta["loss_per_epoch"])
+    self.seconds = list(meta["epoch_seconds"])
     self.first_step_loss = meta.get("first_step_loss")
-    self.last_checkpoint = str(policy.loop_dir(method, self.result.name) / str(meta["epoch"]))
-    return meta
+    self.last_checkpoint = path
 
-  def save(self, policy: checkpoint.Policy | None, method: str, progress: MethodResult) -> None:
-    """Checkpoints every `policy.every` rounds and after the last epoch; never a non-finite
-    state. Rounds, not the loop's own epochs: loops that start in later rounds (pipelined) then
-    save at the same rounds as the others, so that they can resume together."""
-    epoch = self.done
-    if (policy is None or self.result.diverged
-        or ((self.start_round + epoch) % policy.every and epoch != self.result.epochs)):
-      return
-    meta = {"epoch": epoch, "key": jax.device_get(jax.random.key_data(self.key)).tolist(),
-            "loss_per_epoch": self.result.loss_per_epoch,
-            "epoch_seconds": self.result.epoch_seconds,
-            "curve": progress.curve, "wall_seconds": progress.wall_seconds,
-            "evaluations": progress.evaluations, "eval_seconds": progress.eval_seconds,
-            "eval_flops": progress.eval_flops, "first_step_loss": self.first_step_loss,
-            "transfers": [dataclasses.asdict(t) for t in progress.transfers]}
-    self.last_checkpoint = str(checkpoint.save(policy, method, self.result.name, epoch,
-                                               self.state, meta))
+  def meta(self) -> dict[str, Any]:
+    """What a checkpoint of this loop keeps beside its state (JSON)."""
+    return {"epoch": self.done, "key": jax.device_get(jax.random.key_data(self.key)).tolist(),
+            "loss_per_epoch": self.losses, "epoch_seconds": self.seconds,
+            "first_step_loss": self.first_step_loss}
 
-  def record(self, losses: jax.Array | np.ndarray, seconds: float) -> bool:
+  def record_epoch(self, losses: jax.Array | np.ndarray, seconds: float) -> bool:
     """Stores an epoch's mean loss and time, then `judge`s it; returns False if it diverged."""
     self.store(losses, seconds)
     return self.judge()
@@ -225,26 +282,26 @@ class Loop:
     losses = np.asarray(jax.device_get(losses))
     if not self.done and losses.size:
       self.first_step_loss = float(losses.ravel()[0])
-    self.result.loss_per_epoch.append(float(np.mean(losses)))
-    self.result.epoch_seconds.append(seconds)
+    self.losses.append(float(np.mean(losses)))
+    self.seconds.append(seconds)
 
   def judge(self) -> bool:
     """Marks the loop diverged, saying why, where after its last epoch the loss or the parameters
     are not finite or the loss stayed at chance (module docstring); returns False then. The
     parameters are checked on their device, outside the timed part of a round."""
-    if not self.result.diverged:
-      reason = self._divergence(self.result.loss_per_epoch[-1])
+    if not self.diverged:
+      reason = self._divergence(self.losses[-1])
       if reason:
-        self.result.diverged = True
-        self.result.divergence = reason
-    return not self.result.diverged
+        self.diverged = True
+        self.divergence = reason
+    return not self.diverged
 
   def _divergence(self, loss: float) -> str | None:
     if not math.isfinite(loss):
       return f"loss {loss} at epoch {self.done}"
     if not bool(_all_finite(self.state.params)):
       return f"parameters not finite after epoch {self.done}"
-    n, recent = self.chance_epochs, self.result.loss_per_epoch[-self.chance_epochs:]
+    n, recent = self.chance_epochs, self.losses[-self.chance_epochs:]
     if (self.chance is not None and n and len(recent) == n
         and all(l >= (1 - CHANCE_TOLERANCE) * self.chance for l in recent)):
       return (f"loss no better than chance ({self.chance:.4g}) for {n} epochs in a row, last "
@@ -257,19 +314,23 @@ class Loop:
 
 def objective(task: Task) -> str:
   """What a loop learns, for results: ``inputs -> sil``, ``activations -> labels``..."""
-  source = {"pixels": "inputs", "features": "activations", "sil": "sil+noise"}[task.inputs]
+  source = {Inputs.PIXELS: "inputs", Inputs.FEATURES: "activations",
+            Inputs.SIL: "sil+noise"}[task.inputs]
   return f"{source} -> {'labels' if task.spec.is_last else 'sil'}"
 
 
-def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, Any],
-               consts: Constants, key: jax.Array, device: groups_lib.Placement,
-               name: str, backend: str = "sharding") -> Loop:
-  """Commits params, optimizer state and data to `device` and compiles the epoch there.
+def start_loop(spec: LoopSpec, params: Params, data: dict[str, Any], consts: Constants,
+               key: jax.Array) -> Loop:
+  """Commits params, optimizer state and data to `spec.device` and compiles the epoch there.
 
-  `device` may be a sharding replicated over a device group (`Problem.device_of`): everything is
-  replicated over the group and each minibatch split over it (`synthpart.groups`), by `jax.jit`
-  over the group's mesh, or with `backend="pmap"` by `jax.pmap` (whose epochs run whole).
+  The device may be a sharding replicated over a device group (`Problem.device_of`): everything
+  is replicated over the group and each minibatch split over it (`synthpart.groups`), by
+  `jax.jit` over the group's mesh, or with the pmap backend by `jax.pmap` (whose epochs run
+  whole). This is the one place that chooses how a loop's epochs are compiled.
   """
+  task, train, device = spec.task, spec.train, spec.device
+  if task is None:
+    raise ValueError(f"{spec.name}: start_loop needs the loop's task")
   num_examples = len(data["y"])
   optimizer = make_optimizer(train, num_examples // train.batch_size)
   classifies = task.spec.is_last or consts.sil_out is None  # as `make_loss` decides
@@ -288,7 +349,7 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
                                        batch_size=train.batch_size))
       run: Callable[..., tuple[TrainState, jax.Array]]
       compiled: Any  # what `compiled_memory` reads: a compiled program, or a bound pmap epoch
-      if backend == "pmap" and groups_lib.is_group(device):
+      if spec.runs_pmap:
         size = len(groups_lib.group_devices(device))
         pmapped = groups_lib.PmapEpoch(
             make_epoch(groups_lib.pmap_loss(make_loss(task), size), optimizer, train.batch_size,
@@ -313,21 +374,22 @@ def start_loop(task: Task, train: TrainConfig, params: Params, data: dict[str, A
       compile_seconds = time.perf_counter() - start
   except Exception as e:
     if is_out_of_memory(e):
-      raise ResourceError(f"out of memory starting {name} on {device_name(device)}: its "
+      raise ResourceError(f"out of memory starting {spec.name} on {device_name(device)}: its "
                           f"parameters take {_mib(tree_bytes(params))} and its data "
                           f"{_mib(tree_bytes(data))}; try smaller model.hidden or fewer "
                           f"examples") from None
     raise
   steps_per_epoch = num_examples // train.batch_size
-  result = SegmentResult(
-      name=name, layers=(task.spec.start, task.spec.stop), objective=objective(task),
+  info = LoopRecord(
+      name=spec.name, layers=(task.spec.start, task.spec.stop), objective=objective(task),
       device=device_name(device), optimizer=train.optimizer, learning_rate=train.learning_rate,
       batch_size=train.batch_size, epochs=epochs_for(steps_per_epoch, train.epochs, train.steps),
       steps_per_epoch=steps_per_epoch, max_steps=train.steps, compile_seconds=compile_seconds,
       memory=compiled_memory(compiled, data=tree_bytes(data)).to_dict(),
       flops_per_step=segment_step_flops(task.spec, train.batch_size, train.optimizer),
-      forward_flops=segment_flops(task.spec).forward)
-  return Loop(result, device, run, state, data, consts, key, chunk=chunk, chance=chance,
+      forward_flops=segment_flops(task.spec).forward,
+      backend="pmap" if spec.runs_pmap else "sharding")
+  return Loop(spec, info, run, state, data, consts, key, chunk=chunk, chance=chance,
               chance_epochs=train.chance_epochs, zero_loss=zero_loss,
               plan=None if chunk is None else plan)
 
@@ -336,13 +398,13 @@ def _mib(size: int) -> str:
   return f"{size / 2**20:,.1f} MiB"
 
 
-def resource_error(loop: Loop, method: str, e: Exception) -> Exception:
+def resource_error(loop: Loop, e: Exception) -> Exception:
   """An out-of-memory error of a loop's epoch as a `ResourceError` naming the loop and its size;
   any other error as it is."""
   if not is_out_of_memory(e):
     return e
-  r = loop.result
+  r = loop.info
   peak = (r.memory or {}).get("peak")
-  return ResourceError(f"out of memory training {method} {r.name} on {r.device} (batch size "
+  return ResourceError(f"out of memory training {loop.method} {r.name} on {r.device} (batch size "
                        f"{r.batch_size}, compiled peak {_mib(peak) if peak else 'unknown'}): try "
                        f"smaller model.hidden or train.batch_size")

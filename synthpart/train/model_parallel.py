@@ -47,16 +47,17 @@ from synthpart.flops import segment_flops, segment_step_flops
 from synthpart.memory import compiled_memory, tree_bytes
 from synthpart.model import Params, apply_segment, whole_network
 from synthpart.partition import SegmentSpec
-from synthpart.placement import Transfer, device_name, key_on
+from synthpart.placement import Ledger, device_name, key_on
 from synthpart.progress import Progress
-from synthpart.results import MethodResult, SegmentResult
+from synthpart.records import LoopRecord, MethodRecord, Transfer
 from synthpart.train.driver import drive
-from synthpart.train.live import Loop
+from synthpart.train.hooks import Evaluator
+from synthpart.train.live import Loop, LoopSpec
 from synthpart.train.loop import TrainState, epoch_order
 from synthpart.train.objectives import Constants, preprocess_pixels
 from synthpart.train.optim import make_optimizer
 from synthpart.train.problem import ORDER_STREAM, Problem, input_constants
-from synthpart.train.schedules import init_params, make_evaluator
+from synthpart.train.schedules import RunHooks, evaluator_of, init_params, make_evaluator
 
 METHOD = "model-parallel"
 AXIS = "stage"
@@ -320,7 +321,7 @@ def start_model_parallel(problem: Problem, name: str = METHOD) -> tuple[Loop, Pl
                          jax.device_put(np.uint32(0), everywhere)).compile()
   compile_seconds = time.perf_counter() - start
   whole = whole_network(problem.specs)
-  result = SegmentResult(
+  info = LoopRecord(
       name=name, layers=(whole.start, whole.stop),
       objective=f"inputs -> labels (backprop over {len(devices)} devices)",
       device=device_name(everywhere), optimizer=train.optimizer,
@@ -329,7 +330,8 @@ def start_model_parallel(problem: Problem, name: str = METHOD) -> tuple[Loop, Pl
       memory=compiled_memory(compiled, data=tree_bytes(data)).to_dict(),
       flops_per_step=segment_step_flops(whole, train.batch_size, train.optimizer),
       forward_flops=segment_flops(whole).forward)
-  return Loop(result, everywhere, compiled, state, data, consts, key), plan
+  spec = LoopSpec(method=METHOD, name=name, task=None, train=train, device=everywhere)
+  return Loop(spec, info, compiled, state, data, consts, key), plan
 
 
 def cut_transfers(problem: Problem, epoch: int, steps: int) -> list[Transfer]:
@@ -346,26 +348,28 @@ def cut_transfers(problem: Problem, epoch: int, steps: int) -> list[Transfer]:
   return out
 
 
-def train_model_parallel(problem: Problem, progress: Progress,
-                         track_accuracy: bool = True) -> tuple[list[Params], MethodResult]:
+def train_model_parallel(problem: Problem, progress: Progress, track_accuracy: bool = True
+                         ) -> tuple[list[Params], MethodRecord]:
   """End-to-end backprop with segment i on device i, one compiled program per epoch: activations
   and gradients cross every cut every step. Conventional training's settings, init and order;
-  returns the segments' params (on the host) and the result. The ledger holds one record per
-  cut, direction and epoch."""
-  result = MethodResult(METHOD)
+  returns the segments' params (on the host) and the record. The ledger holds one record per
+  cut, direction and epoch. Its epochs run whole: the composed network is evaluated after each
+  (outside the timing), never inside one."""
   loop, plan = start_model_parallel(problem)
-  result.segments.append(loop.result)
-  result.compile_seconds = loop.result.compile_seconds
   devices = _devices(problem)
-  evaluator = make_evaluator(problem, problem.device_of(0), result.transfers)
+  ledger = Ledger()
+  evaluator = make_evaluator(problem, problem.device_of(0), ledger)
 
   def evaluate(states: list[Params]) -> float:
     return evaluator(stage_params(plan, states[0], devices))
 
-  drive([loop], result, progress, label=result.method,
-        evaluate=evaluate if track_accuracy else None)
-  result.transfers[:0] = [t for epoch in range(loop.done)
-                          for t in cut_transfers(problem, epoch + 1, loop.result.steps_per_epoch)]
+  first = ((Evaluator(evaluate, flops=evaluator_of(problem, evaluate).flops),)
+           if track_accuracy else ())
+  record = drive([loop], MethodRecord(METHOD), RunHooks(progress).of(METHOD, *first),
+                 ledger=ledger)
+  moved = [t for epoch in range(loop.done)
+           for t in cut_transfers(problem, epoch + 1, loop.steps_per_epoch)]
   params = jax.device_get(stage_params(plan, loop.state.params, devices))
-  result.test_accuracy = evaluator(params)
-  return params, result
+  accuracy = evaluator(params)
+  return params, dataclasses.replace(record, test_accuracy=accuracy,
+                                     transfers=(*moved, *ledger.transfers))

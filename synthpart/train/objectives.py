@@ -6,6 +6,7 @@ A `Task` is static (hashable) and describes how one minibatch becomes a loss. Th
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -26,15 +27,22 @@ class Constants(NamedTuple):
   std: jax.Array | None = None  # [*input shape]
 
 
+class Inputs(enum.StrEnum):
+  """What a loop is fed: the dataset's inputs (divided by the dataset's input scale on the
+  device: 255 for uint8 images, 1 for float inputs), float activations handed over from the
+  previous segment, or the input cut's SIL tensor of each label plus noise."""
+  PIXELS = "pixels"
+  FEATURES = "features"
+  SIL = "sil"
+
+
 class Task(NamedTuple):
   """How segment `spec` turns a batch into a loss.
 
-  inputs: "pixels" (the dataset's inputs, divided by `input_scale` on the device: 255 for
-  uint8 images, 1 for float inputs), "features" (float activations handed over from the
-  previous segment) or "sil" (the input cut's SIL tensor of each label, plus noise).
+  `inputs` says what it is fed (`Inputs`); pixels are divided by `input_scale`.
   """
   spec: SegmentSpec
-  inputs: str
+  inputs: Inputs
   sil_loss: str = "mse"
   noise: float = 0.0
   input_scale: float = 255.0
@@ -49,6 +57,15 @@ def preprocess_pixels(x: jax.Array, consts: Constants, scale: float = 255.0) -> 
   return x
 
 
+def segment_forward(params: Params, x: jax.Array, task: Task, consts: Constants) -> jax.Array:
+  """Segment `task.spec`'s outputs [batch, *output shape] for its inputs `x` [batch, ...]:
+  pixels are preprocessed first (`preprocess_pixels`, with the task's input scale), activations
+  go in as they are."""
+  if task.inputs == Inputs.PIXELS:
+    x = preprocess_pixels(x, consts, task.input_scale)
+  return apply_segment(params, x, task.spec)
+
+
 def regression_loss(kind: str, pred: jax.Array, target: jax.Array) -> jax.Array:
   """Mean loss between predictions and SIL targets [batch, *shape], each example flattened
   (`SIL_LOSSES[kind]`)."""
@@ -58,9 +75,9 @@ def regression_loss(kind: str, pred: jax.Array, target: jax.Array) -> jax.Array:
 def segment_inputs(task: Task, batch: dict[str, jax.Array], consts: Constants,
                    key: jax.Array) -> jax.Array:
   """The float inputs of one minibatch, [batch, *spec.shapes[0]]."""
-  if task.inputs == "pixels":
+  if task.inputs == Inputs.PIXELS:
     return preprocess_pixels(batch["x"], consts, task.input_scale)
-  if task.inputs == "features" or consts.sil_in is None:
+  if task.inputs == Inputs.FEATURES or consts.sil_in is None:
     return batch["x"]
   x = consts.sil_in[batch["y"]]
   if task.noise > 0:

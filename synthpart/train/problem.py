@@ -9,6 +9,7 @@ run's `seed`, exactly as before those settings existed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ from synthpart.data import Dataset
 from synthpart.labels import sil_tables
 from synthpart.model import build_network, network_shapes, whole_network
 from synthpart.partition import SegmentSpec, plan_segments
+from synthpart.results import RunDescription
 from synthpart.train.objectives import Constants
 
 # Streams of the run's key, folded in so that each use draws independently of the others.
@@ -160,3 +162,19 @@ def input_constants(problem: Problem, device: groups_lib.Placement) -> Constants
     return Constants()
   return Constants(mean=jax.device_put(problem.pixel_mean, device),
                    std=jax.device_put(problem.pixel_std, device))
+
+
+def describe(problem: Problem, source: str, fingerprint: str | None = None) -> RunDescription:
+  """What results.json records of the run around its methods: the dataset (from `source`,
+  with the data's `fingerprint` where given), the devices, the backend and the PRNG."""
+  dataset: dict[str, object] = {
+      "name": problem.dataset, "source": source, "num_classes": problem.num_classes,
+      "num_train": len(problem.train_y), "num_test": len(problem.test_y),
+      "num_features": math.prod(problem.train_x.shape[1:]),
+      "input_shape": list(problem.train_x.shape[1:]), "input_dtype": str(problem.train_x.dtype),
+      "input_scale": problem.input_scale}
+  if fingerprint is not None:
+    dataset["fingerprint"] = fingerprint
+  return RunDescription(dataset=dataset,
+                        devices=tuple(f"{d.platform}:{d.id}" for d in problem.devices),
+                        backend=jax.default_backend(), prng_impl=prng_impl(problem.config))

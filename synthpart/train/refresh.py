@@ -2,8 +2,8 @@
 segments 0..k-1, for the rows it is about to read.
 
 Segment k > 0 trains on a buffer of its input activations [N, *input shape] on its own device, as
-in the sequential schedule. Before each chunk of its steps (`refresh`, the driver's
-`before_chunk`), the examples of the chunk's minibatches go through the current parameters of
+in the sequential schedule. Before each span of its steps (`Feeds`, a driver hook:
+`before_span`), the examples of the chunk's minibatches go through the current parameters of
 segments s..k-1, device after device: each hop's activations [chunk rows, *cut shape] are handed
 over forward, to the next segment's device (ledgered), and segment k's buffer takes them in at
 those rows. Every device finds the rows from its own copy of segment k's key (`epoch_order`), so
@@ -29,23 +29,18 @@ import numpy as np
 
 from synthpart.model import Params, apply_segment
 from synthpart.partition import SegmentSpec
-from synthpart.placement import Transfer, hand_over, key_on
-from synthpart.train.driver import Chunk
+from synthpart.placement import Ledger, hand_over, key_on
+from synthpart.train.hooks import Chunk, Hook, Needs
 from synthpart.train.live import Loop
 from synthpart.train.loop import epoch_order, make_predict
-from synthpart.train.objectives import Constants, Task, preprocess_pixels
+from synthpart.train.objectives import Constants, Task, segment_forward
 
 
 def segment_outputs(task: Task, loop: Loop) -> Callable[[Params, jax.Array], jax.Array]:
   """A trained segment's outputs over a whole array [N, ...] -> [N, *output shape], chunked, on
   the segment's device: the sequential schedule's hand-over."""
   consts = loop.consts
-
-  def apply(params: Params, xb: jax.Array) -> jax.Array:
-    x = preprocess_pixels(xb, consts, task.input_scale) if task.inputs == "pixels" else xb
-    return apply_segment(params, x, task.spec)
-
-  return make_predict(apply)
+  return make_predict(lambda params, xb: segment_forward(params, xb, task, consts))
 
 
 def chunk_rows(order: jax.Array, first: jax.Array, count: int) -> jax.Array:
@@ -58,10 +53,7 @@ def chunk_rows(order: jax.Array, first: jax.Array, count: int) -> jax.Array:
 def _first_hop(params: Params, x: jax.Array, consts: Constants, order: jax.Array,
                first: jax.Array, *, task: Task, count: int) -> jax.Array:
   """Segment `task.spec`'s outputs on the chunk's rows of its own inputs `x` [N, ...]."""
-  xb = x[chunk_rows(order, first, count)]
-  if task.inputs == "pixels":
-    xb = preprocess_pixels(xb, consts, task.input_scale)
-  return apply_segment(params, xb, task.spec)
+  return segment_forward(params, x[chunk_rows(order, first, count)], task, consts)
 
 
 _epoch_order = jax.jit(epoch_order, static_argnames=("num_examples", "batch_size"))
@@ -80,15 +72,18 @@ def _take_in(buffer: jax.Array, order: jax.Array, first: jax.Array, values: jax.
 
 
 @dataclasses.dataclass
-class Feeds:
-  """Keeps the inputs of every loop of a pipelined run fresh: `refresh` before each chunk.
+class Feeds(Hook):
+  """Keeps the inputs of every loop of a pipelined run fresh: the driver hook that refreshes
+  them before each span of `span_steps` steps (`before_span`); its loops read each other's
+  parameters, so they resume together (`Needs.coupled`).
 
   `loops[k]` trains segment `tasks[k].spec`; later loops' data["x"] are their buffers. Transfers
   go to `ledger`, one record per hand-over.
   """
   loops: list[Loop]
   tasks: list[Task]
-  ledger: list[Transfer]
+  ledger: Ledger
+  span_steps: int
   # complete[k]: loop k's inputs are final for every row (loop 0: the dataset)
   complete: list[bool] = dataclasses.field(init=False)
   keys: dict[tuple[int, int], jax.Array] = dataclasses.field(init=False, default_factory=dict)
@@ -98,6 +93,10 @@ class Feeds:
 
   def __post_init__(self) -> None:
     self.complete = [k == 0 for k in range(len(self.loops))]
+    self.needs = Needs(span_steps=self.span_steps, coupled=True)
+
+  def before_span(self, chunks: list[Chunk]) -> None:
+    self.refresh(chunks)
 
   def refresh(self, chunks: list[Chunk]) -> None:
     """Before `chunks` are dispatched: the inputs each later loop's chunk will read."""
@@ -125,7 +124,7 @@ class Feeds:
     if cached is None or cached[0] != epoch:
       device = self.loops[j].device
       order = _epoch_order(self._key(k, j), jax.device_put(np.uint32(epoch), device),
-                           num_examples=len(loop.data["y"]), batch_size=loop.result.batch_size)
+                           num_examples=len(loop.data["y"]), batch_size=loop.batch_size)
       cached = self.orders[(k, j)] = (epoch, order)
     return cached[1]
 

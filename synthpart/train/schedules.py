@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -39,13 +39,15 @@ from synthpart.groups import Placement
 from synthpart.labels import sil_distances
 from synthpart.model import Params, apply_segment, compose, init_segment, whole_network
 from synthpart.partition import SegmentSpec
-from synthpart.placement import EVALUATION, TRAINING, Transfer, hand_over, key_on, summarize
+from synthpart.placement import Ledger, hand_over, key_on
 from synthpart.progress import Progress
-from synthpart.results import MethodResult
-from synthpart.train.driver import Evaluate, Evaluation, drive
-from synthpart.train.live import Loop, start_loop
+from synthpart.records import EVALUATION, TRAINING, CurvePoint, MethodRecord, summarize
+from synthpart.schedule import SCHEDULES
+from synthpart.train.driver import drive
+from synthpart.train.hooks import Evaluate, Evaluator, Hook, shown
+from synthpart.train.live import Loop, LoopSpec, start_loop
 from synthpart.train.loop import count_correct, make_predict
-from synthpart.train.objectives import Constants, Task, preprocess_pixels
+from synthpart.train.objectives import Constants, Inputs, Task, preprocess_pixels, segment_forward
 from synthpart.train.problem import (
   INIT_STREAM,
   ORDER_STREAM,
@@ -54,7 +56,8 @@ from synthpart.train.problem import (
   input_constants,
 )
 from synthpart.train.refresh import Feeds, segment_outputs
-from synthpart.train.stops import EvalSchedule
+from synthpart.train.resume import Checkpoints
+from synthpart.train.stops import EvalSchedule, epochs_for
 
 
 def init_params(problem: Problem, spec: SegmentSpec, device: Placement) -> Params:
@@ -63,57 +66,93 @@ def init_params(problem: Problem, spec: SegmentSpec, device: Placement) -> Param
   return jax.jit(functools.partial(init_segment, spec=spec))(key)
 
 
-def segment_task(problem: Problem, spec: SegmentSpec, inputs: str) -> Task:
-  """The objective of segment `spec` fed `inputs` ("pixels", "features" or "sil")."""
+def segment_task(problem: Problem, spec: SegmentSpec, inputs: Inputs) -> Task:
+  """The objective of segment `spec` fed `inputs`."""
   s = problem.config.sil
-  noise = s.noise * (s.scale if s.noise_relative else 1.0) if inputs == "sil" else 0.0
+  noise = s.noise * (s.scale if s.noise_relative else 1.0) if inputs == Inputs.SIL else 0.0
   return Task(spec=spec, inputs=inputs, sil_loss=s.loss, noise=noise,
               input_scale=problem.input_scale)
 
 
-def segment_constants(problem: Problem, spec: SegmentSpec, inputs: str,
+def segment_constants(problem: Problem, spec: SegmentSpec, inputs: Inputs,
                       device: Placement) -> Constants:
   """The SIL tables and input statistics segment `spec` reads, on its device."""
-  consts = input_constants(problem, device) if inputs == "pixels" else Constants()
-  if inputs == "sil" and spec.input_cut is not None:
+  consts = input_constants(problem, device) if inputs == Inputs.PIXELS else Constants()
+  if inputs == Inputs.SIL and spec.input_cut is not None:
     consts = consts._replace(sil_in=jax.device_put(problem.sil[spec.input_cut], device))
   if spec.output_cut is not None:
     consts = consts._replace(sil_out=jax.device_put(problem.sil[spec.output_cut], device))
   return consts
 
 
-def make_evaluator(problem: Problem, device: Placement,
-                   ledger: list[Transfer] | None = None) -> Evaluate:
+def loop_spec(problem: Problem, method: str, name: str, spec: SegmentSpec, inputs: Inputs,
+              train: TrainConfig | None = None, start_round: int = 0) -> LoopSpec:
+  """The loop that trains segment `spec` (or the whole network) fed `inputs` for `method`: its
+  objective, its settings (the segment's own, or `train`), its device and the run's backend.
+  Every loop of every schedule is specified here."""
+  return LoopSpec(method=method, name=name, task=segment_task(problem, spec, inputs),
+                  train=train or problem.config.segment_train(spec.index),
+                  device=problem.device_of(spec.index),
+                  backend=problem.config.placement.backend, start_round=start_round)
+
+
+def segment_loop(problem: Problem, spec: LoopSpec, data: dict[str, Any],
+                 params: Params | None = None, key: jax.Array | None = None) -> Loop:
+  """Starts the loop `spec` on its device: its segment initialised there (or `params`), the
+  SIL tables and input statistics it reads, its data, and its order key (the order stream
+  folded with its first block, or `key`)."""
+  assert spec.task is not None
+  segment = spec.task.spec
+  return start_loop(spec, init_params(problem, segment, spec.device) if params is None
+                    else params, data,
+                    segment_constants(problem, segment, spec.task.inputs, spec.device),
+                    problem.key(ORDER_STREAM, segment.start) if key is None else key)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunHooks:
+  """What a method's drives report to besides its record: bars, the log and live metrics
+  (`progress`), and checkpoints (`checkpoints`; None: none, and nothing resumes)."""
+  progress: Progress = dataclasses.field(default_factory=lambda: Progress(quiet=True))
+  checkpoints: checkpoint.Policy | None = None
+
+  def of(self, method: str, *first: Hook) -> list[Hook]:
+    """The hooks of one of `method`'s drives: `first` (an evaluator, a refresh), then
+    checkpoints, bars and scalars."""
+    saving: list[Hook] = [] if self.checkpoints is None else [Checkpoints(self.checkpoints)]
+    return [*first, *saving, *shown(self.progress, method)]
+
+
+def make_evaluator(problem: Problem, device: Placement, ledger: Ledger | None = None) -> Evaluate:
   """Returns accuracy(segment_params) of the composed network on the test set, on `device`.
 
   Parameters that live on other devices are handed over to `device`, recorded in `ledger` (the
   method's transfers) as evaluation transfers; parameters on the host cross no device.
   """
   whole = whole_network(problem.specs)
-  scale = problem.input_scale
+  task = segment_task(problem, whole, Inputs.PIXELS)
   x = jax.device_put(problem.test_x, device)
   y = jax.device_put(problem.test_y, device)
   consts = input_constants(problem, device)
-  predict = make_predict(lambda p, xb: apply_segment(p, preprocess_pixels(xb, consts, scale),
-                                                     whole))
+  predict = make_predict(lambda p, xb: segment_forward(p, xb, task, consts))
   # The test set goes in as an argument: closed over, XLA would constant-fold it at compile time.
   correct = jax.jit(lambda p, x, y: count_correct(predict(p, x), y))
 
   def accuracy(segment_params: list[Params]) -> float:
-    params = hand_over(compose(segment_params), device, [] if ledger is None else ledger,
-                       "parameters for evaluation", EVALUATION)
+    params = hand_over(compose(segment_params), device, ledger, "parameters for evaluation",
+                       EVALUATION)
     return int(jax.device_get(correct(params, x, y))) / len(problem.test_y)
 
   return accuracy
 
 
-def evaluation_of(problem: Problem) -> Evaluation:
-  """When the composed network is evaluated (`eval` settings), and the FLOPs of once: its
-  forward pass over the evaluated split."""
+def evaluator_of(problem: Problem, evaluate: Evaluate) -> Evaluator:
+  """The hook evaluating with `evaluate` when the `eval` settings say, each evaluation costing
+  the composed network's forward pass over the evaluated split."""
   e = problem.config.eval
-  return Evaluation(EvalSchedule(e.every_steps, e.log_spaced),
-                    float(segment_flops(whole_network(problem.specs)).forward
-                          * len(problem.test_y)))
+  return Evaluator(evaluate, EvalSchedule(e.every_steps, e.log_spaced),
+                   float(segment_flops(whole_network(problem.specs)).forward
+                         * len(problem.test_y)))
 
 
 def make_nearest_sil_evaluator(problem: Problem, device: Placement) -> Callable[[Params], float]:
@@ -143,72 +182,80 @@ def make_nearest_sil_evaluator(problem: Problem, device: Placement) -> Callable[
 
 
 def nearest_sil_reference(problem: Problem, segment_params: list[Params],
-                          base: MethodResult) -> MethodResult:
+                          base: MethodRecord) -> MethodRecord:
   """`base`'s first segment alone, read out by the nearest SIL vector: method
   "<base>-nearest-sil", the reference that shows what the later segments add. Its one loop and
   time are the first segment's; its curve is one point, at the end."""
-  seg = base.segments[0]
-  first = dataclasses.replace(seg, loss_per_epoch=list(seg.loss_per_epoch),
-                              epoch_seconds=list(seg.epoch_seconds))
-  result = MethodResult(f"{base.method}-nearest-sil", wall_seconds=sum(first.epoch_seconds),
-                        compile_seconds=first.compile_seconds, segments=[first])
-  result.test_accuracy = make_nearest_sil_evaluator(problem, problem.device_of(0))(
-      segment_params[0])
+  first = base.segments[0]
+  accuracy = make_nearest_sil_evaluator(problem, problem.device_of(0))(segment_params[0])
   rounds = len(first.loss_per_epoch)
-  result.curve = [{"epoch": rounds, "round": rounds, "seconds": result.wall_seconds,
-                   "examples": [first.examples], "accuracy": result.test_accuracy}]
-  return result
+  seconds = sum(first.epoch_seconds)
+  return MethodRecord(f"{base.method}-nearest-sil", test_accuracy=accuracy,
+                      wall_seconds=seconds, compile_seconds=first.compile_seconds,
+                      segments=(first,),
+                      curve=(CurvePoint(epoch=rounds, round=rounds, seconds=seconds,
+                                        examples=(first.examples,), accuracy=accuracy),))
 
 
 def train_network(problem: Problem, method: str, train: TrainConfig, params: Params,
-                  key: jax.Array, progress: Progress, result: MethodResult | None = None,
-                  name: str = "network",
-                  checkpoints: checkpoint.Policy | None = None) -> tuple[Params, MethodResult]:
+                  key: jax.Array, hooks: RunHooks, base: MethodRecord | None = None,
+                  name: str = "network", ledger: Ledger | None = None
+                  ) -> tuple[Params, MethodRecord]:
   """End-to-end backprop of the whole network on device 0: the baseline, and recovery epochs.
 
-  With `result`, the epochs extend an earlier method's result (recovery after segments).
+  With `base`, the epochs extend an earlier method's record (recovery after segments), and
+  `ledger` holds its transfers.
   """
-  device = problem.device_of(0)
-  result = result or MethodResult(method)
-  result.method = method
-  evaluate = make_evaluator(problem, device, result.transfers)
-  loop = start_loop(segment_task(problem, whole_network(problem.specs), "pixels"), train, params,
-                    {"x": problem.train_x, "y": problem.train_y},
-                    input_constants(problem, device), key, device, name,
-                    problem.config.placement.backend)
-  _add(result, loop)
-  drive([loop], result, progress, label=method, checkpoints=checkpoints, evaluate=evaluate,
-        evaluation=evaluation_of(problem))
+  record = dataclasses.replace(base, method=method) if base else MethodRecord(method)
+  ledger = ledger or Ledger(record.transfers)
+  whole = whole_network(problem.specs)
+  spec = loop_spec(problem, method, name, whole, Inputs.PIXELS, train=train)
+  evaluate = make_evaluator(problem, spec.device, ledger)
+  loop = segment_loop(problem, spec, {"x": problem.train_x, "y": problem.train_y}, params, key)
+  record = drive([loop], record, hooks.of(method, evaluator_of(problem, evaluate)),
+                 ledger=ledger)
   params = jax.device_get(loop.state.params)
-  result.test_accuracy = evaluate([params])
-  return params, result
+  accuracy = evaluate([params])
+  return params, dataclasses.replace(record, test_accuracy=accuracy,
+                                     transfers=ledger.transfers)
 
 
-def _add(result: MethodResult, loop: Loop) -> None:
-  result.segments.append(loop.result)
-  result.compile_seconds += loop.result.compile_seconds
+class Trainer(Protocol):
+  """How every method trains: (problem, progress, track_accuracy, checkpoints) -> (each
+  segment's parameters on the host, in order; the method's record). With `track_accuracy`, the
+  composed network is evaluated along the curve (outside the timing); with `checkpoints`, its
+  loops save and resume there."""
+
+  def __call__(self, problem: Problem, progress: Progress, track_accuracy: bool = True,
+               checkpoints: checkpoint.Policy | None = None
+               ) -> tuple[list[Params], MethodRecord]: ...
 
 
-def train_conventional(problem: Problem, progress: Progress,
+def train_conventional(problem: Problem, progress: Progress, track_accuracy: bool = True,
                        checkpoints: checkpoint.Policy | None = None
-                       ) -> tuple[Params, MethodResult]:
-  """The baseline: the same network and optimizer, end to end on one device."""
+                       ) -> tuple[list[Params], MethodRecord]:
+  """The baseline: the same network and optimizer, end to end on one device. Its parameters
+  come back as one segment's, the whole network."""
+  del track_accuracy  # its curve is always evaluated: it is the reference of every comparison
   whole = whole_network(problem.specs)
   params = init_params(problem, whole, problem.device_of(0))
-  return train_network(problem, "conventional", problem.config.train, params,
-                       problem.key(ORDER_STREAM, 0), progress, checkpoints=checkpoints)
+  params, record = train_network(problem, "conventional", problem.config.train, params,
+                                 problem.key(ORDER_STREAM, 0), RunHooks(progress, checkpoints))
+  return [params], record
 
 
 def train_sequential(problem: Problem, progress: Progress, track_accuracy: bool = True,
                      checkpoints: checkpoint.Policy | None = None
-                     ) -> tuple[list[Params], MethodResult]:
+                     ) -> tuple[list[Params], MethodRecord]:
   """The paper's schedule: segment k learns from the trained segment k-1's outputs.
 
   The outputs over the training set are computed once on segment k-1's device and handed over
   once to segment k's: the only transfer between devices.
   """
-  result = MethodResult("pnn-sequential")
-  evaluator = (make_evaluator(problem, problem.device_of(0), result.transfers)
+  hooks = RunHooks(progress, checkpoints)
+  record = MethodRecord("pnn-sequential")
+  ledger = Ledger()
+  evaluator = (make_evaluator(problem, problem.device_of(0), ledger)
                if track_accuracy else None)
   trained: list[Params] = []
   features: jax.Array | None = None
@@ -216,89 +263,83 @@ def train_sequential(problem: Problem, progress: Progress, track_accuracy: bool 
     if spec.is_first:
       x: Any = problem.train_x
     else:
-      checkpoint.crash_point(f"handover:{result.method}:cut {spec.input_cut}")
       start = time.perf_counter()
-      x = jax.block_until_ready(hand_over(features, problem.device_of(spec.index),
-                                          result.transfers, f"cut {spec.input_cut} activations"))
-      result.wall_seconds += time.perf_counter() - start
+      x = jax.block_until_ready(hand_over(features, problem.device_of(spec.index), ledger,
+                                          f"cut {spec.input_cut} activations"))
+      record = dataclasses.replace(record, wall_seconds=record.wall_seconds
+                                   + time.perf_counter() - start, transfers=ledger.transfers)
     # Only the last segment completes a network to evaluate.
     evaluate = (None if evaluator is None or not spec.is_last
                 else functools.partial(lambda done, params: evaluator(done + params), trained))
-    params, features = sequential_segment(problem, spec, x, progress, result, checkpoints,
-                                          evaluate)
+    params, features, record = sequential_segment(problem, spec, x, hooks, record, evaluate,
+                                                  ledger)
     trained.append(params)
-    if result.segments[-1].diverged:
-      progress.message(f"{result.method}: later segments not trained, segment {spec.index} "
+    if record.segments[-1].diverged:
+      progress.message(f"{record.method}: later segments not trained, segment {spec.index} "
                        "diverged")
-      return jax.device_get(trained), result
+      return jax.device_get(trained), record
   params = jax.device_get(trained)
-  result.test_accuracy = (evaluator or make_evaluator(problem, problem.device_of(0)))(params)
-  return params, result
+  accuracy = (evaluator or make_evaluator(problem, problem.device_of(0)))(params)
+  return params, dataclasses.replace(record, test_accuracy=accuracy, transfers=ledger.transfers)
 
 
-def sequential_segment(problem: Problem, spec: SegmentSpec, inputs_x: Any, progress: Progress,
-                       result: MethodResult, checkpoints: checkpoint.Policy | None = None,
-                       evaluate: Evaluate | None = None) -> tuple[Params, jax.Array | None]:
-  """One segment of the sequential schedule, on its device: (params, its outputs or None).
+def sequential_segment(problem: Problem, spec: SegmentSpec, inputs_x: Any, hooks: RunHooks,
+                       record: MethodRecord, evaluate: Evaluate | None = None,
+                       ledger: Ledger | None = None
+                       ) -> tuple[Params, jax.Array | None, MethodRecord]:
+  """One segment of the sequential schedule, on its device: (params, its outputs or None, the
+  method's record with the segment's loop added).
 
   `inputs_x` is the training set for the first segment, else the previous segment's outputs,
   already handed over by the caller (in one process, `hand_over`; across processes, a file).
-  The loop, its curve points and timings are added to `result`. The outputs over the training
-  set [N, width] are computed on this segment's device for the next segment, unless this is the
-  last segment or it diverged (then None). `evaluate([params])`, if given, is the accuracy after
-  each epoch.
+  The outputs over the training set [N, width] are computed on this segment's device for the
+  next segment, unless this is the last segment or it diverged (then None); their time counts
+  as the method's training time. `evaluate([params])`, if given, is the accuracy after each
+  epoch.
   """
-  device = problem.device_of(spec.index)
-  inputs = "pixels" if spec.is_first else "features"
-  task = segment_task(problem, spec, inputs)
-  loop = start_loop(task, problem.config.segment_train(spec.index),
-                    init_params(problem, spec, device), {"x": inputs_x, "y": problem.train_y},
-                    segment_constants(problem, spec, inputs, device),
-                    problem.key(ORDER_STREAM, spec.start), device, f"segment {spec.index}",
-                    problem.config.placement.backend)
-  _add(result, loop)
-  drive([loop], result, progress, label=result.method, checkpoints=checkpoints,
-        evaluate=evaluate, evaluation=evaluation_of(problem))
-  if spec.is_last or loop.result.diverged:
-    return loop.state.params, None
+  inputs = Inputs.PIXELS if spec.is_first else Inputs.FEATURES
+  lspec = loop_spec(problem, record.method, f"segment {spec.index}", spec, inputs)
+  loop = segment_loop(problem, lspec, {"x": inputs_x, "y": problem.train_y})
+  first = () if evaluate is None else (evaluator_of(problem, evaluate),)
+  record = drive([loop], record, hooks.of(record.method, *first), ledger=ledger)
+  if spec.is_last or loop.diverged:
+    return loop.state.params, None, record
+  assert lspec.task is not None
   start = time.perf_counter()
-  features = jax.block_until_ready(segment_outputs(task, loop)(loop.state.params,
-                                                              loop.data["x"]))
-  result.wall_seconds += time.perf_counter() - start
-  return loop.state.params, features
+  features = jax.block_until_ready(segment_outputs(lspec.task, loop)(loop.state.params,
+                                                                    loop.data["x"]))
+  record = dataclasses.replace(record, wall_seconds=record.wall_seconds
+                               + time.perf_counter() - start)
+  return loop.state.params, features, record
 
 
 def parallel_loop(problem: Problem, segment: int) -> Loop:
   """Segment `segment`'s loop in the parallel schedule: pixels for the first segment, SIL
   vectors of the labels plus noise for the others; compiled on the segment's device."""
   spec = problem.specs[segment]
-  device = problem.device_of(segment)
-  inputs = "pixels" if spec.is_first else "sil"
+  inputs = Inputs.PIXELS if spec.is_first else Inputs.SIL
   data = {"x": problem.train_x, "y": problem.train_y} if spec.is_first else {"y": problem.train_y}
-  return start_loop(segment_task(problem, spec, inputs), problem.config.segment_train(segment),
-                    init_params(problem, spec, device), data,
-                    segment_constants(problem, spec, inputs, device),
-                    problem.key(ORDER_STREAM, spec.start), device, f"segment {segment}",
-                    problem.config.placement.backend)
+  return segment_loop(problem, loop_spec(problem, "pnn-parallel", f"segment {segment}", spec,
+                                         inputs), data)
 
 
 def train_parallel(problem: Problem, progress: Progress, track_accuracy: bool = True,
                    checkpoints: checkpoint.Policy | None = None
-                   ) -> tuple[list[Params], MethodResult]:
+                   ) -> tuple[list[Params], MethodRecord]:
   """Every segment at once, from the SIL tables alone: nothing crosses devices while training.
 
   With `track_accuracy`, the composed network is evaluated between rounds (outside the timing).
   """
-  result = MethodResult("pnn-parallel")
+  record = MethodRecord("pnn-parallel")
+  ledger = Ledger()
   loops = [parallel_loop(problem, k) for k in range(len(problem.specs))]
-  for loop in loops:
-    _add(result, loop)
-  evaluate = make_evaluator(problem, problem.device_of(0), result.transfers)
-  drive(loops, result, progress, label=result.method, checkpoints=checkpoints,
-        evaluate=evaluate if track_accuracy else None, evaluation=evaluation_of(problem))
+  evaluate = make_evaluator(problem, problem.device_of(0), ledger)
+  first = (evaluator_of(problem, evaluate),) if track_accuracy else ()
+  record = drive(loops, record, RunHooks(progress, checkpoints).of(record.method, *first),
+                 ledger=ledger)
   params = jax.device_get([loop.state.params for loop in loops])
-  result.test_accuracy = evaluate(params)
-  return params, result
+  accuracy = evaluate(params)
+  return params, dataclasses.replace(record, test_accuracy=accuracy, transfers=ledger.transfers)
 
 
 def pipelined_loop(problem: Problem, segment: int, start_round: int = 0) -> Loop:
@@ -306,16 +347,12 @@ def pipelined_loop(problem: Problem, segment: int, start_round: int = 0) -> Loop
   the first on the dataset, a later one on a buffer of its input activations [N, *input shape]
   on its device, which `refresh.Feeds` keeps fresh (zeros until then)."""
   spec = problem.specs[segment]
-  device = problem.device_of(segment)
-  inputs = "pixels" if spec.is_first else "features"
+  inputs = Inputs.PIXELS if spec.is_first else Inputs.FEATURES
+  lspec = loop_spec(problem, "pnn-pipelined", f"segment {segment}", spec, inputs,
+                    start_round=start_round)
   x = problem.train_x if spec.is_first else _zeros((len(problem.train_y), *spec.shapes[0]),
-                                                   device)
-  loop = start_loop(segment_task(problem, spec, inputs), problem.config.segment_train(segment),
-                    init_params(problem, spec, device), {"x": x, "y": problem.train_y},
-                    segment_constants(problem, spec, inputs, device),
-                    problem.key(ORDER_STREAM, spec.start), device, f"segment {segment}")
-  loop.start_round = start_round
-  return loop
+                                                   lspec.device)
+  return segment_loop(problem, lspec, {"x": x, "y": problem.train_y})
 
 
 def _zeros(shape: tuple[int, ...], device: Placement) -> jax.Array:
@@ -334,50 +371,58 @@ def start_rounds(epochs: Sequence[int], delay: int) -> list[int]:
   return rounds
 
 
+def pipelined_start_rounds(problem: Problem) -> list[int]:
+  """The round each segment of the pipelined schedule starts in (`start_rounds`)."""
+  epochs = []
+  for k in range(len(problem.specs)):
+    train = problem.config.segment_train(k)
+    steps_per_epoch = len(problem.train_y) // train.batch_size
+    epochs.append(epochs_for(steps_per_epoch, train.epochs, train.steps))
+  return start_rounds(epochs, problem.config.pipeline.delay_epochs)
+
+
 def train_pipelined(problem: Problem, progress: Progress, track_accuracy: bool = True,
                     checkpoints: checkpoint.Policy | None = None
-                    ) -> tuple[list[Params], MethodResult]:
+                    ) -> tuple[list[Params], MethodRecord]:
   """Every segment at once, segment k on the current outputs of segments 0..k-1: before every
-  chunk of `pipeline.refresh_steps` steps, the rows it will read are recomputed and handed
+  span of `pipeline.refresh_steps` steps, the rows it will read are recomputed and handed
   forward (`refresh.Feeds`). With `track_accuracy`, the composed network is evaluated between
   rounds (outside the timing). The ledger folds the hand-overs into one record per cut and pair
   of devices. The refresh functions compile on first use, within the first rounds' time (the
   chunks compile before, untimed).
   """
-  result = MethodResult("pnn-pipelined")
-  loops = [pipelined_loop(problem, k) for k in range(len(problem.specs))]
-  starts = start_rounds([loop.result.epochs for loop in loops],
-                        problem.config.pipeline.delay_epochs)
-  for loop, start in zip(loops, starts, strict=True):
-    loop.start_round = start
-  for loop in loops:
-    _add(result, loop)
-  tasks = [segment_task(problem, spec, "pixels" if spec.is_first else "features")
-           for spec in problem.specs]
-  feeds = Feeds(loops, tasks, result.transfers)  # with evaluations; checkpointed with them
-  evaluate = make_evaluator(problem, problem.device_of(0), result.transfers)
-  drive(loops, result, progress, label=result.method, checkpoints=checkpoints,
-        evaluate=evaluate if track_accuracy else None, evaluation=evaluation_of(problem),
-        chunk_steps=problem.config.pipeline.refresh_steps, before_chunk=feeds.refresh)
-  result.transfers[:] = (summarize([t for t in result.transfers if t.kind == TRAINING])
-                         + [t for t in result.transfers if t.kind != TRAINING])
+  record = MethodRecord("pnn-pipelined")
+  ledger = Ledger()
+  starts = pipelined_start_rounds(problem)
+  loops = [pipelined_loop(problem, k, start) for k, start in enumerate(starts)]
+  tasks = [loop.spec.task for loop in loops]
+  assert all(task is not None for task in tasks)
+  feeds = Feeds(loops, [t for t in tasks if t is not None], ledger,
+                problem.config.pipeline.refresh_steps)
+  evaluate = make_evaluator(problem, problem.device_of(0), ledger)
+  first: tuple[Hook, ...] = (feeds, evaluator_of(problem, evaluate)) if track_accuracy else (
+      feeds,)
+  record = drive(loops, record, RunHooks(progress, checkpoints).of(record.method, *first),
+                 ledger=ledger)
+  transfers = ledger.transfers
+  ledger.reset(summarize([t for t in transfers if t.kind == TRAINING])
+               + [t for t in transfers if t.kind != TRAINING])
   params = jax.device_get([loop.state.params for loop in loops])
-  result.test_accuracy = evaluate(params)
-  return params, result
+  accuracy = evaluate(params)
+  return params, dataclasses.replace(record, test_accuracy=accuracy, transfers=ledger.transfers)
 
 
-def train_recovery(problem: Problem, segment_params: list[Params], base: MethodResult,
+def train_recovery(problem: Problem, segment_params: list[Params], base: MethodRecord,
                    progress: Progress, checkpoints: checkpoint.Policy | None = None
-                   ) -> tuple[Params, MethodResult]:
+                   ) -> tuple[list[Params], MethodRecord]:
   """Recovery epochs: end-to-end training of the composed network, with its own optimizer."""
-  result = dataclasses.replace(base, segments=list(base.segments), curve=list(base.curve),
-                               transfers=list(base.transfers))
-  return train_network(problem, f"{base.method}+recovery", problem.config.recovery,
-                       compose(segment_params), problem.key(RECOVERY_STREAM), progress,
-                       result=result, name="recovery", checkpoints=checkpoints)
+  params, record = train_network(problem, f"{base.method}+recovery", problem.config.recovery,
+                                 compose(segment_params), problem.key(RECOVERY_STREAM),
+                                 RunHooks(progress, checkpoints), base=base, name="recovery")
+  return [params], record
 
 
-# Each schedule a config may name (`synthpart.config.SCHEDULES`), and the function training it.
-Schedule = Callable[..., tuple[list[Params], MethodResult]]
-RUNNERS: dict[str, Schedule] = {"sequential": train_sequential, "parallel": train_parallel,
+# The trainer of each schedule `synthpart.schedule.SCHEDULES` declares.
+TRAINERS: dict[str, Trainer] = {"sequential": train_sequential, "parallel": train_parallel,
                                 "pipelined": train_pipelined}
+assert set(TRAINERS) == set(SCHEDULES.names), "every declared schedule has its trainer"

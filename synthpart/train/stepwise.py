@@ -36,9 +36,9 @@ from synthpart.config import TrainConfig
 from synthpart.errors import ConfigError
 from synthpart.model import Params, apply_segment
 from synthpart.partition import SegmentSpec
-from synthpart.placement import Transfer, device_name, hand_over, key_on, summarize
+from synthpart.placement import Ledger, device_name, hand_over, key_on
 from synthpart.progress import Progress
-from synthpart.results import MethodResult, SegmentResult
+from synthpart.records import CurvePoint, LoopRecord, MethodRecord, summarize
 from synthpart.train.loop import TrainState, epoch_order
 from synthpart.train.objectives import Constants, preprocess_pixels
 from synthpart.train.optim import make_optimizer
@@ -139,7 +139,7 @@ class ModelParallelRun:
   """All segments of one model-parallel training run, live on their devices."""
   stages: list[Stage]
   states: list[StageState]
-  results: list[SegmentResult]
+  results: list[LoopRecord]
   batch_size: int
   num_examples: int
   order_fns: list[Any]  # jitted, then compiled: order(key, epoch) -> [steps, batch]
@@ -189,7 +189,7 @@ def start_model_parallel(problem: Problem, train: TrainConfig, key: jax.Array,
     stages.append(Stage(spec, device, forward, backward, last))
     order_fns.append(jax.jit(functools.partial(epoch_order, num_examples=n,
                                                batch_size=train.batch_size)))
-    results.append(SegmentResult(
+    results.append(LoopRecord(
         name=f"segment {spec.index}", layers=(spec.start, spec.stop), objective=_objective(spec),
         device=device_name(device), optimizer=train.optimizer,
         learning_rate=train.learning_rate, batch_size=train.batch_size, epochs=train.epochs,
@@ -220,22 +220,23 @@ def _compile(run: ModelParallelRun) -> None:
     if stage.spec.is_last:
       last, s = _timed_compile(stage.last, st.state, x, st.inputs, order, step)
       run.stages[i] = stage._replace(last=last)
-      run.results[i].compile_seconds = seconds + s
+      run.results[i] = dataclasses.replace(run.results[i], compile_seconds=seconds + s)
       break
     source = st.inputs if stage.spec.is_first else x
     forward, s = _timed_compile(stage.forward, st.state.params, source, st.consts, order, step)
     out, residuals = forward(st.state.params, source, st.consts, order, step)
     pending.append((i, residuals, out))
     run.stages[i] = stage._replace(forward=forward)
-    run.results[i].compile_seconds = seconds + s
+    run.results[i] = dataclasses.replace(run.results[i], compile_seconds=seconds + s)
     x = jax.device_put(out, run.stages[i + 1].device)  # a dry run: not a ledgered transfer
   for i, residuals, out in pending:
     backward, s = _timed_compile(run.stages[i].backward, residuals, out, run.states[i].state)
     run.stages[i] = run.stages[i]._replace(backward=backward)
-    run.results[i].compile_seconds += s
+    run.results[i] = dataclasses.replace(
+        run.results[i], compile_seconds=run.results[i].compile_seconds + s)
 
 
-def run_epoch(run: ModelParallelRun, epoch: int, ledger: list[Transfer]) -> jax.Array:
+def run_epoch(run: ModelParallelRun, epoch: int, ledger: Ledger) -> jax.Array:
   """Dispatches one epoch, step by step; returns the per-step losses [steps] (not waited on).
 
   Every crossing of a cut goes through `hand_over`, so `ledger` gets one record per transfer.
@@ -272,49 +273,53 @@ def segment_params(run: ModelParallelRun) -> list[Params]:
 
 
 def train_model_parallel(problem: Problem, progress: Progress,
-                         track_accuracy: bool = True) -> tuple[list[Params], MethodResult]:
+                         track_accuracy: bool = True) -> tuple[list[Params], MethodRecord]:
   """End-to-end backprop with segment i on device i, dispatched step by step: activations and
   gradients cross every step.
 
   Uses the conventional baseline's settings (`train`), init and minibatch order, so it reaches
-  the same network; returns the trained segments' params (on the host) and the result. The
+  the same network; returns the trained segments' params (on the host) and the record. The
   ledger holds one record per cut, direction and epoch, with the bytes of all its steps.
   """
   train = problem.config.train
-  result = MethodResult(METHOD)
   run = start_model_parallel(problem, train, problem.key(ORDER_STREAM, 0))
-  result.segments = run.results
-  result.compile_seconds = sum(r.compile_seconds for r in run.results)
-  evaluate = (make_evaluator(problem, problem.device_of(0), result.transfers)
-              if track_accuracy else None)
+  ledger = Ledger()
+  evaluate = (make_evaluator(problem, problem.device_of(0), ledger) if track_accuracy else None)
   bar = progress.bar(METHOD, train.epochs)
+  wall, losses_per_epoch, seconds_per_epoch, diverged = 0.0, [], [], False
+  curve: list[CurvePoint] = []
   for epoch in range(train.epochs):
-    step_ledger: list[Transfer] = []
+    step_ledger = Ledger()
     start = time.perf_counter()
     losses = jax.block_until_ready(run_epoch(run, epoch, step_ledger))
     seconds = time.perf_counter() - start
-    result.wall_seconds += seconds
-    result.transfers.extend(summarize(step_ledger, f"epoch {epoch + 1}"))
+    wall += seconds
+    for t in summarize(step_ledger.transfers, f"epoch {epoch + 1}"):
+      ledger.add(t)
     loss = float(np.mean(jax.device_get(losses)))
-    for r in run.results:
-      # Every segment learns from the one end-to-end loss, so each records it.
-      r.loss_per_epoch.append(loss)
-      r.epoch_seconds.append(seconds)
+    # Every segment learns from the one end-to-end loss, so each records it.
+    losses_per_epoch.append(loss)
+    seconds_per_epoch.append(seconds)
     if not np.isfinite(loss):
-      for r in run.results:
-        r.diverged = True
+      diverged = True
       progress.message(f"{METHOD} diverged at epoch {epoch + 1}: loss {loss}")
       break
-    examples = [(epoch + 1) * run.steps * run.batch_size] * len(run.stages)
-    point: dict[str, Any] = {"epoch": epoch + 1, "seconds": result.wall_seconds,
-                             "examples": examples}
+    examples = ((epoch + 1) * run.steps * run.batch_size,) * len(run.stages)
+    point = CurvePoint(epoch=epoch + 1, seconds=wall, examples=examples)
     if evaluate is not None:
-      point["accuracy"] = evaluate(segment_params(run))
-      bar.update(loss=loss, acc=point["accuracy"])
+      accuracy = evaluate(segment_params(run))
+      point = dataclasses.replace(point, accuracy=accuracy)
+      bar.update(loss=loss, acc=accuracy)
     else:
       bar.update(loss=loss)
-    result.curve.append(point)
+    curve.append(point)
   bar.close()
   params = jax.device_get(segment_params(run))
-  result.test_accuracy = (evaluate or make_evaluator(problem, problem.device_of(0)))(params)
-  return params, result
+  final = (evaluate or make_evaluator(problem, problem.device_of(0)))(params)
+  segments = tuple(dataclasses.replace(r, loss_per_epoch=tuple(losses_per_epoch),
+                                       epoch_seconds=tuple(seconds_per_epoch),
+                                       diverged=diverged) for r in run.results)
+  return params, MethodRecord(METHOD, test_accuracy=final, wall_seconds=wall,
+                              compile_seconds=sum(r.compile_seconds for r in run.results),
+                              segments=segments, curve=tuple(curve),
+                              transfers=ledger.transfers)

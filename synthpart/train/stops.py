@@ -14,7 +14,6 @@ loop advances in proportion: to the same fraction of its epoch.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Mapping, Sequence
 
 
@@ -79,22 +78,6 @@ def chunks(stops: Sequence[int]) -> list[tuple[int, int]]:
   return out
 
 
-# A bar moves within an epoch of at least 2 * MIN_CHUNK_STEPS steps, in up to EPOCH_CHUNKS chunks.
-EPOCH_CHUNKS = 8
-MIN_CHUNK_STEPS = 50
-
-
-def epoch_chunks(steps: int) -> tuple[int, ...]:
-  """The chunk sizes an epoch of `steps` steps is dispatched in where bars are shown: the whole
-  epoch when it is short, else up to EPOCH_CHUNKS nearly equal chunks of at least
-  MIN_CHUNK_STEPS steps (two sizes at most, so at most two more programs to compile)."""
-  count = min(EPOCH_CHUNKS, steps // MIN_CHUNK_STEPS)
-  if count <= 1:
-    return (steps,)
-  size, extra = divmod(steps, count)
-  return tuple(size + 1 if k < extra else size for k in range(count))
-
-
 @dataclasses.dataclass(frozen=True)
 class RoundPlan:
   """How a chunked round runs: per loop, its chunks (first, count), one per stop; whether the
@@ -106,22 +89,20 @@ class RoundPlan:
 
 
 def round_plan(steps_per_epoch: Mapping[int, int], counts: Mapping[int, int],
-               epochs: Mapping[int, int], schedule: EvalSchedule | None, chunk_steps: int,
-               bars: bool) -> RoundPlan:
+               epochs: Mapping[int, int], schedule: EvalSchedule | None,
+               chunk_steps: int) -> RoundPlan:
   """The stops of a round in which loop i ({loop: ...}) trains `counts[i]` steps of its epoch
   `epochs[i]`: after the evaluations of `schedule` (None: no evaluation), every `chunk_steps`
-  steps (0: none), at the `epoch_chunks` where `bars` move, and at the end. The pipelined
-  schedule's refreshes see the spans of `chunk_steps` steps only, so where bars move or the
-  network is evaluated changes no result."""
+  steps (0: none), and at the end. The pipelined schedule's refreshes see the spans of
+  `chunk_steps` steps only, so where the network is evaluated changes no result."""
   reference = max(counts, key=lambda i: steps_per_epoch[i])
   per_epoch = steps_per_epoch[reference]
   length = max(-(-counts[i] * per_epoch // steps_per_epoch[i]) for i in counts)
   evaluated = (set(round_stops(schedule, epochs[reference] * per_epoch, length, True)[:-1])
                if schedule is not None else set())
-  moves = set(itertools.accumulate(epoch_chunks(length))) if bars else set()
   refreshes = sorted((set(range(chunk_steps, length, chunk_steps)) if chunk_steps else set())
                      | {length})
-  stops = sorted(evaluated | set(refreshes) | moves | {length})
+  stops = sorted(evaluated | set(refreshes) | {length})
 
   def plan(at: list[int]) -> dict[int, list[tuple[int, int]]]:
     return {i: chunks(positions(at, per_epoch, steps_per_epoch[i], counts[i])) for i in counts}
