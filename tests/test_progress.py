@@ -1,6 +1,10 @@
-"""Bars move within long epochs: the epoch runs in chunks, with the same bits as whole."""
+"""Bars show training and never change it: what is compiled, run and recorded is the same with
+bars and with --quiet."""
 
 from __future__ import annotations
+
+import json
+import re
 
 import jax
 import numpy as np
@@ -8,13 +12,16 @@ import numpy as np
 from synthpart.progress import Bar, Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
-from synthpart.train.stops import MIN_CHUNK_STEPS, epoch_chunks
 
+from commands import synthpart
 from tiny import tiny_config, tiny_dataset
+
+# Fields that are timings (they differ between any two runs); everything else must be equal.
+TIMINGS = {"wall_seconds", "compile_seconds", "eval_seconds", "epoch_seconds", "seconds"}
 
 
 class Watched(Progress):
-  """Progress whose bars record how far they moved, and when."""
+  """Progress whose bars record how far they moved."""
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
@@ -35,22 +42,46 @@ class Watched(Progress):
     return Recording(label, total, position, done, None, True)
 
 
-def test_chunk_sizes():
-  assert epoch_chunks(MIN_CHUNK_STEPS * 2 - 1) == (MIN_CHUNK_STEPS * 2 - 1,)
-  assert epoch_chunks(MIN_CHUNK_STEPS * 2) == (MIN_CHUNK_STEPS, MIN_CHUNK_STEPS)
-  assert epoch_chunks(468) == (59,) * 4 + (58,) * 4  # Fashion-MNIST at batch 128
-  assert all(sum(epoch_chunks(n)) == n for n in range(1, 2000, 37))
-
-
-def test_chunked_epochs_train_bit_for_bit_and_move_the_bar():
-  config = tiny_config(**{"train.batch_size": 2, "train.epochs": 2})  # 128 steps an epoch
-  problem = P.make_problem(config, tiny_dataset(), jax.devices()[:1])
-  whole, quiet = S.train_conventional(problem, Progress(quiet=True))
+def test_bars_move_by_epochs_and_where_the_driver_waits():
+  config = tiny_config(**{"train.batch_size": 32, "train.epochs": 2, "eval.every_steps": 4})
+  problem = P.make_problem(config, tiny_dataset(), jax.devices()[:1])  # 8 steps an epoch
+  quiet_params, quiet = S.train_conventional(problem, Progress(quiet=True))
   watched = Watched(quiet=False)
-  chunked, shown = S.train_conventional(problem, watched)
-  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked), strict=True):
+  shown_params, shown = S.train_conventional(problem, watched)
+  for a, b in zip(jax.tree.leaves(quiet_params), jax.tree.leaves(shown_params), strict=True):
     np.testing.assert_array_equal(a, b)
   assert quiet.segments[0].loss_per_epoch == shown.segments[0].loss_per_epoch
-  fractions = [f for _, f in watched.moves]
-  assert fractions == [0.5, 1.0, 1.0] * 2  # two chunks, then the epoch's end, per epoch
-  assert shown.compile_seconds > quiet.compile_seconds  # the chunks compiled before training
+  assert [p.accuracy for p in quiet.curve] == [p.accuracy for p in shown.curve]
+  # The driver waits at the evaluation after step 4 and at each epoch's end.
+  assert [f for _, f in watched.moves] == [0.5, 1.0, 1.0] * 2
+
+
+def _without_timings(value):
+  if isinstance(value, dict):
+    return {k: _without_timings(v) for k, v in value.items() if k not in TIMINGS}
+  if isinstance(value, list):
+    return [_without_timings(v) for v in value]
+  return value
+
+
+def _compiled(stderr: str) -> list[str]:
+  """The programs jax compiled (its compile log), in order."""
+  return [m.group(1) for m in re.finditer(r"Compiling (\S+)", stderr)]
+
+
+def test_quiet_and_bars_compile_run_and_record_the_same(tmp_path):
+  flags = ["train", "--hidden", "16,16", "--cuts", "1", "--epochs", "2", "--schedule",
+           "pipelined", "--set", "pipeline.refresh_steps=7", "--set", "train.batch_size=50",
+           "--recovery-epochs", "1"]
+  env = {"JAX_LOG_COMPILES": "1", "JAX_PLATFORMS": "cpu"}
+  quiet = synthpart(*flags, "-q", "--out", str(tmp_path / "quiet"), env=env)
+  shown = synthpart(*flags, "--out", str(tmp_path / "shown"), env=env)
+  assert quiet.returncode == 0, quiet.stderr[-2000:]
+  assert shown.returncode == 0, shown.stderr[-2000:]
+  assert "it/s" in shown.stderr or "epoch" in shown.stderr  # bars were drawn
+  assert _compiled(quiet.stderr) and _compiled(quiet.stderr) == _compiled(shown.stderr)
+  documents = [json.loads((tmp_path / name / "results.json").read_text())
+               for name in ("quiet", "shown")]
+  for document in documents:
+    del document["versions"]
+  assert _without_timings(documents[0]) == _without_timings(documents[1])

@@ -3,17 +3,16 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from synthpart.train.stops import EvalSchedule, epoch_chunks, round_plan
+from synthpart.train.stops import EvalSchedule, round_plan
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=3), st.integers(0, 12),
-       st.integers(0, 9), st.booleans(), st.booleans(), st.integers(0, 3))
-def test_a_round_plan_covers_every_step_once(per_epoch, chunk_steps, every, log_spaced, bars,
-                                             epoch):
+       st.integers(0, 9), st.booleans(), st.integers(0, 3))
+def test_a_round_plan_covers_every_step_once(per_epoch, chunk_steps, every, log_spaced, epoch):
   loops = dict(enumerate(per_epoch))
   schedule = EvalSchedule(every, log_spaced)
-  plan = round_plan(loops, loops, dict.fromkeys(loops, epoch), schedule, chunk_steps, bars)
+  plan = round_plan(loops, loops, dict.fromkeys(loops, epoch), schedule, chunk_steps)
   stops = len(plan.evaluated)
   assert not plan.evaluated[-1]  # the round's end is evaluated by the driver, not inside
   for i, steps in loops.items():
@@ -33,8 +32,3 @@ def test_a_round_plan_covers_every_step_once(per_epoch, chunk_steps, every, log_
   longest = max(per_epoch)
   want = -(-longest // chunk_steps) if chunk_steps else 1
   assert len(opened) == want
-
-
-def test_bars_chunk_long_epochs_only():
-  assert epoch_chunks(99) == (99,)
-  assert sum(epoch_chunks(468)) == 468 and len(epoch_chunks(468)) == 8
