@@ -65,8 +65,8 @@ from synthpart.blocks import ACTIVATIONS, BUILT_IN, OPTION_CHOICES
 from synthpart.errors import ConfigError
 from synthpart.groups import BACKENDS
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
+from synthpart.optim import DECAY_MASKS, LR_SCHEDULES, OPTIMIZERS
 from synthpart.registry import Registry
-from synthpart.train.optim import DECAY_MASKS, LR_SCHEDULES, OPTIMIZERS
 
 # The names a run's `schedule` may take; `synthpart.train.schedules` implements each one.
 SCHEDULES: Registry[str] = Registry("schedule")
@@ -134,7 +134,7 @@ class SILConfig:
 class TrainConfig:
   """One optax loop: optimizer, learning rate and its schedule, batch size and epochs.
 
-  The optax chain these build is `synthpart.train.optim.make_optimizer`; every default keeps
+  The optax chain these build is `synthpart.optim.make_optimizer`; every default keeps
   the plain optimizer at a constant rate.
   """
   optimizer: str = "adam"
