@@ -65,9 +65,9 @@ from synthpart.blocks import ACTIVATIONS, BUILT_IN, OPTION_CHOICES
 from synthpart.errors import ConfigError
 from synthpart.groups import BACKENDS
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
+from synthpart.optim import DECAY_MASKS, LR_SCHEDULES, OPTIMIZERS
 from synthpart.registry import Registry
 from synthpart.schedule import SCHEDULES
-from synthpart.train.optim import DECAY_MASKS, LR_SCHEDULES, OPTIMIZERS
 
 DTYPES: Registry[str] = Registry("model.dtype")
 for _name in ("float32", "bfloat16", "float16"):
@@ -128,7 +128,7 @@ class SILConfig:
 class TrainConfig:
   """One optax loop: optimizer, learning rate and its schedule, batch size and epochs.
 
-  The optax chain these build is `synthpart.train.optim.make_optimizer`; every default keeps
+  The optax chain these build is `synthpart.optim.make_optimizer`; every default keeps
   the plain optimizer at a constant rate.
   """
   optimizer: str = "adam"

@@ -57,12 +57,12 @@ from synthpart.model import (
   network_shapes,
   whole_network,
 )
+from synthpart.optim import LoopSettings, make_optimizer
 from synthpart.partition import SegmentSpec, plan_segments
 from synthpart.rundir import claim, refuse_nesting
 from synthpart.setup import prepare_fingerprinted
 from synthpart.train.loop import TrainState
 from synthpart.train.objectives import Constants, preprocess_pixels
-from synthpart.train.optim import LoopSettings, make_optimizer
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 # What an export directory holds: `--overwrite` replaces a directory of these alone.

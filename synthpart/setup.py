@@ -20,7 +20,7 @@ from synthpart.blocks import ACTIVATIONS
 from synthpart.data import Dataset, fingerprint, load_dataset, split_validation
 from synthpart.errors import ConfigError, ResourceError
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
-from synthpart.train.optim import LR_SCHEDULES, OPTIMIZERS
+from synthpart.optim import LR_SCHEDULES, OPTIMIZERS
 
 _DEFAULTS = config_lib.Config()
 

@@ -6,12 +6,12 @@ import numpy as np
 from synthpart import bench, rundir
 from synthpart.cli import main
 from synthpart.model import whole_network
+from synthpart.optim import make_optimizer
 from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.loop import TrainState, make_epoch
 from synthpart.train.objectives import Constants, make_loss
-from synthpart.train.optim import make_optimizer
 
 from tiny import tiny_config, tiny_dataset
 

@@ -14,11 +14,11 @@ import pytest
 from synthpart import config as config_lib
 from synthpart.config import TrainConfig
 from synthpart.errors import ConfigError
+from synthpart.optim import OPTIMIZERS, learning_rate, make_optimizer
 from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.loop import scaled_value_and_grad
-from synthpart.train.optim import OPTIMIZERS, learning_rate, make_optimizer
 
 from tiny import tiny_config, tiny_dataset
 

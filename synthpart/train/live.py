@@ -28,11 +28,11 @@ from synthpart.flops import segment_flops, segment_step_flops
 from synthpart.labels import SIL_LOSSES
 from synthpart.memory import compiled_memory, tree_bytes
 from synthpart.model import Params
+from synthpart.optim import make_optimizer
 from synthpart.placement import device_name, key_on
 from synthpart.records import LoopRecord
 from synthpart.train.loop import StepwiseEpoch, TrainState, epoch_plan, make_epoch, make_steps
 from synthpart.train.objectives import Constants, Inputs, Task, make_loss
-from synthpart.train.optim import make_optimizer
 from synthpart.train.stops import epochs_for
 
 # A loss within this fraction of chance (or above it) is no better than chance.

@@ -46,6 +46,7 @@ from synthpart.errors import ConfigError
 from synthpart.flops import segment_flops, segment_step_flops
 from synthpart.memory import compiled_memory, tree_bytes
 from synthpart.model import Params, apply_segment, whole_network
+from synthpart.optim import make_optimizer
 from synthpart.partition import SegmentSpec
 from synthpart.placement import Ledger, device_name, key_on
 from synthpart.progress import Progress
@@ -55,7 +56,6 @@ from synthpart.train.hooks import Evaluator
 from synthpart.train.live import Loop, LoopSpec
 from synthpart.train.loop import TrainState, epoch_order
 from synthpart.train.objectives import Constants, preprocess_pixels
-from synthpart.train.optim import make_optimizer
 from synthpart.train.problem import ORDER_STREAM, Problem, input_constants
 from synthpart.train.schedules import RunHooks, evaluator_of, init_params, make_evaluator
 
