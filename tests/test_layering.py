@@ -79,6 +79,13 @@ def test_the_package_has_no_import_cycle():
   assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+def test_training_never_imports_the_benchmarks():
+  edges = _graph()
+  found = sorted(f"{m} -> {t}" for m in edges if m.startswith("synthpart.train")
+                 for t in edges[m] if t.startswith("synthpart.bench"))
+  assert not found, "synthpart.train imports synthpart.bench:\n" + "\n".join(found)
+
+
 def test_the_cycle_check_finds_a_cycle():
   assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
   assert _cycle({"a": {"b"}, "b": set()}) is None

@@ -16,7 +16,9 @@ step from Python. Every step:
 So every step moves batch x cut-width activations forward and as many cotangents back across each
 cut, and costs 2n-1 dispatches. Each segment keeps its own optax state on its device. It reaches
 conventional training's network (same init, minibatch order and updates, up to floating-point
-reassociation); `synthpart bench` times it beside the compiled baseline.
+reassociation). It is a benchmark, not a training method: `synthpart bench` times it beside
+the compiled baseline (`synthpart.bench.loops`) and measures its memory
+(`synthpart.bench.compiled`).
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ class Stage(NamedTuple):
 class StageState(NamedTuple):
   """What lives on one segment's device between steps."""
   state: TrainState
-  inputs: jax.Array | None  # uint8 pixels [N, features] on the first device, labels [N] on the
-  # last, None in between
+  # The training inputs [N, *input shape] (uint8 images or float inputs, as the dataset has them)
+  # on the first device, labels [N] on the last, None in between.
+  inputs: jax.Array | None
   consts: Constants
   key: jax.Array  # the order key, a copy on this device
 
