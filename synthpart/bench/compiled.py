@@ -127,7 +127,7 @@ def _model_parallel_memory(problem: Problem) -> list[dict[str, Any]]:
   out = []
   x: Any = None
   for spec in problem.specs:
-    forward, backward, last = make_stage_fns(spec, optimizer, m.activation, m.dtype)
+    forward, backward, last = make_stage_fns(spec, optimizer, problem.input_scale)
     state = _abstract_state(spec, m.param_dtype, optimizer)
     if spec.is_last:
       labels = jax.ShapeDtypeStruct((n,), jnp.int32)
