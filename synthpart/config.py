@@ -81,7 +81,7 @@ class DataConfig:
   data_dir: str | None = None
   download: bool = False
   validation_size: int = 0  # examples held out of the training set (seeded), 0 for none
-  standardize: bool = False  # per-feature mean/std from the training set, on top of /255
+  standardize: bool = False  # per-feature mean/std of the training set, after the input scale
 
 
 @dataclasses.dataclass(frozen=True)

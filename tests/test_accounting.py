@@ -33,7 +33,7 @@ TOLERANCE = 0.02
 
 def _grad_flops(spec, inputs: str) -> float:
   """XLA's CPU count for one minibatch's loss gradient of a segment trained on `inputs`."""
-  task = Task(spec=spec, inputs=inputs)
+  task = Task(spec=spec, inputs=inputs, input_scale=255.0)
   consts = Constants(
       sil_in=jnp.zeros((10, spec.widths[0])) if inputs == "sil" else None,
       sil_out=None if spec.is_last else jnp.zeros((10, spec.widths[-1])))
@@ -87,7 +87,8 @@ def test_epoch_step_with_optimizer_matches_xla():
   spec = whole_network(dense_plan(WIDTHS, (2,)))
   optimizer = optax.adam(1e-3)
   params = init_segment(jax.random.key(0), spec)
-  epoch = make_epoch(make_loss(Task(spec=spec, inputs="pixels")), optimizer, BATCH, 4 * BATCH)
+  task = Task(spec=spec, inputs="pixels", input_scale=255.0)
+  epoch = make_epoch(make_loss(task), optimizer, BATCH, 4 * BATCH)
   data = {"x": jnp.zeros((4 * BATCH, WIDTHS[0]), jnp.uint8),
           "y": jnp.zeros((4 * BATCH,), jnp.int32)}
   compiled = epoch.lower(TrainState(params, optimizer.init(params)), data, Constants(),

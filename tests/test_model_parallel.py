@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from synthpart import curves, flops
+from synthpart.bench import stepwise
 from synthpart.errors import ConfigError
 from synthpart.model import compose, whole_network
 from synthpart.progress import Progress
 from synthpart.train import model_parallel as MP
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
-from synthpart.train import stepwise
 from synthpart.train.loop import epoch_order
 
 from tiny import tiny_config, tiny_dataset

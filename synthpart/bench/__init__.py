@@ -14,9 +14,10 @@ analysis of the compiled loop and, on GPUs, the device's own memory counters. Th
 of the right shapes (offline), unless `--dataset` names a real one. Timing starts after a warm-up
 epoch and covers `--repeats` epochs of `--steps` steps each, dispatched back to back.
 
-Modules: `loops` (the suites, and each loop compiled, timed and measured), `compiled` (every
-method's memory per device from its loops compiled on abstract arguments, the
-`--memory-report` table), `command` (the command line, bench.json and bench.md).
+Modules: `loops` (the suites, and each loop compiled, timed and measured), `stepwise` (the
+step-by-step model-parallel reference), `compiled` (every method's memory per device from its
+loops compiled on abstract arguments, the `--memory-report` table), `command` (the command line,
+bench.json and bench.md).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from synthpart.bench.stepwise import make_stage_fns
 from synthpart.config import TrainConfig
 from synthpart.memory import MemoryUse, compiled_memory, tree_bytes
 from synthpart.model import apply_segment, init_segment, whole_network
@@ -28,7 +29,6 @@ from synthpart.train.loop import TrainState, make_epoch, make_predict
 from synthpart.train.objectives import Constants, Inputs, make_loss, preprocess_pixels
 from synthpart.train.problem import Problem, input_constants
 from synthpart.train.schedules import segment_constants, segment_task
-from synthpart.train.stepwise import make_stage_fns
 
 
 def _compile(fn: Callable[..., Any] | None, *args: Any) -> jax.stages.Compiled:
@@ -127,7 +127,7 @@ def _model_parallel_memory(problem: Problem) -> list[dict[str, Any]]:
   out = []
   x: Any = None
   for spec in problem.specs:
-    forward, backward, last = make_stage_fns(spec, optimizer, m.activation, m.dtype)
+    forward, backward, last = make_stage_fns(spec, optimizer, problem.input_scale)
     state = _abstract_state(spec, m.param_dtype, optimizer)
     if spec.is_last:
       labels = jax.ShapeDtypeStruct((n,), jnp.int32)

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from synthpart import config as config_lib
+from synthpart.bench import stepwise
 from synthpart.curves import ledger_bytes
 from synthpart.data import Dataset, load_dataset
 from synthpart.errors import ConfigError
@@ -23,7 +24,7 @@ from synthpart.model import whole_network
 from synthpart.partition import SegmentSpec
 from synthpart.placement import Ledger, device_name
 from synthpart.results import versions
-from synthpart.train import model_parallel, schedules, stepwise
+from synthpart.train import model_parallel, schedules
 from synthpart.train.objectives import Inputs
 from synthpart.train.problem import ORDER_STREAM, Problem
 

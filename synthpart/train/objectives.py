@@ -43,12 +43,12 @@ class Task(NamedTuple):
   """
   spec: SegmentSpec
   inputs: Inputs
+  input_scale: float
   sil_loss: str = "mse"
   noise: float = 0.0
-  input_scale: float = 255.0
 
 
-def preprocess_pixels(x: jax.Array, consts: Constants, scale: float = 255.0) -> jax.Array:
+def preprocess_pixels(x: jax.Array, consts: Constants, scale: float) -> jax.Array:
   """Inputs [batch, ...] -> float32 divided by `scale` (uint8 images: [0, 1]), standardised
   where statistics are given."""
   x = x.astype(jnp.float32) / scale

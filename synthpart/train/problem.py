@@ -60,7 +60,7 @@ class Problem:
   devices: tuple[jax.Device, ...]
   sil: dict[int, np.ndarray]  # cut block -> [classes, *cut shape] table, on the host
   # Inputs are divided by this on the device: 255 for uint8 images, 1 for float inputs.
-  input_scale: float = 255.0
+  input_scale: float
   # Training-set statistics of the scaled inputs, [*input_shape] each; None unless standardising.
   pixel_mean: np.ndarray | None = None
   pixel_std: np.ndarray | None = None
@@ -118,7 +118,7 @@ def make_problem(config: Config, dataset: Dataset, devices: Sequence[jax.Device]
   network = build_network(config.model, input_shape, dataset.num_classes)
   shapes = network_shapes(network, input_shape)
   specs = plan_segments(network, shapes, config.model.cuts)
-  scale = float(getattr(dataset, "input_scale", 255.0))
+  scale = dataset.input_scale
   problem = Problem(config=config, dataset=dataset.name, train_x=train_x,
                     train_y=np.asarray(dataset.train_labels, np.int32), test_x=test_x,
                     test_y=np.asarray(dataset.test_labels, np.int32),

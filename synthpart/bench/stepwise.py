@@ -16,7 +16,9 @@ step from Python. Every step:
 So every step moves batch x cut-width activations forward and as many cotangents back across each
 cut, and costs 2n-1 dispatches. Each segment keeps its own optax state on its device. It reaches
 conventional training's network (same init, minibatch order and updates, up to floating-point
-reassociation); `synthpart bench` times it beside the compiled baseline.
+reassociation). It is a benchmark, not a training method: `synthpart bench` times it beside
+the compiled baseline (`synthpart.bench.loops`) and measures its memory
+(`synthpart.bench.compiled`).
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ class Stage(NamedTuple):
 class StageState(NamedTuple):
   """What lives on one segment's device between steps."""
   state: TrainState
-  inputs: jax.Array | None  # uint8 pixels [N, features] on the first device, labels [N] on the
-  # last, None in between
+  # The training inputs [N, *input shape] (uint8 images or float inputs, as the dataset has them)
+  # on the first device, labels [N] on the last, None in between.
+  inputs: jax.Array | None
   consts: Constants
   key: jax.Array  # the order key, a copy on this device
 
@@ -77,10 +80,13 @@ def _batch_indices(order: jax.Array, step: jax.Array) -> jax.Array:
   return jax.lax.dynamic_index_in_dim(order, step, keepdims=False)
 
 
-def make_stage_fns(spec: SegmentSpec, optimizer: optax.GradientTransformation, activation: str,
-                   dtype: str) -> tuple[Callable | None, Callable | None, Callable | None]:
-  """The jitted step functions of one segment: (forward, backward, last); see `Stage`."""
-  del activation, dtype  # the blocks carry their own
+def make_stage_fns(spec: SegmentSpec, optimizer: optax.GradientTransformation, input_scale: float
+                   ) -> tuple[Callable | None, Callable | None, Callable | None]:
+  """The jitted step functions of one segment: (forward, backward, last); see `Stage`.
+
+  The first segment divides its inputs by `input_scale` (`Problem.input_scale`: 255 for uint8
+  images, 1 for float inputs).
+  """
   apply = functools.partial(apply_segment, spec=spec)
 
   def update(state: TrainState, grads: Params) -> TrainState:
@@ -112,7 +118,7 @@ def make_stage_fns(spec: SegmentSpec, optimizer: optax.GradientTransformation, a
   def forward(params: Params, x: jax.Array, consts: Constants, order: jax.Array,
               step: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
     if spec.is_first:
-      x = preprocess_pixels(x[_batch_indices(order, step)], consts)
+      x = preprocess_pixels(x[_batch_indices(order, step)], consts, input_scale)
       out, vjp = jax.vjp(lambda p: apply(p, x), params)
     else:
       out, vjp = jax.vjp(apply, params, x)
@@ -168,7 +174,6 @@ def start_model_parallel(problem: Problem, train: TrainConfig, key: jax.Array,
   """
   if len(problem.specs) < 2:
     raise ConfigError("model-parallel training needs at least one cut (model.cuts)")
-  m = problem.config.model
   n = len(problem.train_y) if num_examples is None else num_examples
   if train.batch_size > n:
     raise ConfigError(f"train.batch_size {train.batch_size} is larger than the {n} training "
@@ -185,7 +190,7 @@ def start_model_parallel(problem: Problem, train: TrainConfig, key: jax.Array,
       consts = input_constants(problem, device) if spec.is_first else Constants()
       states.append(StageState(state, None if inputs is None else jax.device_put(inputs, device),
                                consts, key_on(key, device)))
-    forward, backward, last = make_stage_fns(spec, optimizer, m.activation, m.dtype)
+    forward, backward, last = make_stage_fns(spec, optimizer, problem.input_scale)
     stages.append(Stage(spec, device, forward, backward, last))
     order_fns.append(jax.jit(functools.partial(epoch_order, num_examples=n,
                                                batch_size=train.batch_size)))
