@@ -17,6 +17,7 @@ from synthpart import checkpoint
 pytestmark = pytest.mark.xdist_group("resume")
 
 
+FAULTS = Path(__file__).with_name("faults.py")
 FLAGS = ["--hidden", "32,32,32", "--cuts", "2", "--epochs", "3", "--batch-size", "64",
          "--lr", "0.01", "--recovery-epochs", "2", "-q"]
 
@@ -24,10 +25,10 @@ FLAGS = ["--hidden", "32,32,32", "--cuts", "2", "--epochs", "3", "--batch-size",
 def _train(out: Path, *extra: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env.pop(checkpoint.CRASH_ENV, None)
-  if crash_at:
-    env[checkpoint.CRASH_ENV] = crash_at
-  return subprocess.run([sys.executable, "-m", "synthpart", "train", *FLAGS, *extra, "--out",
-                         str(out)], capture_output=True, text=True, env=env, timeout=300)
+  # A killed run goes through tests/faults.py, which dies at `crash_at`.
+  command = [str(FAULTS), crash_at] if crash_at else ["-m", "synthpart"]
+  return subprocess.run([sys.executable, *command, "train", *FLAGS, *extra, "--out", str(out)],
+                        capture_output=True, text=True, env=env, timeout=300)
 
 
 def _loops(schedule: str) -> list[tuple[str, str]]:
