@@ -209,3 +209,12 @@ def test_a_failed_loop_counts_no_steps_at_points_inside_rounds():
       (partial, (0, steps)) for end in (4, 8, 12) for partial, steps in ((True, end - 2),
                                                                          (False, end))]
   assert all(p.accuracy is None for p in out.curve) and out.evaluations == 0
+
+
+def test_a_step_budget_ends_the_last_round_inside_its_epoch():
+  loop = T.network()  # as `train.steps = 6` makes it: 2 epochs, the second cut to 2 steps
+  loop = dataclasses.replace(loop, info=dataclasses.replace(loop.info, max_steps=6, epochs=2))
+  out = drive([loop], MethodRecord("m"))
+  assert loop.epochs == 2 and out.segments[0].steps == 6
+  assert [(p.epoch, p.steps, p.examples) for p in out.curve] == [(1, (4,), (256,)),
+                                                                  (2, (6,), (384,))]

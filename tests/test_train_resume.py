@@ -12,6 +12,7 @@ from synthpart.records import CurvePoint, MethodRecord, Tally, Transfer
 from synthpart.train.driver import drive
 from synthpart.train.hooks import Evaluator, Hook, Needs
 from synthpart.train.resume import Checkpoints, least_reached, tally_of
+from synthpart.train.stops import EvalSchedule
 
 import tiny_loops as T
 
@@ -130,6 +131,56 @@ def test_coupled_loops_resume_together_and_train_as_without_interruption(tmp_pat
   assert starts == [(2, [2, 1])]
   _same_training(resumed, whole, loops, whole_loops)
   assert saved(policy, loops[0]) == [2, 3] and saved(policy, loops[1]) == [1, 3]
+
+
+def test_independent_loops_resume_where_each_stands(tmp_path):
+  """Not coupled, the loop that finished stays finished; the other goes on from round 2."""
+  def make():
+    return [T.parallel(0), T.parallel(1, start_round=1)]
+
+  whole_loops = make()
+  whole = drive(whole_loops, MethodRecord("m"))
+  policy = checkpoint.Policy(tmp_path, every=2, keep=10)
+  with pytest.raises(Crash):
+    drive(make(), MethodRecord("m"), [Checkpoints(policy), CrashAfter(2)])
+  loops = make()
+  starts = []
+
+  class Start(Hook):
+    def started(self, loops, first_round):
+      starts.append((first_round, [loop.done for loop in loops]))
+
+  resumed = drive(loops, MethodRecord("m"), [Checkpoints(policy), Start()])
+  assert starts == [(2, [3, 1])]
+  _same_training(resumed, whole, loops, whole_loops)
+
+
+def test_pipelined_loops_resume_together_and_train_as_without_interruption(tmp_path):
+  """The later segment reads the earlier one's current parameters (`Feeds`, coupled): resumed
+  after round 2, both go back to round 2 and train exactly as an uninterrupted run."""
+  def run(hooks, loops_and_feeds):
+    loops, feeds = loops_and_feeds
+    return loops, drive(loops, MethodRecord("m"), [feeds, Evaluator(T.evaluate_fn()), *hooks])
+
+  whole_loops, whole = run([], T.pipelined())
+  assert [p.examples for p in whole.curve][-1] == (768, 768)
+  policy = checkpoint.Policy(tmp_path, every=2, keep=10)
+  with pytest.raises(Crash):
+    run([Checkpoints(policy), CrashAfter(2)], T.pipelined())
+  loops, resumed = run([Checkpoints(policy)], T.pipelined())
+  _same_training(resumed, whole, loops, whole_loops)
+
+
+def test_a_resume_inside_rounds_keeps_their_partial_points(tmp_path):
+  def hooks():
+    return [Evaluator(T.evaluate_fn(), EvalSchedule(every_steps=3))]
+
+  whole_loops = [T.network()]
+  whole = drive(whole_loops, MethodRecord("m"), hooks())
+  policy = checkpoint.Policy(tmp_path, every=1)
+  loops, resumed = _interrupted(lambda: [T.network()], hooks, policy, crash_round=1)
+  assert [p.partial for p in resumed.curve] == [True, False] * 3
+  _same_training(resumed, whole, loops, whole_loops)
 
 
 def test_a_resume_with_nothing_saved_trains_from_the_start(tmp_path):

@@ -10,17 +10,21 @@ from typing import Any
 import jax
 
 from synthpart.model import whole_network
+from synthpart.placement import Ledger
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.hooks import Evaluate
 from synthpart.train.live import Loop
 from synthpart.train.objectives import Inputs
+from synthpart.train.refresh import Feeds
 
 from tiny import tiny_config, tiny_dataset
 
 # 256 examples in batches of 64: 4 steps per epoch.
 SMALL = {"model.hidden": [8, 8], "train.epochs": 3, "train.batch_size": 64}
 STEPS_PER_EPOCH = 4
+# The pipelined schedule's refreshes every 2 steps; its later segment starts a round later.
+REFRESH_STEPS, PIPELINE_START = 2, 1
 DIVERGING = {"train.optimizer": "sgd", "train.learning_rate": 1e6, "train.chance_epochs": 0}
 
 
@@ -57,11 +61,20 @@ def parallel_template(segment: int) -> Template:
   return _template(S.parallel_loop(problem(), segment))
 
 
-def fresh(template: Template, start_round: int = 0, name: str | None = None) -> Loop:
+@functools.cache
+def pipelined_template() -> Template:
+  """The later segment of the pipelined schedule, from round `PIPELINE_START` on: its inputs
+  are a buffer of zeros until `Feeds` refreshes it."""
+  return _template(S.pipelined_loop(problem(), 1, PIPELINE_START))
+
+
+def fresh(template: Template, start_round: int = 0, name: str | None = None,
+          method: str | None = None) -> Loop:
   """A new loop as `template`'s was before it trained (its compiled programs shared), trained
-  from round `start_round` (named `name`, where given)."""
+  from round `start_round` (named `name` and for `method`, where given)."""
   loop = template.loop
-  spec = dataclasses.replace(loop.spec, start_round=start_round, name=name or loop.spec.name)
+  spec = dataclasses.replace(loop.spec, start_round=start_round, name=name or loop.spec.name,
+                             method=method or loop.spec.method)
   return dataclasses.replace(
       loop, spec=spec, info=dataclasses.replace(loop.info, name=spec.name),
       state=jax.device_put(template.state, loop.device),
@@ -84,3 +97,15 @@ def evaluate_fn() -> Evaluate:
   p = problem()
   return S.make_evaluator(p, p.device_of(0))
 
+
+
+def pipelined() -> tuple[list[Loop], Feeds]:
+  """Both segments of the pipelined schedule, fresh, and the hook that feeds the later one (the
+  first segment trains as the parallel schedule's does, on the dataset)."""
+  later = pipelined_template().loop
+  loops = [fresh(parallel_template(0), method=later.method), fresh(pipelined_template(),
+                                                                  PIPELINE_START)]
+  tasks = [loop.spec.task for loop in loops]
+  assert all(task is not None for task in tasks)
+  return loops, Feeds(loops, [t for t in tasks if t is not None], Ledger(),
+                      REFRESH_STEPS)
