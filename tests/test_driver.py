@@ -6,9 +6,10 @@ import dataclasses
 import numpy as np
 import pytest
 
+from synthpart.progress import Progress
 from synthpart.records import CurvePoint, MethodRecord
 from synthpart.train.driver import drive
-from synthpart.train.hooks import Chunk, Evaluator, Hook, Needs, RoundEnd, needs_of
+from synthpart.train.hooks import Chunk, Evaluator, Hook, Needs, RoundEnd, needs_of, shown
 from synthpart.train.stops import EvalSchedule
 
 import tiny_loops as T
@@ -218,3 +219,33 @@ def test_a_step_budget_ends_the_last_round_inside_its_epoch():
   assert loop.epochs == 2 and out.segments[0].steps == 6
   assert [(p.epoch, p.steps, p.examples) for p in out.curve] == [(1, (4,), (256,)),
                                                                   (2, (6,), (384,))]
+
+
+class Metrics:
+  """A metric writer that keeps what it is given."""
+
+  def __init__(self):
+    self.written: list[tuple[int, dict]] = []
+
+  def write_scalars(self, step, values):
+    self.written.append((step, dict(values)))
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def test_bars_and_scalars_show_every_round_and_note_a_divergence(tmp_path):
+  metrics = Metrics()
+  progress = Progress(quiet=True, log_path=tmp_path / "log", metrics=metrics)
+  bad, good = T.network("bad", **T.DIVERGING), T.network("good")
+  out = drive([bad, good], MethodRecord("m"), shown(progress, "run"))
+  assert [step for step, _ in metrics.written] == [1, 2, 3]
+  assert set(metrics.written[0][1]) == {"run/loss/bad", "run/loss/good", "run/seconds"}
+  assert set(metrics.written[1][1]) == {"run/loss/good", "run/seconds"}
+  assert metrics.written[-1][1]["run/seconds"] == out.wall_seconds
+  assert metrics.written[-1][1]["run/loss/good"] == out.segments[1].loss_per_epoch[-1]
+  log = (tmp_path / "log").read_text()
+  assert "m bad diverged at epoch 1" in log and "last good checkpoint: none" in log

@@ -183,6 +183,20 @@ def test_a_resume_inside_rounds_keeps_their_partial_points(tmp_path):
   _same_training(resumed, whole, loops, whole_loops)
 
 
+def test_a_finished_drive_resumed_trains_nothing_and_returns_its_record(tmp_path):
+  policy = checkpoint.Policy(tmp_path, every=1)
+  first = drive([T.network()], MethodRecord("m"), [Evaluator(T.evaluate_fn()),
+                                                   Checkpoints(policy)])
+  hook = CrashAfter(0)  # would raise, were any round run
+  loop = T.network()
+  again = drive([loop], MethodRecord("m"), [Evaluator(T.evaluate_fn()), Checkpoints(policy),
+                                            hook])
+  assert again.curve == first.curve and again.wall_seconds == first.wall_seconds
+  assert again.evaluations == first.evaluations == 3
+  assert again.segments[0].loss_per_epoch == first.segments[0].loss_per_epoch
+  assert loop.last_checkpoint == str(policy.loop_dir(loop.method, loop.name) / "3")
+
+
 def test_a_resume_with_nothing_saved_trains_from_the_start(tmp_path):
   policy = checkpoint.Policy(tmp_path, every=1)
   loop = T.network()
