@@ -281,7 +281,7 @@ class _Step:
       self.running.wall_seconds += time.perf_counter() - start
       live = [i for i in live if i not in self.failed]
       if evaluates:
-        trained = {i: sum(c for _, c in plan[i][:k + 1]) for i in due}
+        trained = {i: sum(c for _, c in plan[i][:k + 1]) for i in due if i not in self.failed}
         point = CurvePoint(epoch=round_index + 1, partial=True,
                            seconds=self.running.wall_seconds,
                            examples=self.examples_by_loop(trained),
