@@ -41,7 +41,7 @@ from pathlib import Path
 
 import jax
 
-from synthpart import __version__, checkpoint, metrics, rundir
+from synthpart import __version__, metrics, rundir
 from synthpart import experiment as exp
 from synthpart.bench import add_bench_command
 from synthpart.budget import add_budget_command
@@ -50,15 +50,15 @@ from synthpart.data.cli import add_data_commands
 from synthpart.distributed import add_launch_command
 from synthpart.errors import ConfigError, DiskFullError, ResourceError, SynthpartError
 from synthpart.export import export_model
-from synthpart.files import is_disk_full, read_user_text, write_json_atomic
-from synthpart.progress import Progress
-from synthpart.records import MethodRecord, divergence_reason
+from synthpart.files import is_disk_full, read_user_text
+from synthpart.records import divergence_reason
 from synthpart.report import add_report_commands
-from synthpart.results import format_table, results_document
+from synthpart.results import format_table
+from synthpart.runner import RunOptions, run_experiment
 from synthpart.setup import add_run_arguments, load_config, prepare_fingerprinted, select_devices
 from synthpart.sweep import add_sweep_commands
 from synthpart.train.live import is_out_of_memory
-from synthpart.train.problem import describe, make_problem
+from synthpart.train.problem import Problem
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -129,39 +129,21 @@ def _run_locked(args: argparse.Namespace, experiment: exp.Experiment, config: Co
   # One device per segment by default; segment groups need the sum of their sizes.
   devices = select_devices(args.devices, config.num_devices)
   dataset, fingerprint = prepare_fingerprinted(config, progress=not args.quiet)
-  problem = make_problem(config, dataset, devices)
-  # Again, now that the data are loaded: --resume refuses data other than the run's.
-  rundir.prepare_run_dir(out, config.to_dict(), resume=args.resume,
-                         overwrite=args.overwrite, fingerprint=fingerprint, trains=trains)
-  hparams = {"dataset": dataset.name, "dataset_source": dataset.source,
-             **metrics.flat_hparams(config.to_dict())}
-  progress = Progress(quiet=args.quiet, log_path=out / "log.txt",
-                      metrics=metrics.open_writer(options, out, hparams))
-  # Every checkpoint records the run's settings and data (their hash); restoring refuses another
-  # run's (copied in, or trained before config.json was edited).
-  policy = checkpoint.Policy(out, config.checkpoint.every, config.checkpoint.keep,
-                             run=checkpoint.run_fingerprint(config.to_dict(), fingerprint))
-  finished: set[str] = set()
 
-  description = describe(problem, dataset.source, fingerprint)
+  def prepare(problem: Problem) -> None:
+    # Again, now that the data are loaded: --resume refuses data other than the run's.
+    rundir.prepare_run_dir(out, config.to_dict(), resume=args.resume,
+                           overwrite=args.overwrite, fingerprint=fingerprint, trains=trains)
 
-  def keep_results(runs: list[MethodRecord]) -> None:
-    write_json_atomic(out / "results.json",
-                      results_document(args.command, description, config.to_dict(), runs))
-    for run in runs:
-      if run.method not in finished and run.test_accuracy is not None:
-        progress.scalars(run.method, len(run.curve), {"accuracy/final": run.test_accuracy})
-        finished.add(run.method)
+  def announce(problem: Problem) -> None:
+    if not args.quiet:
+      print(f"dataset {dataset.name} from {dataset.source}: {len(problem.train_y)} train, "
+            f"{len(problem.test_y)} test, {problem.num_classes} classes; devices "
+            f"{', '.join(f'{d.platform}:{d.id}' for d in problem.devices)}", file=sys.stderr)
 
-  if not args.quiet:
-    print(f"dataset {dataset.name} from {dataset.source}: {len(problem.train_y)} train, "
-          f"{len(problem.test_y)} test, {problem.num_classes} classes; devices "
-          f"{', '.join(f'{d.platform}:{d.id}' for d in problem.devices)}", file=sys.stderr)
-  try:
-    runs = experiment(problem, progress, checkpoints=policy, on_result=keep_results)
-    keep_results(runs)
-  finally:
-    progress.close()
+  runs = run_experiment(config, dataset, out, experiment, devices,
+                        RunOptions(args.command, quiet=args.quiet, metrics=options),
+                        fingerprint=fingerprint, on_problem=prepare, on_start=announce)
   print(format_table(runs))
   print(f"results: {out / 'results.json'}")
   if dataset.name == "digits" and not args.quiet:

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,10 @@ from tqdm.auto import tqdm
 
 from synthpart import config as config_lib
 from synthpart import experiment as exp
-from synthpart import metrics
+from synthpart import metrics, runner
 from synthpart.data import Dataset, check_fingerprint, fingerprint
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
-from synthpart.progress import Progress
-from synthpart.records import MethodRecord
-from synthpart.results import results_document
 from synthpart.rundir import claim
 from synthpart.setup import Loader, read_dataset, select_devices, with_validation
 from synthpart.sweep.grid import (
@@ -45,10 +42,6 @@ from synthpart.sweep.grid import (
   sweep_document,
 )
 from synthpart.sweep.summary import summarize, write_summary
-from synthpart.train.problem import Problem, describe, make_problem
-
-# experiment(problem, progress) -> the results of the methods it trains
-Experiment = Callable[[Problem, Progress], list[MethodRecord]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,12 +168,12 @@ def stored_config(settings: Any) -> config_lib.Config | None:
     return None
 
 
-def job_experiment(job: Job) -> tuple[str, Experiment]:
+def job_experiment(job: Job) -> tuple[str, exp.Experiment]:
   """The command name its results.json records, and the experiment that trains the job."""
   if job.kind == "compare":
     return "compare", exp.compare
   if job.kind == "schedules":
-    return "sweep", lambda problem, progress: exp.run_schedules(problem, progress, job.schedules)
+    return "sweep", functools.partial(exp.run_schedules, schedules=job.schedules)
   return "train", exp.train_one  # "train", and "baseline" (no cuts: conventional)
 
 
@@ -243,26 +236,15 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
 
 def run_job(job: Job, out: Path, devices: Sequence[Any], options: RunOptions,
             datasets: Datasets) -> None:
-  """Trains one job, its metrics written live where `options` asks, and writes its
-  results.json under `out`, with its data's fingerprint.
+  """Trains one job, its metrics written live where `options` asks, into its directory under
+  `out` (`synthpart.runner.run_experiment`, without log.txt or checkpoints): its results.json,
+  with its data's fingerprint, rewritten after every method it finishes.
 
   `datasets` reads each distinct dataset once across jobs."""
-  dataset = datasets.dataset(job.config)
   wanted = options.devices or job.config.model.num_segments
-  problem = make_problem(job.config, dataset, devices[:wanted])
   command, experiment = job_experiment(job)
-  run_dir = out / job.directory
-  hparams = {"dataset": dataset.name, **metrics.flat_hparams(job.config.to_dict())}
-  progress = Progress(quiet=not options.verbose,
-                      metrics=metrics.open_writer(_writers(options), run_dir, hparams))
-  try:
-    runs = experiment(problem, progress)
-    for run in runs:
-      if run.test_accuracy is not None:
-        progress.scalars(run.method, len(run.curve), {"accuracy/final": run.test_accuracy})
-  finally:
-    progress.close()
-  document = results_document(command, describe(problem, dataset.source,
-                                                datasets.fingerprint(job.config)),
-                              job.config.to_dict(), runs)
-  write_json_atomic(run_dir / "results.json", document)
+  run = runner.RunOptions(command, quiet=not options.verbose, metrics=_writers(options),
+                          log=False, checkpoints=False, source_hparam=False)
+  runner.run_experiment(job.config, datasets.dataset(job.config), out / job.directory,
+                        experiment, devices[:wanted], run,
+                        fingerprint=datasets.fingerprint(job.config))
