@@ -20,7 +20,7 @@ from synthpart.data import load_dataset
 from synthpart.model import whole_network
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
-from synthpart.train.live import start_loop
+from synthpart.train.loop import start_loop
 from synthpart.train.stops import epoch_chunks
 
 

@@ -3,7 +3,7 @@
 The network: 6 dense layers (784 -> 512 x 5 -> 10), ReLU, Adam (lr 1e-3), softmax cross-entropy,
 on uint8 Fashion-MNIST-shaped data scaled to [0, 1] per batch, a fresh permutation per epoch,
 the last partial batch dropped. synthpart runs its conventional loop (one jitted `lax.scan` per
-epoch, `synthpart.train.loop.make_epoch`); PyTorch runs a plain eager loop.
+epoch, `synthpart.train.epoch.make_epoch`); PyTorch runs a plain eager loop.
 
     python3 benchmarks/torch_vs_jax.py                      # batch 256 and 128, real data if found
     python3 benchmarks/torch_vs_jax.py --data random --examples 20000 --json out.json

@@ -17,7 +17,7 @@ import numpy as np
 from synthpart import config
 from synthpart.data import Dataset
 from synthpart.progress import Progress
-from synthpart.setup import select_devices
+from synthpart.prepare import select_devices
 from synthpart.train import schedules
 from synthpart.train.problem import make_problem
 

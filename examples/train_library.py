@@ -15,7 +15,7 @@ import argparse
 from synthpart import config
 from synthpart.data import load_dataset
 from synthpart.progress import Progress
-from synthpart.setup import select_devices
+from synthpart.prepare import select_devices
 from synthpart.train import schedules
 from synthpart.train.problem import make_problem
 

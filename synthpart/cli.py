@@ -46,18 +46,18 @@ from synthpart import experiment as exp
 from synthpart.bench import add_bench_command
 from synthpart.budget import add_budget_command
 from synthpart.config import Config
-from synthpart.data.cli import add_data_commands
+from synthpart.data.command import add_data_commands
 from synthpart.distributed import add_launch_command
 from synthpart.errors import ConfigError, DiskFullError, ResourceError, SynthpartError
 from synthpart.export import export_model
 from synthpart.files import is_disk_full, read_user_text
+from synthpart.prepare import add_run_arguments, load_config, prepare_fingerprinted, select_devices
 from synthpart.records import divergence_reason
 from synthpart.report import add_report_commands
 from synthpart.results import format_table
 from synthpart.runner import RunOptions, run_experiment
-from synthpart.setup import add_run_arguments, load_config, prepare_fingerprinted, select_devices
 from synthpart.sweep import add_sweep_commands
-from synthpart.train.live import is_out_of_memory
+from synthpart.train.loop import is_out_of_memory
 from synthpart.train.problem import Problem
 
 EXIT_USER_ERROR = 2

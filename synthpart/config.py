@@ -63,9 +63,9 @@ from typing import Any
 
 from synthpart.blocks import ACTIVATIONS, BUILT_IN, OPTION_CHOICES
 from synthpart.errors import ConfigError
-from synthpart.groups import BACKENDS
 from synthpart.labels import SIL_KINDS, SIL_LOSSES
 from synthpart.optim import DECAY_MASKS, LR_SCHEDULES, OPTIMIZERS
+from synthpart.placement import BACKENDS
 from synthpart.registry import Registry
 from synthpart.schedule import SCHEDULES
 
@@ -138,7 +138,7 @@ class TrainConfig:
   weight_decay: float = 0.0  # decoupled for adamw and lamb, added to the gradients otherwise
   momentum: float = 0.9
   # One jitted lax.scan per epoch (fastest for dense networks); false: a Python loop over a
-  # jitted step, for convolutional networks on CPU (`synthpart.train.loop.StepwiseEpoch`).
+  # jitted step, for convolutional networks on CPU (`synthpart.train.epoch.StepwiseEpoch`).
   scan: bool = True
   # A classifying loop whose epoch loss stays no better than chance for this many epochs in a row
   # is stopped as diverged (`synthpart.train.driver`); 0 never stops one for that.
@@ -169,11 +169,11 @@ class PipelineConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PlacementConfig:
-  """How many devices each segment trains on (see `synthpart.groups`).
+  """How many devices each segment trains on (see `synthpart.placement`).
 
   `groups` lists one size per segment, in order (uneven sizes allowed); where it is empty every
   segment gets `devices_per_segment`. A group of k > 1 devices trains its segment data-parallel,
-  through `backend` (`synthpart.groups.BACKENDS`).
+  through `backend` (`synthpart.placement.BACKENDS`).
   """
   groups: tuple[int, ...] = ()
   devices_per_segment: int = 1

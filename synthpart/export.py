@@ -59,9 +59,9 @@ from synthpart.model import (
 )
 from synthpart.optim import LoopSettings, make_optimizer
 from synthpart.partition import SegmentSpec, plan_segments
+from synthpart.prepare import prepare_fingerprinted
 from synthpart.rundir import claim, refuse_nesting
-from synthpart.setup import prepare_fingerprinted
-from synthpart.train.loop import TrainState
+from synthpart.train.epoch import TrainState
 from synthpart.train.objectives import Constants, preprocess_pixels
 
 PLATFORMS = ("cpu", "cuda", "tpu")

@@ -11,7 +11,7 @@ A loop's settings (a `synthpart.config.TrainConfig`) choose, each by name from a
 Then `clip_norm` clips the gradients' global norm first, and `weight_decay` decays the weights
 (decoupled for adamw and lamb, which take it themselves; added to the gradients, as L2, for the
 others). `loss_scale` is the static loss scale for float16 compute: the loop multiplies the
-loss by it before differentiating and divides the gradients after (`synthpart.train.loop`),
+loss by it before differentiating and divides the gradients after (`synthpart.train.epoch`),
 and the optimizer skips any step whose gradients overflowed (`optax.apply_if_finite`).
 
 With every default (constant rate, no warmup, no clipping, no decay, no loss scaling) the

@@ -23,7 +23,7 @@ import signal
 import sys
 
 from synthpart import checkpoint, cli
-from synthpart.train import live, schedules
+from synthpart.train import loop, schedules
 
 
 def _die() -> None:
@@ -32,7 +32,7 @@ def _die() -> None:
 
 def install(point: str) -> None:
   """Patches the seams so that this process dies at `point`."""
-  dispatch, dispatch_steps, hand_over = (live.Loop.dispatch, live.Loop.dispatch_steps,
+  dispatch, dispatch_steps, hand_over = (loop.Loop.dispatch, loop.Loop.dispatch_steps,
                                          schedules.hand_over)
 
   def dying_dispatch(self, epoch):
@@ -52,8 +52,8 @@ def install(point: str) -> None:
       _die()
     return hand_over(tree, device, ledger, what, *args, **kwargs)
 
-  live.Loop.dispatch = dying_dispatch  # type: ignore[method-assign]
-  live.Loop.dispatch_steps = dying_dispatch_steps  # type: ignore[method-assign]
+  loop.Loop.dispatch = dying_dispatch  # type: ignore[method-assign]
+  loop.Loop.dispatch_steps = dying_dispatch_steps  # type: ignore[method-assign]
   schedules.hand_over = dying_hand_over  # type: ignore[assignment]
   if not point.startswith(("epoch-dispatched:", "steps-dispatched:", "handover:")):
     os.environ[checkpoint.CRASH_ENV] = point

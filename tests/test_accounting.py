@@ -14,7 +14,7 @@ from synthpart.progress import Progress
 from synthpart.results import results_document
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
-from synthpart.train.loop import TrainState, make_epoch
+from synthpart.train.epoch import TrainState, make_epoch
 from synthpart.train.objectives import Constants, Task, make_loss
 
 from tiny import tiny_config, tiny_dataset

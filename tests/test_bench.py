@@ -10,7 +10,7 @@ from synthpart.optim import make_optimizer
 from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
-from synthpart.train.loop import TrainState, make_epoch
+from synthpart.train.epoch import TrainState, make_epoch
 from synthpart.train.objectives import Constants, make_loss
 
 from tiny import tiny_config, tiny_dataset

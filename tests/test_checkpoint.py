@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from synthpart import checkpoint, rundir
 from synthpart import config as config_lib
 from synthpart.errors import CheckpointError
-from synthpart.train.loop import TrainState
+from synthpart.train.epoch import TrainState
 
 
 def _state() -> TrainState:

@@ -21,16 +21,16 @@ from synthpart import rundir
 from synthpart.cli import build_parser, main
 from synthpart.data.idx import write_idx
 from synthpart.distributed import coordinator, jaxkv, launcher, reports
-from synthpart.distributed import rundir as DR
+from synthpart.distributed import launchdir as DR
 from synthpart.errors import ConfigError, DataError
 from synthpart.files import write_json_atomic
 from synthpart.memory import tree_bytes
+from synthpart.prepare import load_config, prepare_dataset, prepare_fingerprinted
 from synthpart.progress import Progress
 from synthpart.results import SegmentResult
-from synthpart.setup import load_config, prepare_dataset, prepare_fingerprinted
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
-from synthpart.train.live import start_loop
+from synthpart.train.loop import start_loop
 
 # Its module fixture is made once: every test of this file on one worker (pytest-xdist).
 pytestmark = pytest.mark.xdist_group("distributed")

@@ -13,7 +13,7 @@ from synthpart.progress import Progress
 from synthpart.train import model_parallel as MP
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
-from synthpart.train.loop import epoch_order
+from synthpart.train.epoch import epoch_order
 
 from tiny import tiny_config, tiny_dataset
 

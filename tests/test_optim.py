@@ -18,7 +18,7 @@ from synthpart.optim import OPTIMIZERS, learning_rate, make_optimizer
 from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
-from synthpart.train.loop import scaled_value_and_grad
+from synthpart.train.epoch import scaled_value_and_grad
 
 from tiny import tiny_config, tiny_dataset
 

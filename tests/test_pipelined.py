@@ -11,12 +11,12 @@ from synthpart import config as config_lib
 from synthpart.cli import main
 from synthpart.errors import ConfigError
 from synthpart.model import apply_segment
-from synthpart.placement import hand_over
 from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import refresh, stops
 from synthpart.train import schedules as S
-from synthpart.train.loop import epoch_order
+from synthpart.train.epoch import epoch_order
+from synthpart.transfers import hand_over
 
 from tiny import tiny_config, tiny_dataset
 

@@ -20,11 +20,12 @@ import pytest
 from synthpart import checkpoint, cli, rundir
 from synthpart.data.idx import write_idx
 from synthpart.errors import DiskFullError, ResourceError
+from synthpart.prepare import SETTING_FLAGS
 from synthpart.progress import Progress
 from synthpart.results import MethodResult, SegmentResult, format_table
-from synthpart.setup import SETTING_FLAGS
-from synthpart.train import driver, live
-from synthpart.train.loop import TrainState
+from synthpart.train import driver
+from synthpart.train import loop as live
+from synthpart.train.epoch import TrainState
 from synthpart.train.objectives import Constants
 
 TINY = ["--hidden", "16,16", "--cuts", "1", "--epochs", "1", "--recovery-epochs", "0",

@@ -11,7 +11,7 @@ from synthpart.model import apply_segment
 from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
-from synthpart.train.live import start_loop
+from synthpart.train.loop import start_loop
 
 from tiny import tiny_config, tiny_dataset
 

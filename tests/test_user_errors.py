@@ -25,8 +25,8 @@ from synthpart.errors import CheckpointError, ConfigError, DataError, UserCodeEr
 from synthpart.model import build_network, network_shapes
 from synthpart.report.reading import check_directory
 from synthpart.results import SegmentResult
-from synthpart.train import live
-from synthpart.train.loop import TrainState
+from synthpart.train import loop as live
+from synthpart.train.epoch import TrainState
 from synthpart.train.objectives import Constants
 from synthpart.train.problem import make_problem
 

@@ -10,13 +10,13 @@ from typing import Any
 import jax
 
 from synthpart.model import whole_network
-from synthpart.placement import Ledger
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.hooks import Evaluate
-from synthpart.train.live import Loop
+from synthpart.train.loop import Loop
 from synthpart.train.objectives import Inputs
 from synthpart.train.refresh import Feeds
+from synthpart.transfers import Ledger
 
 from tiny import tiny_config, tiny_dataset
 

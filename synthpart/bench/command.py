@@ -29,8 +29,8 @@ from synthpart.bench.loops import (
 )
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic, write_text_atomic
+from synthpart.prepare import select_devices
 from synthpart.rundir import claim
-from synthpart.setup import select_devices
 from synthpart.train.problem import make_problem
 
 

@@ -25,7 +25,7 @@ from synthpart.memory import MemoryUse, compiled_memory, tree_bytes
 from synthpart.model import apply_segment, init_segment, whole_network
 from synthpart.optim import make_optimizer
 from synthpart.partition import SegmentSpec
-from synthpart.train.loop import TrainState, make_epoch, make_predict
+from synthpart.train.epoch import TrainState, make_epoch, make_predict
 from synthpart.train.objectives import Constants, Inputs, make_loss, preprocess_pixels
 from synthpart.train.problem import Problem, input_constants
 from synthpart.train.schedules import segment_constants, segment_task

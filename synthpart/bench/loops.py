@@ -18,15 +18,15 @@ from synthpart.curves import ledger_bytes
 from synthpart.data import Dataset, load_dataset
 from synthpart.errors import ConfigError
 from synthpart.flops import bytes_moved, step_flops
-from synthpart.groups import Placement, lead_device
 from synthpart.memory import compiled_memory, device_memory, tree_bytes
 from synthpart.model import whole_network
 from synthpart.partition import SegmentSpec
-from synthpart.placement import Ledger, device_name
+from synthpart.placement import Placement, lead_device
 from synthpart.results import versions
 from synthpart.train import model_parallel, schedules
 from synthpart.train.objectives import Inputs
 from synthpart.train.problem import ORDER_STREAM, Problem
+from synthpart.transfers import Ledger, device_name
 
 
 class Size(NamedTuple):

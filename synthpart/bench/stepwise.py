@@ -39,13 +39,13 @@ from synthpart.errors import ConfigError
 from synthpart.model import Params, apply_segment
 from synthpart.optim import make_optimizer
 from synthpart.partition import SegmentSpec
-from synthpart.placement import Ledger, device_name, hand_over, key_on
 from synthpart.progress import Progress
 from synthpart.records import CurvePoint, LoopRecord, MethodRecord, summarize
-from synthpart.train.loop import TrainState, epoch_order
+from synthpart.train.epoch import TrainState, epoch_order
 from synthpart.train.objectives import Constants, preprocess_pixels
 from synthpart.train.problem import ORDER_STREAM, Problem, input_constants
 from synthpart.train.schedules import init_params, make_evaluator
+from synthpart.transfers import Ledger, device_name, hand_over, key_on
 
 METHOD = "model-parallel-stepwise"
 

@@ -20,8 +20,8 @@ from synthpart.budget.analysis import analyze
 from synthpart.budget.plan import Budget, budget_document
 from synthpart.budget.summary import budget_markdown
 from synthpart.files import write_json_atomic
+from synthpart.prepare import Loader
 from synthpart.rundir import claim, refuse_foreign
-from synthpart.setup import Loader
 from synthpart.sweep.grid import PLAN_IGNORED, check_plan, expand, sweep_document
 from synthpart.sweep.run import Datasets, Job, RunOptions, jobs, pending, run_jobs
 from synthpart.sweep.summary import summarize, write_summary

@@ -32,14 +32,7 @@ from __future__ import annotations
 
 import os
 
-from synthpart.data.dataset import (
-  Dataset,
-  flatten_images,
-  from_arrays,
-  split_validation,
-)
-from synthpart.data.fingerprint import check_fingerprint, fingerprint
-from synthpart.data.registry import (
+from synthpart.data.catalog import (
   DEFAULT_DATASET,
   REGISTRY,
   canonical_name,
@@ -49,6 +42,13 @@ from synthpart.data.registry import (
   register_dataset,
   registered_loader,
 )
+from synthpart.data.dataset import (
+  Dataset,
+  flatten_images,
+  from_arrays,
+  split_validation,
+)
+from synthpart.data.fingerprint import check_fingerprint, fingerprint
 from synthpart.data.sources import load_registered, load_spec, read_npz
 
 __all__ = [

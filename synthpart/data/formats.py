@@ -22,8 +22,8 @@ from typing import IO, cast
 import numpy as np
 
 from synthpart.data import idx
+from synthpart.data.catalog import CIFAR10, CIFAR100, ROLES, DatasetSpec, idx_filenames
 from synthpart.data.optional import describe, import_error
-from synthpart.data.registry import CIFAR10, CIFAR100, ROLES, DatasetSpec, idx_filenames
 from synthpart.errors import DataError, ResourceError
 
 # One split: (uint8 [N, H, W, C] images, int32 [N] labels).

@@ -47,9 +47,7 @@ import numpy as np
 
 from synthpart.data import download as download_lib
 from synthpart.data import formats
-from synthpart.data.dataset import Dataset, as_array, from_arrays, read_only
-from synthpart.data.npz import ARRAY_KEYS, read_npz_arrays
-from synthpart.data.registry import (
+from synthpart.data.catalog import (
   CIFAR10,
   CIFAR100,
   EMNIST,
@@ -58,6 +56,8 @@ from synthpart.data.registry import (
   DatasetSpec,
   idx_filenames,
 )
+from synthpart.data.dataset import Dataset, as_array, from_arrays, read_only
+from synthpart.data.npz import ARRAY_KEYS, read_npz_arrays
 from synthpart.errors import DataError
 
 SYSTEM_ROOT = Path("/usr/share/datasets")

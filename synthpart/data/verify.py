@@ -9,9 +9,9 @@ import os
 import numpy as np
 
 from synthpart.data import idx, sources
+from synthpart.data.catalog import EMNIST_ZIP, DatasetSpec
 from synthpart.data.dataset import Dataset
 from synthpart.data.download import file_sha256
-from synthpart.data.registry import EMNIST_ZIP, DatasetSpec
 from synthpart.errors import DataError
 
 OK = "ok"

@@ -5,7 +5,7 @@
   synthpart launch CONFIG --out DIR --local N  # N processes on this machine, for testing
 
 Segment k trains in process k mod N, on that process's local devices (its segments' groups laid
-out over them, see `synthpart.groups`), through the schedules' own loops, so that a launch trains
+out over them, see `synthpart.placement`), through the schedules' own loops, so that a launch trains
 exactly as `synthpart train` does. The processes share nothing but the run directory, which must
 be on storage that every process sees (NFS, Lustre, a bucket mounted with FUSE...).
 
@@ -43,6 +43,14 @@ from __future__ import annotations
 
 from synthpart.distributed.assemble import curve
 from synthpart.distributed.command import add_launch_command, run_launch
+from synthpart.distributed.launchdir import (
+  ENV_LAUNCHER,
+  RunDir,
+  load_params,
+  lock_launch_dir,
+  save_params,
+  segments_of,
+)
 from synthpart.distributed.liveness import (
   Heartbeat,
   Liveness,
@@ -58,14 +66,6 @@ from synthpart.distributed.process import (
   resolve_identity,
 )
 from synthpart.distributed.reports import EXIT_INCOMPLETE
-from synthpart.distributed.rundir import (
-  ENV_LAUNCHER,
-  RunDir,
-  load_params,
-  lock_launch_dir,
-  save_params,
-  segments_of,
-)
 
 __all__ = [
   "ENV_COORDINATOR", "ENV_LAUNCHER", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "EXIT_INCOMPLETE",

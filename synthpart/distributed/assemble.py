@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from synthpart.distributed.rundir import RunDir, Status, load_params, owner
+from synthpart.distributed.launchdir import RunDir, Status, load_params, owner
 from synthpart.progress import Progress
 from synthpart.records import CurvePoint, LoopRecord, MethodRecord, Transfer
 from synthpart.results import results_document

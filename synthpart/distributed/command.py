@@ -20,8 +20,8 @@ from synthpart.distributed.process import (
   run_process,
 )
 from synthpart.errors import ConfigError
+from synthpart.prepare import add_run_arguments, load_config
 from synthpart.schedule import SCHEDULES
-from synthpart.setup import add_run_arguments, load_config
 
 
 class SubParsers(Protocol):

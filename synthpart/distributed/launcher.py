@@ -30,17 +30,7 @@ from types import FrameType
 
 from synthpart.config import Config
 from synthpart.distributed.coordinator import COORDINATOR_TIMEOUT
-from synthpart.distributed.liveness import POLL_SECONDS
-from synthpart.distributed.reports import (
-  EXIT_INCOMPLETE,
-  aborted_by_coordinator,
-  child_arguments,
-  coordinator_loss,
-  death_text,
-  failure_report,
-  summary_lines,
-)
-from synthpart.distributed.rundir import (
+from synthpart.distributed.launchdir import (
   ENV_LAUNCHER,
   RunDir,
   Status,
@@ -50,6 +40,16 @@ from synthpart.distributed.rundir import (
   segments_of,
   status_record,
   write_status_once,
+)
+from synthpart.distributed.liveness import POLL_SECONDS
+from synthpart.distributed.reports import (
+  EXIT_INCOMPLETE,
+  aborted_by_coordinator,
+  child_arguments,
+  coordinator_loss,
+  death_text,
+  failure_report,
+  summary_lines,
 )
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic

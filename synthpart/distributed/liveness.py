@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
-from synthpart.distributed.rundir import RunDir, Status, owner, read_json, status_record
+from synthpart.distributed.launchdir import RunDir, Status, owner, read_json, status_record
 from synthpart.files import write_atomic
 
 POLL_SECONDS = 0.05

@@ -39,19 +39,7 @@ from synthpart.distributed.coordinator import (
   await_coordinator,
   check_port_free,
 )
-from synthpart.distributed.liveness import (
-  Heartbeat,
-  Liveness,
-  await_exits,
-  wait_for_status,
-)
-from synthpart.distributed.reports import (
-  EXIT_INCOMPLETE,
-  child_arguments,
-  failure_report,
-  summary_lines,
-)
-from synthpart.distributed.rundir import (
+from synthpart.distributed.launchdir import (
   RunDir,
   Status,
   check_data,
@@ -65,6 +53,18 @@ from synthpart.distributed.rundir import (
   segments_of,
   write_plan,
 )
+from synthpart.distributed.liveness import (
+  Heartbeat,
+  Liveness,
+  await_exits,
+  wait_for_status,
+)
+from synthpart.distributed.reports import (
+  EXIT_INCOMPLETE,
+  child_arguments,
+  failure_report,
+  summary_lines,
+)
 from synthpart.distributed.segments import (
   Context,
   fail_segment,
@@ -73,9 +73,9 @@ from synthpart.distributed.segments import (
 )
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
+from synthpart.prepare import prepare_fingerprinted, select_devices
 from synthpart.progress import Progress
 from synthpart.rundir import RunLock
-from synthpart.setup import prepare_fingerprinted, select_devices
 from synthpart.tblog import write_tensorboard
 from synthpart.train.problem import Problem, make_problem
 

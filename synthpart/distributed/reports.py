@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from synthpart.distributed.launchdir import RunDir, Status, owner
 from synthpart.distributed.liveness import HEARTBEAT_TIMEOUT
-from synthpart.distributed.rundir import RunDir, Status, owner
+from synthpart.prepare import setting_arguments
 from synthpart.results import format_table, method_from_dict
-from synthpart.setup import setting_arguments
 
 EXIT_INCOMPLETE = 1  # a segment of this process failed, or (process 0) the run is incomplete
 # What a process's exit code is when jax's coordination service terminates it (SIGABRT).

@@ -20,12 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from synthpart.distributed.liveness import (
-  Liveness,
-  UpstreamMissing,
-  wait_for_activations,
-)
-from synthpart.distributed.rundir import (
+from synthpart.distributed.launchdir import (
   RunDir,
   Status,
   error_text,
@@ -34,16 +29,21 @@ from synthpart.distributed.rundir import (
   save_params,
   status_record,
 )
+from synthpart.distributed.liveness import (
+  Liveness,
+  UpstreamMissing,
+  wait_for_activations,
+)
 from synthpart.files import write_json_atomic
-from synthpart.groups import layout_groups
 from synthpart.model import Params
-from synthpart.placement import Ledger, device_name, hand_over
+from synthpart.placement import layout_groups
 from synthpart.progress import Progress
 from synthpart.records import LoopRecord, MethodRecord, Transfer
 from synthpart.train import schedules as S
 from synthpart.train.driver import drive
-from synthpart.train.live import Loop
+from synthpart.train.loop import Loop
 from synthpart.train.problem import Problem
+from synthpart.transfers import Ledger, device_name, hand_over
 
 
 @dataclasses.dataclass

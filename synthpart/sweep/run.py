@@ -29,8 +29,8 @@ from synthpart import metrics, runner
 from synthpart.data import Dataset, check_fingerprint, fingerprint
 from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
+from synthpart.prepare import Loader, read_dataset, select_devices, with_validation
 from synthpart.rundir import claim
-from synthpart.setup import Loader, read_dataset, select_devices, with_validation
 from synthpart.sweep.grid import (
   Point,
   Sweep,

@@ -1,6 +1,6 @@
 """The one epoch driver: every optax loop of every method trains through `drive`.
 
-A `Loop` (`synthpart.train.live`) is one optax loop live on its device (or device group). `drive`
+A `Loop` (`synthpart.train.loop`) is one optax loop live on its device (or device group). `drive`
 trains a list of loops together in rounds and returns the method's record: each round
 dispatches one epoch of every unfinished loop before waiting on any of them (so loops on
 distinct devices run concurrently), records each loop's mean loss, stops a loop that diverged,
@@ -58,11 +58,11 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from synthpart.placement import Ledger
 from synthpart.records import CurvePoint, MethodRecord, Tally
 from synthpart.train.hooks import Chunk, Hook, Needs, RoundEnd, needs_of
-from synthpart.train.live import Loop, resource_error
+from synthpart.train.loop import Loop, resource_error
 from synthpart.train.stops import round_plan, steps_in_epoch
+from synthpart.transfers import Ledger
 
 # on_error(loop, error): a caller's failure policy; without one, errors propagate
 OnError = Callable[[Loop, Exception], None]

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from synthpart.model import Params
 from synthpart.progress import Bar, Progress
 from synthpart.records import CurvePoint, Tally
-from synthpart.train.live import Loop
+from synthpart.train.loop import Loop
 from synthpart.train.stops import EvalSchedule
 
 

@@ -1,230 +1,410 @@
-"""The one training loop: an epoch is a single jitted `lax.scan` over minibatches.
+"""A live optax loop: one loop's compiled epoch, state, data, constants and key on its device.
 
-Every method (conventional, each segment, recovery) trains through `make_epoch`; the schedules
-differ only in what data and objective they hand it and on which device they place it.
+`start_loop` commits a segment's (or the whole network's) parameters, optimizer state and data to
+its device (or device group) and compiles its epoch there: one `lax.scan` (`make_epoch`), a
+Python loop over a jitted step (`StepwiseEpoch`, `train.scan = false`), or a `jax.pmap` epoch
+over a group (`placement.backend = pmap`). A `Loop` dispatches whole epochs and chunks of steps
+(the epoch's order and step keys drawn once for its chunks, `epoch_plan`), checkpoints and
+restores itself, and judges whether it diverged. `synthpart.train.driver` trains loops in rounds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
+import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 
+from synthpart import placement as placement_lib
+from synthpart.config import TrainConfig
+from synthpart.errors import ResourceError
+from synthpart.flops import segment_flops, segment_step_flops
+from synthpart.labels import SIL_LOSSES
+from synthpart.memory import compiled_memory, tree_bytes
 from synthpart.model import Params
-from synthpart.train.objectives import Constants
+from synthpart.optim import make_optimizer
+from synthpart.records import LoopRecord
+from synthpart.train.epoch import StepwiseEpoch, TrainState, epoch_plan, make_epoch, make_steps
+from synthpart.train.objectives import Constants, Inputs, Task, make_loss
+from synthpart.train.stops import epochs_for
+from synthpart.transfers import device_name, key_on
 
-LossFn = Callable[[Params, dict, Constants, jax.Array], jax.Array]
-
-
-class TrainState(NamedTuple):
-  params: Params
-  opt_state: optax.OptState
-
-
-Carry = tuple[TrainState, dict, Constants]
-
-
-def scaled_value_and_grad(loss_fn: LossFn, loss_scale: float = 1.0) -> Callable[..., Any]:
-  """`jax.value_and_grad(loss_fn)`, with the loss multiplied by `loss_scale` before the backward
-  pass and the loss and gradients divided by it after (static loss scaling for float16, so
-  small gradients do not flush to zero). A scale of 1 is plain `value_and_grad`."""
-  grad_fn = jax.value_and_grad(loss_fn)
-  if loss_scale == 1.0:
-    return grad_fn
-
-  def scaled(params: Params, *args: Any) -> tuple[jax.Array, Any]:
-    loss, grads = jax.value_and_grad(lambda p: loss_fn(p, *args) * loss_scale)(params)
-    return loss / loss_scale, jax.tree.map(lambda g: g / loss_scale, grads)
-
-  return scaled
+# A loss within this fraction of chance (or above it) is no better than chance.
+CHANCE_TOLERANCE = 0.01
+# A finite epoch loss past this many times its loop's reference (`blown_up`) blew up.
+BLOWUP_FACTOR = 1e3
 
 
-# reduce((loss, grads)) -> (loss, grads) averaged over the devices of a `jax.pmap` group
-Reduce = Callable[[tuple[jax.Array, Any]], tuple[jax.Array, Any]]
+def is_out_of_memory(e: BaseException) -> bool:
+  """Whether `e` is the host or XLA running out of memory (XLA reports RESOURCE_EXHAUSTED on
+  accelerators and "Out of memory allocating" on CPU)."""
+  text = str(e)
+  return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in text or "Out of memory" in text
 
 
-def _step(loss_fn: LossFn, optimizer: optax.GradientTransformation, loss_scale: float = 1.0,
-          reduce: Reduce | None = None
-          ) -> Callable[[Carry, tuple[jax.Array, jax.Array]], tuple[Carry, jax.Array]]:
-  """One optimizer step on the minibatch `idx` [batch] gathered from the data on the device;
-  under `jax.pmap`, `reduce` averages the loss and gradients over the group first."""
-  grad_fn = scaled_value_and_grad(loss_fn, loss_scale)
-  if reduce is not None:
-    grad_fn = _reduced(grad_fn, reduce)
-
-  def step(carry: tuple[TrainState, dict, Constants], xs: tuple[jax.Array, jax.Array]):
-    state, data, consts = carry
-    idx, key = xs
-    batch = {name: array[idx] for name, array in data.items()}
-    loss, grads = grad_fn(state.params, batch, consts, key)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return (TrainState(params, opt_state), data, consts), loss
-
-  return step
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  flags = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+           if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
 
 
-def epoch_order(key: jax.Array, epoch_index: jax.Array, num_examples: int,
-                batch_size: int) -> jax.Array:
-  """The minibatches of an epoch, [steps, batch] example indices: a permutation from
-  fold_in(key, epoch), the last partial batch dropped. Every loop's epoch trains in this order;
-  computed from a copy of the key, it gives any device the same order with nothing sent."""
-  steps = num_examples // batch_size
-  order_key, _ = jax.random.split(jax.random.fold_in(key, epoch_index))
-  order = jax.random.permutation(order_key, num_examples)[:steps * batch_size]
-  return order.reshape(steps, batch_size)
+def chance_loss(labels: Any) -> float | None:
+  """The cross-entropy of predicting the labels' frequencies (log C for C balanced classes);
+  None for fewer than two classes, where there is no chance level to judge."""
+  counts = np.bincount(np.asarray(jax.device_get(labels)).ravel())
+  p = counts[counts > 0] / counts.sum() if counts.sum() else np.zeros(0)
+  entropy = float(-(p * np.log(p)).sum())
+  return entropy if len(p) > 1 else None
 
 
-def _step_keys(key: jax.Array, epoch_index: jax.Array, steps: int) -> jax.Array:
-  """One key per step of the epoch (the noise of SIL inputs), from fold_in(key, epoch)."""
-  _, step_key = jax.random.split(jax.random.fold_in(key, epoch_index))
-  return jax.random.split(step_key, steps)
+@functools.partial(jax.jit, static_argnames="loss")
+def _zero_losses(rows: jax.Array, loss: str) -> jax.Array:
+  """The SIL loss of predicting zeros for each row [classes, width]: [classes]."""
+  fn = SIL_LOSSES[loss]
+  return jax.vmap(lambda row: fn(jnp.zeros_like(row[None]), row[None]))(rows)
 
 
-def epoch_plan(key: jax.Array, epoch_index: jax.Array, num_examples: int,
-               batch_size: int) -> tuple[jax.Array, jax.Array]:
-  """An epoch's minibatches [steps, batch] (`epoch_order`) and step keys [steps], as the
-  whole epoch (`make_epoch`) draws them: made once per epoch for the epoch's chunks."""
-  steps = num_examples // batch_size
-  return (epoch_order(key, epoch_index, num_examples, batch_size),
-          _step_keys(key, epoch_index, steps))
+def zero_prediction_loss(table: Any, labels: Any, loss: str) -> float:
+  """The SIL loss `loss` of predicting zeros for every training target: the mean over the
+  labels [n] of the loss between 0 and their class's row of `table` [classes, *shape]. Every
+  transfer explicit (host, then the default device, then back)."""
+  rows = np.asarray(jax.device_get(table), np.float32).reshape(len(table), -1)
+  per_class = np.asarray(jax.device_get(_zero_losses(jax.device_put(rows), loss)))
+  counts = np.bincount(np.asarray(jax.device_get(labels)).ravel(), minlength=len(per_class))
+  return float((per_class * counts[:len(per_class)]).sum() / max(1, counts.sum()))
 
 
-def _reduced(grad_fn: Callable[..., Any], reduce: Reduce) -> Callable[..., Any]:
-  def reduced(*args: Any) -> tuple[jax.Array, Any]:
-    return reduce(grad_fn(*args))
-  return reduced
+def blown_up(loss: float, epoch: int, level: float | None, first_step: float | None,
+             what: str = "chance") -> str | None:
+  """Why a finite epoch mean loss `loss` (of 1-based `epoch`) blew up, or None: it is above
+  `BLOWUP_FACTOR` times the larger of the loop's `level` (`what` names it: chance, or the loss
+  of predicting zeros) and the loss of its very first step (`first_step`, the network as
+  initialised), either None where unknown. Neither known: never."""
+  references = [(value, name) for value, name in ((level, what), (first_step,
+                                                                   "its first step's loss"))
+                if value is not None and math.isfinite(value) and value > 0]
+  if not references:
+    return None
+  value, name = max(references)
+  if loss > BLOWUP_FACTOR * value:
+    return f"loss {loss:.4g} at epoch {epoch}, over {BLOWUP_FACTOR:g} times {name} ({value:.4g})"
+  return None
 
 
-def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
-               num_examples: int, loss_scale: float = 1.0,
-               reduce: Reduce | None = None) -> jax.stages.Wrapped:
-  """Returns jitted epoch(state, data, consts, key, epoch) -> (state, losses [steps]).
+@dataclasses.dataclass(frozen=True)
+class LoopSpec:
+  """One optax loop before it exists: which method it trains for, its name, what it learns
+  (`task`; None for a loop whose program is its own, model-parallel backprop), its settings
+  (optimizer, learning rate, batch size, budget), where it trains (a device, or a sharding
+  replicated over a device group) and how (`backend`: "sharding" or "pmap"), and the round of
+  `synthpart.train.driver.drive` in which it trains its first epoch."""
+  method: str
+  name: str
+  task: Task | None
+  train: TrainConfig
+  device: placement_lib.Placement
+  backend: str = "sharding"
+  start_round: int = 0
 
-  `data` is a dict of per-example arrays [num_examples, ...] already on the device; each step
-  gathers its minibatch from them, so nothing leaves the device during the epoch. The order is a
-  fresh permutation per epoch from fold_in(key, epoch); the last partial batch is dropped. The
-  state is donated: its buffers are reused for the updated state. `loss_scale`: see
-  `scaled_value_and_grad`; `reduce`: see `_step` (`synthpart.groups.PmapEpoch`).
+  @property
+  def runs_pmap(self) -> bool:
+    """Whether its epochs run through `jax.pmap` (the pmap backend, over a device group)."""
+    return self.backend == "pmap" and placement_lib.is_group(self.device)
+
+
+@dataclasses.dataclass
+class Loop:
+  """One optax loop, live on its device: its spec, its compiled epoch, its state (the
+  `TrainState` pytree that trains), data, constants and key, and what it has done so far on the
+  host (each epoch's mean loss and seconds, whether it diverged). `record()` is its
+  `LoopRecord`."""
+  spec: LoopSpec
+  info: LoopRecord  # what the loop is: its record before it trained
+  epoch_fn: Callable[..., tuple[TrainState, jax.Array]]  # compiled: see `make_epoch`
+  state: TrainState
+  data: dict[str, jax.Array]
+  consts: Constants
+  key: jax.Array
+  last_checkpoint: str | None = None
+  # chunk(num_steps) -> steps of the epoch in chunks (`make_steps`), compiled on first use
+  chunk: Callable[[int], Callable[..., tuple[TrainState, jax.Array]]] | None = None
+  compiled_chunks: dict[int, Any] = dataclasses.field(default_factory=dict)
+  chance: float | None = None  # a classifying loop's chance-level loss (`chance_loss`)
+  chance_epochs: int = 0  # epochs in a row at chance that stop it (0: never)
+  # a regression loop's loss of predicting zeros for its targets (`zero_prediction_loss`)
+  zero_loss: float | None = None
+  # the loss of the loop's first step (its network as initialised); None until it has trained
+  first_step_loss: float | None = None
+  # plan(key, epoch) -> (order, step keys) of an epoch (`epoch_plan`), jitted; with the epoch
+  # it was last made for, so the chunks of one epoch share it
+  plan: Callable[..., tuple[jax.Array, jax.Array]] | None = None
+  planned: tuple[int, tuple[jax.Array, jax.Array]] | None = None
+  losses: list[float] = dataclasses.field(default_factory=list)  # each epoch's mean loss
+  seconds: list[float] = dataclasses.field(default_factory=list)  # each epoch's seconds
+  diverged: bool = False
+  divergence: str | None = None
+  compile_seconds: float = dataclasses.field(init=False)
+
+  def __post_init__(self) -> None:
+    self.compile_seconds = self.info.compile_seconds
+
+  @property
+  def name(self) -> str:
+    return self.spec.name
+
+  @property
+  def method(self) -> str:
+    return self.spec.method
+
+  @property
+  def device(self) -> placement_lib.Placement:
+    return self.spec.device
+
+  @property
+  def start_round(self) -> int:
+    return self.spec.start_round
+
+  @property
+  def epochs(self) -> int:
+    """Epochs of its budget."""
+    return self.info.epochs
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.info.steps_per_epoch
+
+  @property
+  def max_steps(self) -> int:
+    """Its budget in steps (0: whole epochs)."""
+    return self.info.max_steps
+
+  @property
+  def batch_size(self) -> int:
+    return self.info.batch_size
+
+  @property
+  def done(self) -> int:
+    """Epochs trained so far."""
+    return len(self.losses)
+
+  @property
+  def finished(self) -> bool:
+    """Whether every epoch of its budget is trained."""
+    return self.done >= self.epochs
+
+  @property
+  def steps(self) -> int:
+    """Steps trained so far."""
+    steps = self.done * self.steps_per_epoch
+    return min(steps, self.max_steps) if self.max_steps else steps
+
+  def record(self) -> LoopRecord:
+    """What the loop has done so far, as its immutable record."""
+    return dataclasses.replace(self.info, loss_per_epoch=tuple(self.losses),
+                               epoch_seconds=tuple(self.seconds),
+                               compile_seconds=self.compile_seconds, diverged=self.diverged,
+                               divergence=self.divergence)
+
+  def epoch_in(self, round_index: int) -> int | None:
+    """The epoch this loop trains in round `round_index` of `drive`, or None outside its span."""
+    epoch = round_index - self.start_round
+    return epoch if 0 <= epoch < self.epochs else None
+
+  def dispatch(self, epoch: int) -> jax.Array:
+    """Enqueues one epoch and returns its per-step losses without waiting for them."""
+    epoch_index = jax.device_put(np.uint32(epoch), self.device)
+    self.state, losses = self.epoch_fn(self.state, self.data, self.consts, self.key, epoch_index)
+    return losses
+
+  def dispatch_steps(self, epoch: int, first: int, count: int) -> jax.Array:
+    """Enqueues steps first .. first+count-1 of `epoch` (exactly as the whole epoch would run
+    them) and returns their losses [count] without waiting; `count` steps to the epoch's end
+    complete it."""
+    self.prepare_chunk(count)
+    order, step_keys = self.plan_of(epoch)
+    self.state, losses = self.compiled_chunks[count](
+        self.state, self.data, self.consts, order, step_keys,
+        jax.device_put(np.int32(first), self.device))
+    return losses
+
+  def plan_of(self, epoch: int) -> tuple[jax.Array, jax.Array]:
+    """The epoch's order and step keys, made on the device once for all its chunks."""
+    if self.plan is None:
+      raise ValueError(f"{self.name}: this loop does not run epochs in chunks")
+    if self.planned is None or self.planned[0] != epoch:
+      self.planned = (epoch, self.plan(self.key, jax.device_put(np.uint32(epoch), self.device)))
+    return self.planned[1]
+
+  def prepare_chunk(self, count: int) -> float:
+    """Compiles the chunk of `count` steps unless done before; returns the seconds it took."""
+    if count in self.compiled_chunks:
+      return 0.0
+    if self.chunk is None:
+      raise ValueError(f"{self.name}: this loop does not run epochs in chunks")
+    start = time.perf_counter()
+    chunk = self.chunk(count)
+    lower = getattr(chunk, "lower", None)  # a stepwise epoch's chunks are compiled already
+    self.compiled_chunks[count] = chunk if lower is None else lower(
+        self.state, self.data, self.consts, *self.plan_of(0),
+        jax.device_put(np.int32(0), self.device)).compile()
+    seconds = time.perf_counter() - start
+    self.compile_seconds += seconds
+    return seconds
+
+  def restore(self, state: TrainState, meta: dict[str, Any], path: str) -> None:
+    """Takes up a checkpoint of this loop: its state, and its losses and times from `meta`."""
+    self.state = state
+    self.losses = list(meta["loss_per_epoch"])
+    self.seconds = list(meta["epoch_seconds"])
+    self.first_step_loss = meta.get("first_step_loss")
+    self.last_checkpoint = path
+
+  def meta(self) -> dict[str, Any]:
+    """What a checkpoint of this loop keeps beside its state (JSON)."""
+    return {"epoch": self.done, "key": jax.device_get(jax.random.key_data(self.key)).tolist(),
+            "loss_per_epoch": self.losses, "epoch_seconds": self.seconds,
+            "first_step_loss": self.first_step_loss}
+
+  def record_epoch(self, losses: jax.Array | np.ndarray, seconds: float) -> bool:
+    """Stores an epoch's mean loss and time, then `judge`s it; returns False if it diverged."""
+    self.store(losses, seconds)
+    return self.judge()
+
+  def store(self, losses: jax.Array | np.ndarray, seconds: float) -> None:
+    """Stores an epoch's mean loss and time (and, for its first epoch, its first step's loss)."""
+    losses = np.asarray(jax.device_get(losses))
+    if not self.done and losses.size:
+      self.first_step_loss = float(losses.ravel()[0])
+    self.losses.append(float(np.mean(losses)))
+    self.seconds.append(seconds)
+
+  def judge(self) -> bool:
+    """Marks the loop diverged, saying why, where after its last epoch the loss or the parameters
+    are not finite or the loss stayed at chance (module docstring); returns False then. The
+    parameters are checked on their device, outside the timed part of a round."""
+    if not self.diverged:
+      reason = self._divergence(self.losses[-1])
+      if reason:
+        self.diverged = True
+        self.divergence = reason
+    return not self.diverged
+
+  def _divergence(self, loss: float) -> str | None:
+    if not math.isfinite(loss):
+      return f"loss {loss} at epoch {self.done}"
+    if not bool(_all_finite(self.state.params)):
+      return f"parameters not finite after epoch {self.done}"
+    n, recent = self.chance_epochs, self.losses[-self.chance_epochs:]
+    if (self.chance is not None and n and len(recent) == n
+        and all(l >= (1 - CHANCE_TOLERANCE) * self.chance for l in recent)):
+      return (f"loss no better than chance ({self.chance:.4g}) for {n} epochs in a row, last "
+              f"{loss:.4g}")
+    if self.zero_loss is not None:
+      return blown_up(loss, self.done, self.zero_loss, self.first_step_loss,
+                      "the loss of predicting zeros")
+    return blown_up(loss, self.done, self.chance, self.first_step_loss)
+
+
+def objective(task: Task) -> str:
+  """What a loop learns, for results: ``inputs -> sil``, ``activations -> labels``..."""
+  source = {Inputs.PIXELS: "inputs", Inputs.FEATURES: "activations",
+            Inputs.SIL: "sil+noise"}[task.inputs]
+  return f"{source} -> {'labels' if task.spec.is_last else 'sil'}"
+
+
+def start_loop(spec: LoopSpec, params: Params, data: dict[str, Any], consts: Constants,
+               key: jax.Array) -> Loop:
+  """Commits params, optimizer state and data to `spec.device` and compiles the epoch there.
+
+  The device may be a sharding replicated over a device group (`Problem.device_of`): everything
+  is replicated over the group and each minibatch split over it (`synthpart.placement`), by
+  `jax.jit` over the group's mesh, or with the pmap backend by `jax.pmap` (whose epochs run
+  whole). This is the one place that chooses how a loop's epochs are compiled.
   """
-  steps = num_examples // batch_size
-
-  step = _step(loss_fn, optimizer, loss_scale, reduce)
-
-  def epoch(state: TrainState, data: dict, consts: Constants, key: jax.Array,
-            epoch_index: jax.Array) -> tuple[TrainState, jax.Array]:
-    order = epoch_order(key, epoch_index, num_examples, batch_size)
-    (state, _, _), losses = jax.lax.scan(step, (state, data, consts),
-                                         (order, _step_keys(key, epoch_index, steps)))
-    return state, losses
-
-  return jax.jit(epoch, donate_argnums=0)
-
-
-class StepwiseEpoch:
-  """An epoch as a Python loop over one jitted step, with `make_epoch`'s order and step keys.
-
-  XLA's CPU backend runs convolutions inside a loop body (a `lax.scan`) about ten times slower
-  than the same convolutions at the top level of a program (measured in benchmarks/RESULTS.md),
-  so loops over convolutional blocks dispatch one step at a time (`train.scan = false`). Called
-  as epoch(state, data, consts, key, epoch) -> (state, losses [steps]); `chunk(count)` runs
-  steps first .. first+count-1 of an epoch planned by `epoch_plan`, as `make_steps` does.
-  """
-
-  def __init__(self, loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
-               num_examples: int, loss_scale: float = 1.0):
-    self.steps = num_examples // batch_size
-    step = _step(loss_fn, optimizer, loss_scale)
-
-    def one(state: TrainState, data: dict, consts: Constants, idx: jax.Array,
-            key: jax.Array) -> tuple[TrainState, jax.Array]:
-      (state, _, _), loss = step((state, data, consts), (idx, key))
-      return state, loss
-
-    self.plan = jax.jit(functools.partial(epoch_plan, num_examples=num_examples,
-                                          batch_size=batch_size))
-    self.one = jax.jit(one, donate_argnums=0)
-
-  def compile(self, state: TrainState, data: dict, consts: Constants,
-              key: jax.Array) -> jax.stages.Compiled:
-    """Compiles the step (and the plan) for these arguments; returns the compiled step."""
-    order, keys = jax.eval_shape(self.plan, key, jax.ShapeDtypeStruct((), jnp.uint32))
-    self.plan.lower(key, jax.ShapeDtypeStruct((), jnp.uint32)).compile()
-    idx = jax.ShapeDtypeStruct(order.shape[1:], order.dtype)
-    step_key = jax.ShapeDtypeStruct(keys.shape[1:], keys.dtype)
-    return self.one.lower(state, data, consts, idx, step_key).compile()
-
-  def chunk(self, count: int) -> Callable[..., tuple[TrainState, jax.Array]]:
-    """Steps first .. first+count-1, called as (state, data, consts, order, step_keys, first)."""
-    return functools.partial(self.run, count=count)
-
-  def run(self, state: TrainState, data: dict, consts: Constants, order: jax.Array,
-          step_keys: jax.Array, first: int | jax.Array, count: int
-          ) -> tuple[TrainState, jax.Array]:
-    """Steps first .. first+count-1 of the planned epoch (`epoch_plan`)."""
-    start = int(first)
-    losses = []
-    for i in range(start, start + count):
-      state, loss = self.one(state, data, consts, order[i], step_keys[i])
-      losses.append(loss)
-    return state, jnp.stack(losses)
-
-  def __call__(self, state: TrainState, data: dict, consts: Constants, key: jax.Array,
-               epoch_index: jax.Array) -> tuple[TrainState, jax.Array]:
-    order, step_keys = self.plan(key, epoch_index)
-    return self.run(state, data, consts, order, step_keys, 0, self.steps)
+  task, train, device = spec.task, spec.train, spec.device
+  if task is None:
+    raise ValueError(f"{spec.name}: start_loop needs the loop's task")
+  num_examples = len(data["y"])
+  optimizer = make_optimizer(train, num_examples // train.batch_size)
+  classifies = task.spec.is_last or consts.sil_out is None  # as `make_loss` decides
+  chance = chance_loss(data["y"]) if classifies else None
+  zero_loss = (None if classifies or consts.sil_out is None
+               else zero_prediction_loss(consts.sil_out, data["y"], task.sil_loss))
+  try:
+    with jax.default_device(placement_lib.lead_device(device)):
+      params = jax.device_put(params, device)
+      state = jax.jit(lambda p: TrainState(p, optimizer.init(p)))(params)
+      data = jax.device_put(data, device)
+      key = key_on(key, device)
+      start = time.perf_counter()
+      chunk: Callable[[int], Callable[..., tuple[TrainState, jax.Array]]] | None = None
+      plan = jax.jit(functools.partial(epoch_plan, num_examples=num_examples,
+                                       batch_size=train.batch_size))
+      run: Callable[..., tuple[TrainState, jax.Array]]
+      compiled: Any  # what `compiled_memory` reads: a compiled program, or a bound pmap epoch
+      if spec.runs_pmap:
+        size = len(placement_lib.group_devices(device))
+        pmapped = placement_lib.PmapEpoch(
+            make_epoch(placement_lib.pmap_loss(make_loss(task), size), optimizer, train.batch_size,
+                       num_examples, train.loss_scale, reduce=placement_lib.pmap_mean),
+            device, jax.random.key_impl(key))
+        run = compiled = pmapped.lower(state, data, consts, key,
+                                       jax.device_put(np.uint32(0), device)).compile()
+      elif train.scan:
+        loss = placement_lib.shard_batches(make_loss(task), device)
+        epoch = make_epoch(loss, optimizer, train.batch_size, num_examples, train.loss_scale)
+        chunk = functools.lru_cache(maxsize=None)(functools.partial(
+            make_steps, loss, optimizer, train.batch_size, num_examples,
+            loss_scale=train.loss_scale))
+        run = compiled = epoch.lower(state, data, consts, key,
+                                     jax.device_put(np.uint32(0), device)).compile()
+      else:
+        loss = placement_lib.shard_batches(make_loss(task), device)
+        run = stepwise = StepwiseEpoch(loss, optimizer, train.batch_size, num_examples,
+                                       train.loss_scale)
+        chunk = functools.lru_cache(maxsize=None)(stepwise.chunk)
+        compiled = stepwise.compile(state, data, consts, key)
+      compile_seconds = time.perf_counter() - start
+  except Exception as e:
+    if is_out_of_memory(e):
+      raise ResourceError(f"out of memory starting {spec.name} on {device_name(device)}: its "
+                          f"parameters take {_mib(tree_bytes(params))} and its data "
+                          f"{_mib(tree_bytes(data))}; try smaller model.hidden or fewer "
+                          f"examples") from None
+    raise
+  steps_per_epoch = num_examples // train.batch_size
+  info = LoopRecord(
+      name=spec.name, layers=(task.spec.start, task.spec.stop), objective=objective(task),
+      device=device_name(device), optimizer=train.optimizer, learning_rate=train.learning_rate,
+      batch_size=train.batch_size, epochs=epochs_for(steps_per_epoch, train.epochs, train.steps),
+      steps_per_epoch=steps_per_epoch, max_steps=train.steps, compile_seconds=compile_seconds,
+      memory=compiled_memory(compiled, data=tree_bytes(data)).to_dict(),
+      flops_per_step=segment_step_flops(task.spec, train.batch_size, train.optimizer),
+      forward_flops=segment_flops(task.spec).forward,
+      backend="pmap" if spec.runs_pmap else "sharding")
+  return Loop(spec, info, run, state, data, consts, key, chunk=chunk, chance=chance,
+              chance_epochs=train.chance_epochs, zero_loss=zero_loss,
+              plan=None if chunk is None else plan)
 
 
-def make_steps(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
-               num_examples: int, num_steps: int, loss_scale: float = 1.0) -> jax.stages.Wrapped:
-  """Returns jitted steps(state, data, consts, order, step_keys, first) -> (state, losses
-  [num_steps]): steps first .. first+num_steps-1 of the epoch that `epoch_plan` planned
-  (order [steps, batch], step_keys [steps]), with the order and step keys `make_epoch` uses,
-  so an epoch run in chunks trains exactly as the whole epoch does. The plan is made once per
-  epoch, not once per chunk (a permutation of the training set is not free)."""
-  steps = num_examples // batch_size
-  if not 1 <= num_steps <= steps:
-    raise ValueError(f"a chunk of {num_steps} steps does not fit an epoch of {steps}")
-
-  step = _step(loss_fn, optimizer, loss_scale)
-
-  def chunk(state: TrainState, data: dict, consts: Constants, order: jax.Array,
-            step_keys: jax.Array, first: jax.Array) -> tuple[TrainState, jax.Array]:
-    xs = (jax.lax.dynamic_slice_in_dim(order, first, num_steps),
-          jax.lax.dynamic_slice_in_dim(step_keys, first, num_steps))
-    (state, _, _), losses = jax.lax.scan(step, (state, data, consts), xs)
-    return state, losses
-
-  return jax.jit(chunk, donate_argnums=0)
+def _mib(size: int) -> str:
+  return f"{size / 2**20:,.1f} MiB"
 
 
-def make_predict(apply_fn: Callable[[Params, jax.Array], jax.Array],
-                 chunk: int = 1024) -> Callable[[Params, jax.Array], jax.Array]:
-  """Jitted predict(params, x [n, ...]) -> outputs [n, out], in chunks to bound memory."""
-  def predict(params: Params, x: jax.Array) -> jax.Array:
-    n = x.shape[0]
-    size = _chunk_size(n, chunk)
-    padded = -(-n // size) * size
-    if padded != n:
-      x = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1))
-    out = jax.lax.map(lambda xb: apply_fn(params, xb), x.reshape(-1, size, *x.shape[1:]))
-    out = out.reshape(padded, *out.shape[2:])
-    return out if padded == n else out[:n]
-  return jax.jit(predict)
-
-
-def _chunk_size(n: int, chunk: int) -> int:
-  """A divisor of n near `chunk` where there is one: padding the inputs and slicing the outputs
-  would each copy the whole array (the sequential hand-over's training-set outputs)."""
-  for size in range(min(chunk, n), max(min(chunk, n) // 4, 1) - 1, -1):
-    if n % size == 0:
-      return size
-  return min(chunk, n)
-
-
-def count_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return jnp.sum(jnp.argmax(logits, axis=-1) == labels)
+def resource_error(loop: Loop, e: Exception) -> Exception:
+  """An out-of-memory error of a loop's epoch as a `ResourceError` naming the loop and its size;
+  any other error as it is."""
+  if not is_out_of_memory(e):
+    return e
+  r = loop.info
+  peak = (r.memory or {}).get("peak")
+  return ResourceError(f"out of memory training {loop.method} {r.name} on {r.device} (batch size "
+                       f"{r.batch_size}, compiled peak {_mib(peak) if peak else 'unknown'}): try "
+                       f"smaller model.hidden or train.batch_size")

@@ -48,16 +48,16 @@ from synthpart.memory import compiled_memory, tree_bytes
 from synthpart.model import Params, apply_segment, whole_network
 from synthpart.optim import make_optimizer
 from synthpart.partition import SegmentSpec
-from synthpart.placement import Ledger, device_name, key_on
 from synthpart.progress import Progress
 from synthpart.records import LoopRecord, MethodRecord, Transfer
 from synthpart.train.driver import drive
+from synthpart.train.epoch import TrainState, epoch_order
 from synthpart.train.hooks import Evaluator
-from synthpart.train.live import Loop, LoopSpec
-from synthpart.train.loop import TrainState, epoch_order
+from synthpart.train.loop import Loop, LoopSpec
 from synthpart.train.objectives import Constants, preprocess_pixels
 from synthpart.train.problem import ORDER_STREAM, Problem, input_constants
 from synthpart.train.schedules import RunHooks, evaluator_of, init_params, make_evaluator
+from synthpart.transfers import Ledger, device_name, key_on
 
 METHOD = "model-parallel"
 AXIS = "stage"

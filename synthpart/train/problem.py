@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from synthpart import groups as groups_lib
+from synthpart import placement as placement_lib
 from synthpart.blocks import Block, Shape
 from synthpart.config import PRNG_IMPLS, Config, validate_for_data
 from synthpart.data import Dataset
@@ -87,11 +87,11 @@ class Problem:
     if self.groups:
       return self.groups[segment]
     sizes = self.config.placement.sizes(len(self.specs))
-    return groups_lib.layout_groups(self.devices, sizes)[segment]
+    return placement_lib.layout_groups(self.devices, sizes)[segment]
 
-  def device_of(self, segment: int) -> groups_lib.Placement:
+  def device_of(self, segment: int) -> placement_lib.Placement:
     """Where `segment` lives: its device, or a sharding replicated over its device group."""
-    return groups_lib.placement_of(self.group_of(segment))
+    return placement_lib.placement_of(self.group_of(segment))
 
   def key(self, *path: int) -> jax.Array:
     """The run's key folded with `path` (a stream, then anything within it), started from the
@@ -152,11 +152,11 @@ def warn_shared_devices(problem: Problem) -> None:
   for name, segments in shared_devices(problem).items():
     warnings.warn(f"segments {', '.join(map(str, segments))} share device {name}: they train "
                   f"there one after another, not at once; give each its own device (on CPU, "
-                  f"synthpart.setup.select_devices({problem.config.num_devices}, ...) or "
+                  f"synthpart.prepare.select_devices({problem.config.num_devices}, ...) or "
                   f"--devices {problem.config.num_devices} simulates them)", stacklevel=3)
 
 
-def input_constants(problem: Problem, device: groups_lib.Placement) -> Constants:
+def input_constants(problem: Problem, device: placement_lib.Placement) -> Constants:
   """Pixel statistics for standardisation (training set only), on `device`; else empty."""
   if problem.pixel_mean is None:
     return Constants()

@@ -29,11 +29,11 @@ import numpy as np
 
 from synthpart.model import Params, apply_segment
 from synthpart.partition import SegmentSpec
-from synthpart.placement import Ledger, hand_over, key_on
+from synthpart.train.epoch import epoch_order, make_predict
 from synthpart.train.hooks import Chunk, Hook, Needs
-from synthpart.train.live import Loop
-from synthpart.train.loop import epoch_order, make_predict
+from synthpart.train.loop import Loop
 from synthpart.train.objectives import Constants, Task, segment_forward
+from synthpart.transfers import Ledger, hand_over, key_on
 
 
 def segment_outputs(task: Task, loop: Loop) -> Callable[[Params, jax.Array], jax.Array]:

@@ -25,7 +25,7 @@ from typing import Any
 from synthpart import checkpoint
 from synthpart.records import CurvePoint, Tally, Transfer
 from synthpart.train.hooks import Hook, Resumed, RoundEnd
-from synthpart.train.live import Loop
+from synthpart.train.loop import Loop
 
 
 def least_reached(reached: Sequence[int], finished: Sequence[bool]) -> int:

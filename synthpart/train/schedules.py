@@ -35,18 +35,17 @@ import jax.numpy as jnp
 from synthpart import checkpoint
 from synthpart.config import TrainConfig
 from synthpart.flops import segment_flops
-from synthpart.groups import Placement
 from synthpart.labels import sil_distances
 from synthpart.model import Params, apply_segment, compose, init_segment, whole_network
 from synthpart.partition import SegmentSpec
-from synthpart.placement import Ledger, hand_over, key_on
+from synthpart.placement import Placement
 from synthpart.progress import Progress
 from synthpart.records import EVALUATION, TRAINING, CurvePoint, MethodRecord, summarize
 from synthpart.schedule import SCHEDULES
 from synthpart.train.driver import drive
+from synthpart.train.epoch import count_correct, make_predict
 from synthpart.train.hooks import Evaluate, Evaluator, Hook, shown
-from synthpart.train.live import Loop, LoopSpec, start_loop
-from synthpart.train.loop import count_correct, make_predict
+from synthpart.train.loop import Loop, LoopSpec, start_loop
 from synthpart.train.objectives import Constants, Inputs, Task, preprocess_pixels, segment_forward
 from synthpart.train.problem import (
   INIT_STREAM,
@@ -58,6 +57,7 @@ from synthpart.train.problem import (
 from synthpart.train.refresh import Feeds, segment_outputs
 from synthpart.train.resume import Checkpoints
 from synthpart.train.stops import EvalSchedule, epochs_for
+from synthpart.transfers import Ledger, hand_over, key_on
 
 
 def init_params(problem: Problem, spec: SegmentSpec, device: Placement) -> Params:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from synthpart.data import download, idx, sources
-from synthpart.data.registry import CIFAR100, DatasetSpec, get_spec, idx_filenames
+from synthpart.data.catalog import CIFAR100, DatasetSpec, get_spec, idx_filenames
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from synthpart.data import formats, idx, load_dataset
-from synthpart.data.registry import get_spec, idx_filenames
+from synthpart.data.catalog import get_spec, idx_filenames
 from synthpart.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,14 +90,14 @@ _CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from synthpart.data import formats, idx, registry
+from synthpart.data import catalog, formats, idx
 from synthpart.errors import DataError
 path, kind = Path(sys.argv[2]), sys.argv[3]
 read = {
   "idx": lambda: idx.read_idx(path),
-  "zip": lambda: formats.read_emnist_zip(path, registry.get_spec("emnist-balanced")),
-  "tar": lambda: formats.read_cifar_tar(path, registry.get_spec("cifar10")),
-  "dir": lambda: formats.read_cifar_dir(path, registry.get_spec("cifar10")),
+  "zip": lambda: formats.read_emnist_zip(path, catalog.get_spec("emnist-balanced")),
+  "tar": lambda: formats.read_cifar_tar(path, catalog.get_spec("cifar10")),
+  "dir": lambda: formats.read_cifar_dir(path, catalog.get_spec("cifar10")),
 }[kind]
 def peak():
   # VmHWM belongs to this program's own memory map; ru_maxrss starts from the forked copy of

@@ -12,7 +12,7 @@ import types
 import pytest
 
 from synthpart.data import download, idx, load_dataset, sources
-from synthpart.data.registry import Remote, get_spec
+from synthpart.data.catalog import Remote, get_spec
 from synthpart.errors import ConfigError, DataError
 
 PAYLOAD = bytes(range(256)) * 400  # 100 kB: several reads, so an interruption is mid-file

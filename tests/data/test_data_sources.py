@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from synthpart import config as config_lib
-from synthpart import setup
+from synthpart import prepare
 from synthpart.data import idx, load_dataset, sources
-from synthpart.data.registry import get_spec, idx_filenames
+from synthpart.data.catalog import get_spec, idx_filenames
 from synthpart.errors import DataError, ResourceError
 
 
@@ -390,10 +390,10 @@ def test_running_out_of_memory_reading_data_blames_the_data(monkeypatch):
   def no_memory(*args, **kwargs):
     raise MemoryError
 
-  monkeypatch.setattr(setup, "load_dataset", no_memory)
+  monkeypatch.setattr(prepare, "load_dataset", no_memory)
   with pytest.raises(ResourceError, match=r"^out of memory reading dataset npz:big\.npz: its "
                      r"arrays do not fit in this process's memory"):
-    setup.read_dataset(config_lib.DataConfig(name="npz:big.npz"))
+    prepare.read_dataset(config_lib.DataConfig(name="npz:big.npz"))
 
 
 def test_digits_out_of_memory_loading_is_a_resource_error(monkeypatch):

@@ -1,4 +1,4 @@
-"""Segment groups: data parallelism inside a segment's own devices, nothing across groups."""
+"""Segment groups: data parallelism inside a segment's own devices, nothing across placement."""
 
 import re
 
@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from synthpart import config as config_lib
-from synthpart import groups
+from synthpart import placement
 from synthpart.cli import build_parser
 from synthpart.errors import ConfigError
+from synthpart.prepare import load_config
 from synthpart.progress import Progress
-from synthpart.setup import load_config
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
-from synthpart.train.live import start_loop
+from synthpart.train.loop import start_loop
 
 from tiny import tiny_config, tiny_dataset
 
@@ -98,10 +98,10 @@ def test_group_sizes_flag():
 
 def test_groups_are_laid_out_in_order_and_never_repeat_a_device():
   d = jax.devices()[:4]
-  assert groups.layout_groups(d, (1, 3)) == ((d[0],), (d[1], d[2], d[3]))
-  assert groups.layout_groups(d, (2, 2, 2)) == ((d[0], d[1]), (d[2], d[3]), (d[0], d[1]))
+  assert placement.layout_groups(d, (1, 3)) == ((d[0],), (d[1], d[2], d[3]))
+  assert placement.layout_groups(d, (2, 2, 2)) == ((d[0], d[1]), (d[2], d[3]), (d[0], d[1]))
   with pytest.raises(ConfigError, match="group of 5 devices but only 4"):
-    groups.layout_groups(d, (5,))
+    placement.layout_groups(d, (5,))
 
 
 # --- placement and compiled collectives --------------------------------------------------------
@@ -209,7 +209,7 @@ def test_pmap_backend_conventional_and_recovery_and_noise():
                     {"x": problem.train_x, "y": problem.train_y},
                     S.segment_constants(problem, spec, "pixels", target),
                     problem.key(P.ORDER_STREAM, 0), target, "segment 0", backend="pmap")
-  assert isinstance(loop.epoch_fn, groups.PmapEpoch) and loop.result.memory["temp"] >= 0
+  assert isinstance(loop.epoch_fn, placement.PmapEpoch) and loop.result.memory["temp"] >= 0
   losses = loop.dispatch(0)
   assert losses.shape == (loop.result.steps_per_epoch,)
   for leaf in jax.tree.leaves(loop.state):

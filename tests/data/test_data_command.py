@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from synthpart.data import cli, idx, sources
-from synthpart.data.registry import get_spec, idx_filenames
+from synthpart.data import command, idx, sources
+from synthpart.data.catalog import get_spec, idx_filenames
 from synthpart.errors import DataError
 
 from commands import synthpart
@@ -16,7 +16,7 @@ from commands import synthpart
 
 def _run(argv):
   parser = argparse.ArgumentParser(prog="synthpart")
-  cli.add_data_commands(parser.add_subparsers(dest="command", required=True))
+  command.add_data_commands(parser.add_subparsers(dest="command", required=True))
   args = parser.parse_args(argv)
   return args.func(args)
 
@@ -27,7 +27,7 @@ def test_list_shows_every_dataset_and_where_it_is(isolated, fakes, capsys):
   out = capsys.readouterr().out.splitlines()
   assert out[0].split() == ["NAME", "CLASSES", "SHAPE", "SOURCE"]
   rows = {line.split()[0]: line for line in out[1:]}
-  assert set(rows) == set(cli.REGISTRY)
+  assert set(rows) == set(command.REGISTRY)
   assert str(isolated / "cache" / "mnist") in rows["mnist"]
   assert "synthpart data download cifar100 (169 MB)" in rows["cifar100"]
   assert " 47 " in rows["emnist-balanced"] and "32x32x3" in rows["cifar10"]
@@ -43,8 +43,8 @@ def test_list_with_data_dir(tmp_path, fakes, capsys):
 
 def test_verify_passes_when_counts_match(tmp_path, fakes, capsys, monkeypatch):
   # Pretend the published counts are the fake's, so every content check can pass.
-  spec = dataclasses.replace(cli.get_spec("mnist"), train_count=20, test_count=10)
-  monkeypatch.setattr(cli, "get_spec", lambda name: spec)
+  spec = dataclasses.replace(command.get_spec("mnist"), train_count=20, test_count=10)
+  monkeypatch.setattr(command, "get_spec", lambda name: spec)
   fakes.write_idx_files(fakes.make("mnist", n_train=20, n_test=10), tmp_path)
   assert _run(["data", "verify", "mnist", "--data-dir", str(tmp_path)]) == 0
   out = capsys.readouterr().out

@@ -2,7 +2,7 @@
 
 import pytest
 
-from synthpart.data.registry import REGISTRY, canonical_name, get_spec, idx_filenames
+from synthpart.data.catalog import REGISTRY, canonical_name, get_spec, idx_filenames
 from synthpart.errors import DataError
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from synthpart.data import sources
 from synthpart.data import verify as verify_lib
-from synthpart.data.registry import DEFAULT_DATASET, REGISTRY, SKLEARN, DatasetSpec, get_spec
+from synthpart.data.catalog import DEFAULT_DATASET, REGISTRY, SKLEARN, DatasetSpec, get_spec
 from synthpart.errors import DataError
 
 
