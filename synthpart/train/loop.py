@@ -1,11 +1,15 @@
-"""A live optax loop: one loop's compiled epoch, state, data, constants and key on its device.
+"""An optax loop: a frozen `LoopSpec` (what it trains, with which settings, where and how) and a
+live `Loop` on its device (its compiled epoch, its `TrainState` pytree, data, constants and key,
+and what it has done so far).
 
-`start_loop` commits a segment's (or the whole network's) parameters, optimizer state and data to
-its device (or device group) and compiles its epoch there: one `lax.scan` (`make_epoch`), a
-Python loop over a jitted step (`StepwiseEpoch`, `train.scan = false`), or a `jax.pmap` epoch
-over a group (`placement.backend = pmap`). A `Loop` dispatches whole epochs and chunks of steps
-(the epoch's order and step keys drawn once for its chunks, `epoch_plan`), checkpoints and
-restores itself, and judges whether it diverged. `synthpart.train.driver` trains loops in rounds.
+`start_loop` is the one place that chooses how a loop's epochs compile: it commits a segment's
+(or the whole network's) parameters, optimizer state and data to its device (or device group)
+and compiles there one `lax.scan` (`make_epoch`), a Python loop over a jitted step
+(`StepwiseEpoch`, `train.scan = false`), or a `jax.pmap` epoch over a group
+(`placement.backend = pmap`). A `Loop` dispatches whole epochs and chunks of steps (the epoch's
+order and step keys drawn once for its chunks, `epoch_plan`), judges whether it diverged, and
+gives its immutable `LoopRecord` (`record()`). `synthpart.train.driver` trains loops in rounds;
+`synthpart.train.resume` checkpoints and restores them.
 """
 
 from __future__ import annotations
