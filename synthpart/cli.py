@@ -57,7 +57,7 @@ from synthpart.report import add_report_commands
 from synthpart.results import format_table
 from synthpart.runner import RunOptions, run_experiment
 from synthpart.sweep import add_sweep_commands
-from synthpart.train.loop import is_out_of_memory
+from synthpart.train.divergence import is_out_of_memory
 from synthpart.train.problem import Problem
 
 EXIT_USER_ERROR = 2

@@ -15,14 +15,10 @@ from synthpart.errors import ConfigError
 from synthpart.progress import Progress
 from synthpart.records import MethodRecord
 from synthpart.schedule import SCHEDULES
+from synthpart.train.evaluation import nearest_sil_reference
 from synthpart.train.model_parallel import train_model_parallel
 from synthpart.train.problem import Problem
-from synthpart.train.schedules import (
-  TRAINERS,
-  nearest_sil_reference,
-  train_conventional,
-  train_recovery,
-)
+from synthpart.train.schedules import TRAINERS, train_conventional, train_recovery
 
 OnResult = Callable[[list[MethodRecord]], None]
 # experiment(problem, progress, checkpoints=..., on_result=...) -> every method's record

@@ -50,7 +50,6 @@ from synthpart.errors import CheckpointError, ConfigError, DiskFullError, Synthp
 from synthpart.files import is_disk_full, umask, write_atomic, write_json_atomic
 from synthpart.model import (
   Params,
-  apply_segment,
   build_network,
   compose,
   init_segment,
@@ -62,7 +61,7 @@ from synthpart.partition import SegmentSpec, plan_segments
 from synthpart.prepare import prepare_fingerprinted
 from synthpart.rundir import claim, refuse_nesting
 from synthpart.train.epoch import TrainState
-from synthpart.train.objectives import Constants, preprocess_pixels
+from synthpart.train.objectives import Constants, Inputs, Task, segment_forward
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 # What an export directory holds: `--overwrite` replaces a directory of these alone.
@@ -349,10 +348,10 @@ def _export_locked(run_dir: Path, method: str, out: Path, overwrite: bool) -> Pa
     x = dataset.train_images.astype(np.float32)
     x = x / data["input_scale"]
     consts = Constants(mean=jnp.asarray(x.mean(0)), std=jnp.asarray(x.std(0) + 1e-6))
-  scale = float(data["input_scale"])
+  task = Task(spec=whole, inputs=Inputs.PIXELS, input_scale=float(data["input_scale"]))
 
   def logits(params: Params, x: jax.Array) -> jax.Array:
-    return apply_segment(params, preprocess_pixels(x, consts, scale), whole)
+    return segment_forward(params, x, task, consts)
 
   (batch,) = jax_export.symbolic_shape("batch")
   spec = jax.ShapeDtypeStruct((batch, *input_shape), jnp.dtype(data["input_dtype"]))

@@ -22,13 +22,13 @@ import optax
 from synthpart.bench.stepwise import make_stage_fns
 from synthpart.config import TrainConfig
 from synthpart.memory import MemoryUse, compiled_memory, tree_bytes
-from synthpart.model import apply_segment, init_segment, whole_network
+from synthpart.model import init_segment, whole_network
 from synthpart.optim import make_optimizer
 from synthpart.partition import SegmentSpec
 from synthpart.train.epoch import TrainState, make_epoch, make_predict
-from synthpart.train.objectives import Constants, Inputs, make_loss, preprocess_pixels
+from synthpart.train.objectives import Constants, Inputs, make_loss, segment_forward
 from synthpart.train.problem import Problem, input_constants
-from synthpart.train.schedules import segment_constants, segment_task
+from synthpart.train.segments import segment_constants, segment_task
 
 
 def _compile(fn: Callable[..., Any] | None, *args: Any) -> jax.stages.Compiled:
@@ -87,10 +87,8 @@ def _features_memory(problem: Problem, spec: SegmentSpec) -> MemoryUse:
   else:
     x = jax.ShapeDtypeStruct((n, spec.widths[0]), jnp.float32)
 
-  def apply(p: Any, xb: jax.Array) -> jax.Array:
-    inputs = preprocess_pixels(xb, consts, problem.input_scale) if spec.is_first else xb
-    return apply_segment(p, inputs, spec)
-  compiled = _compile(make_predict(apply), params, x)
+  task = segment_task(problem, spec, Inputs.PIXELS if spec.is_first else Inputs.FEATURES)
+  compiled = _compile(make_predict(lambda p, xb: segment_forward(p, xb, task, consts)), params, x)
   # Its output is the next segment's training set: data too, like the pixels it reads.
   return compiled_memory(compiled, data=tree_bytes(x) + n * spec.widths[-1] * 4)
 

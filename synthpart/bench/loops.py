@@ -23,7 +23,7 @@ from synthpart.model import whole_network
 from synthpart.partition import SegmentSpec
 from synthpart.placement import Placement, lead_device
 from synthpart.results import versions
-from synthpart.train import model_parallel, schedules
+from synthpart.train import model_parallel, segments
 from synthpart.train.objectives import Inputs
 from synthpart.train.problem import ORDER_STREAM, Problem
 from synthpart.transfers import Ledger, device_name
@@ -137,7 +137,7 @@ def bench_segment_loop(problem: Problem, spec: SegmentSpec, inputs: str, kind: s
   elif inputs == "features":
     rng = np.random.default_rng(spec.index)
     data["x"] = rng.random((n, spec.widths[0]), dtype=np.float32)
-  run = schedules.segment_loop(problem, schedules.loop_spec(problem, kind, name, spec,
+  run = segments.segment_loop(problem, segments.loop_spec(problem, kind, name, spec,
                                                            Inputs(inputs), train=train), data)
   seconds = _time_epochs(run.dispatch, repeats)
   flops = step_flops(problem.widths, spec.start, spec.stop, train.batch_size, train.optimizer)

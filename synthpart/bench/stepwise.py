@@ -42,9 +42,10 @@ from synthpart.partition import SegmentSpec
 from synthpart.progress import Progress
 from synthpart.records import CurvePoint, LoopRecord, MethodRecord, summarize
 from synthpart.train.epoch import TrainState, epoch_order
+from synthpart.train.evaluation import make_evaluator
 from synthpart.train.objectives import Constants, preprocess_pixels
 from synthpart.train.problem import ORDER_STREAM, Problem, input_constants
-from synthpart.train.schedules import init_params, make_evaluator
+from synthpart.train.segments import init_params
 from synthpart.transfers import Ledger, device_name, hand_over, key_on
 
 METHOD = "model-parallel-stepwise"

@@ -12,6 +12,7 @@ from synthpart.progress import Progress
 from synthpart.records import CurvePoint, LoopRecord, MethodRecord, Transfer
 from synthpart.results import results_document
 from synthpart.train import schedules as S
+from synthpart.train.evaluation import make_evaluator
 from synthpart.train.problem import Problem, describe
 
 
@@ -85,7 +86,7 @@ def assemble(problem: Problem, run: RunDir, statuses: dict[int, Status], source:
       transfers=tuple(Transfer(**t) for k in order for t in statuses[k].get("transfers", [])),
       compile_seconds=sum(s.compile_seconds for s in segments), curve=points,
       wall_seconds=points[-1].seconds if points else 0.0,
-      test_accuracy=S.make_evaluator(problem, problem.device_of(0))(params))
+      test_accuracy=make_evaluator(problem, problem.device_of(0))(params))
   runs = [method]
   if problem.config.recovery.epochs > 0:
     runs.append(S.train_recovery(problem, params, method, progress)[1])

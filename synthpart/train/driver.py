@@ -32,7 +32,7 @@ A loop diverges, and stops without checkpointing that epoch, where after an epoc
   of predicting the training labels' frequencies, log(num_classes) for balanced classes; "no
   better" means within `CHANCE_TOLERANCE` of it, or above it (a loss in the thousands, from a
   step size far too large, is no result either). One class alone has no chance level.
-- its mean loss, though finite, is above `live.BLOWUP_FACTOR` (1000) times the larger of its
+- its mean loss, though finite, is above `divergence.BLOWUP_FACTOR` (1000) times the larger of its
   reference level and the loss of its very first step (the network as initialised, on its first
   batch; kept in its checkpoints): it blew up, say from a step size far too large, and stops at
   once, in any epoch. The reference is chance for a classifying loop and, for a loop regressing

@@ -52,11 +52,13 @@ from synthpart.progress import Progress
 from synthpart.records import LoopRecord, MethodRecord, Transfer
 from synthpart.train.driver import drive
 from synthpart.train.epoch import TrainState, epoch_order
+from synthpart.train.evaluation import evaluator_of, make_evaluator
 from synthpart.train.hooks import Evaluator
 from synthpart.train.loop import Loop, LoopSpec
 from synthpart.train.objectives import Constants, preprocess_pixels
 from synthpart.train.problem import ORDER_STREAM, Problem, input_constants
-from synthpart.train.schedules import RunHooks, evaluator_of, init_params, make_evaluator
+from synthpart.train.schedules import RunHooks
+from synthpart.train.segments import init_params
 from synthpart.transfers import Ledger, device_name, key_on
 
 METHOD = "model-parallel"

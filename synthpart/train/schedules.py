@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import jax
@@ -34,79 +34,23 @@ import jax.numpy as jnp
 
 from synthpart import checkpoint
 from synthpart.config import TrainConfig
-from synthpart.flops import segment_flops
-from synthpart.labels import sil_distances
-from synthpart.model import Params, apply_segment, compose, init_segment, whole_network
+from synthpart.model import Params, compose, whole_network
 from synthpart.partition import SegmentSpec
 from synthpart.placement import Placement
 from synthpart.progress import Progress
-from synthpart.records import EVALUATION, TRAINING, CurvePoint, MethodRecord, summarize
+from synthpart.records import TRAINING, MethodRecord, summarize
 from synthpart.schedule import SCHEDULES
 from synthpart.train.driver import drive
-from synthpart.train.epoch import count_correct, make_predict
-from synthpart.train.hooks import Evaluate, Evaluator, Hook, shown
-from synthpart.train.loop import Loop, LoopSpec, start_loop
-from synthpart.train.objectives import Constants, Inputs, Task, preprocess_pixels, segment_forward
-from synthpart.train.problem import (
-  INIT_STREAM,
-  ORDER_STREAM,
-  RECOVERY_STREAM,
-  Problem,
-  input_constants,
-)
+from synthpart.train.evaluation import evaluator_of, make_evaluator
+from synthpart.train.hooks import Evaluate, Hook, shown
+from synthpart.train.loop import Loop
+from synthpart.train.objectives import Inputs
+from synthpart.train.problem import ORDER_STREAM, RECOVERY_STREAM, Problem
 from synthpart.train.refresh import Feeds, segment_outputs
 from synthpart.train.resume import Checkpoints
-from synthpart.train.stops import EvalSchedule, epochs_for
-from synthpart.transfers import Ledger, hand_over, key_on
-
-
-def init_params(problem: Problem, spec: SegmentSpec, device: Placement) -> Params:
-  """Initialises a segment directly on its device (layer l from the init key folded with l)."""
-  key = key_on(problem.key(INIT_STREAM), device)
-  return jax.jit(functools.partial(init_segment, spec=spec))(key)
-
-
-def segment_task(problem: Problem, spec: SegmentSpec, inputs: Inputs) -> Task:
-  """The objective of segment `spec` fed `inputs`."""
-  s = problem.config.sil
-  noise = s.noise * (s.scale if s.noise_relative else 1.0) if inputs == Inputs.SIL else 0.0
-  return Task(spec=spec, inputs=inputs, sil_loss=s.loss, noise=noise,
-              input_scale=problem.input_scale)
-
-
-def segment_constants(problem: Problem, spec: SegmentSpec, inputs: Inputs,
-                      device: Placement) -> Constants:
-  """The SIL tables and input statistics segment `spec` reads, on its device."""
-  consts = input_constants(problem, device) if inputs == Inputs.PIXELS else Constants()
-  if inputs == Inputs.SIL and spec.input_cut is not None:
-    consts = consts._replace(sil_in=jax.device_put(problem.sil[spec.input_cut], device))
-  if spec.output_cut is not None:
-    consts = consts._replace(sil_out=jax.device_put(problem.sil[spec.output_cut], device))
-  return consts
-
-
-def loop_spec(problem: Problem, method: str, name: str, spec: SegmentSpec, inputs: Inputs,
-              train: TrainConfig | None = None, start_round: int = 0) -> LoopSpec:
-  """The loop that trains segment `spec` (or the whole network) fed `inputs` for `method`: its
-  objective, its settings (the segment's own, or `train`), its device and the run's backend.
-  Every loop of every schedule is specified here."""
-  return LoopSpec(method=method, name=name, task=segment_task(problem, spec, inputs),
-                  train=train or problem.config.segment_train(spec.index),
-                  device=problem.device_of(spec.index),
-                  backend=problem.config.placement.backend, start_round=start_round)
-
-
-def segment_loop(problem: Problem, spec: LoopSpec, data: dict[str, Any],
-                 params: Params | None = None, key: jax.Array | None = None) -> Loop:
-  """Starts the loop `spec` on its device: its segment initialised there (or `params`), the
-  SIL tables and input statistics it reads, its data, and its order key (the order stream
-  folded with its first block, or `key`)."""
-  assert spec.task is not None
-  segment = spec.task.spec
-  return start_loop(spec, init_params(problem, segment, spec.device) if params is None
-                    else params, data,
-                    segment_constants(problem, segment, spec.task.inputs, spec.device),
-                    problem.key(ORDER_STREAM, segment.start) if key is None else key)
+from synthpart.train.segments import init_params, loop_spec, segment_loop
+from synthpart.train.stops import epochs_for
+from synthpart.transfers import Ledger, hand_over
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,80 +65,6 @@ class RunHooks:
     checkpoints, bars and scalars."""
     saving: list[Hook] = [] if self.checkpoints is None else [Checkpoints(self.checkpoints)]
     return [*first, *saving, *shown(self.progress, method)]
-
-
-def make_evaluator(problem: Problem, device: Placement, ledger: Ledger | None = None) -> Evaluate:
-  """Returns accuracy(segment_params) of the composed network on the test set, on `device`.
-
-  Parameters that live on other devices are handed over to `device`, recorded in `ledger` (the
-  method's transfers) as evaluation transfers; parameters on the host cross no device.
-  """
-  whole = whole_network(problem.specs)
-  task = segment_task(problem, whole, Inputs.PIXELS)
-  x = jax.device_put(problem.test_x, device)
-  y = jax.device_put(problem.test_y, device)
-  consts = input_constants(problem, device)
-  predict = make_predict(lambda p, xb: segment_forward(p, xb, task, consts))
-  # The test set goes in as an argument: closed over, XLA would constant-fold it at compile time.
-  correct = jax.jit(lambda p, x, y: count_correct(predict(p, x), y))
-
-  def accuracy(segment_params: list[Params]) -> float:
-    params = hand_over(compose(segment_params), device, ledger, "parameters for evaluation",
-                       EVALUATION)
-    return int(jax.device_get(correct(params, x, y))) / len(problem.test_y)
-
-  return accuracy
-
-
-def evaluator_of(problem: Problem, evaluate: Evaluate) -> Evaluator:
-  """The hook evaluating with `evaluate` when the `eval` settings say, each evaluation costing
-  the composed network's forward pass over the evaluated split."""
-  e = problem.config.eval
-  return Evaluator(evaluate, EvalSchedule(e.every_steps, e.log_spaced),
-                   float(segment_flops(whole_network(problem.specs)).forward
-                         * len(problem.test_y)))
-
-
-def make_nearest_sil_evaluator(problem: Problem, device: Placement) -> Callable[[Params], float]:
-  """Returns accuracy(first segment's params) on the test set, on `device`: each input gets the
-  class whose SIL vector at the first cut is nearest to the segment's output under the SIL loss
-  (`labels.sil_distances`)."""
-  spec = problem.specs[0]
-  if spec.output_cut is None:
-    raise ValueError("the nearest-SIL read-out needs a network of at least two segments")
-  scale, loss = problem.input_scale, problem.config.sil.loss
-  x = jax.device_put(problem.test_x, device)
-  y = jax.device_put(problem.test_y, device)
-  table = jax.device_put(problem.sil[spec.output_cut], device)
-  consts = input_constants(problem, device)
-
-  def scores(params: Params, xb: jax.Array) -> jax.Array:
-    out = apply_segment(params, preprocess_pixels(xb, consts, scale), spec)
-    return -sil_distances(out, table, loss)
-
-  predict = make_predict(scores)
-  correct = jax.jit(lambda p, x, y: count_correct(predict(p, x), y))
-
-  def accuracy(params: Params) -> float:
-    return int(jax.device_get(correct(jax.device_put(params, device), x, y))) / len(problem.test_y)
-
-  return accuracy
-
-
-def nearest_sil_reference(problem: Problem, segment_params: list[Params],
-                          base: MethodRecord) -> MethodRecord:
-  """`base`'s first segment alone, read out by the nearest SIL vector: method
-  "<base>-nearest-sil", the reference that shows what the later segments add. Its one loop and
-  time are the first segment's; its curve is one point, at the end."""
-  first = base.segments[0]
-  accuracy = make_nearest_sil_evaluator(problem, problem.device_of(0))(segment_params[0])
-  rounds = len(first.loss_per_epoch)
-  seconds = sum(first.epoch_seconds)
-  return MethodRecord(f"{base.method}-nearest-sil", test_accuracy=accuracy,
-                      wall_seconds=seconds, compile_seconds=first.compile_seconds,
-                      segments=(first,),
-                      curve=(CurvePoint(epoch=rounds, round=rounds, seconds=seconds,
-                                        examples=(first.examples,), accuracy=accuracy),))
 
 
 def train_network(problem: Problem, method: str, train: TrainConfig, params: Params,
