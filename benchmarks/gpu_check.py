@@ -54,7 +54,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from synthpart import bench  # noqa: E402
-from synthpart.train.schedules import make_problem  # noqa: E402
+from synthpart.train.problem import make_problem  # noqa: E402
 
 SIZES = {  # name -> (wide: width, batch, steps), (paper: width, batch, steps), matmul n, repeats
     "full": {"wide": (8192, 4096, 10), "paper": (512, 256, 1000), "matmul": 8192, "repeats": 3},

@@ -51,25 +51,25 @@ def jax_trainer(x: np.ndarray, y: np.ndarray, hidden: tuple[int, ...], batch: in
   from synthpart import config as config_lib
   from synthpart.data import Dataset
   from synthpart.model import whole_network
-  from synthpart.train import schedules as S
+  from synthpart.train import segments
+  from synthpart.train.objectives import Inputs
+  from synthpart.train.problem import ORDER_STREAM, make_problem
   config = config_lib.load(None, {"model.hidden": list(hidden), "model.cuts": [],
                                   "train.batch_size": batch, "train.learning_rate": lr,
                                   "recovery.epochs": 0})
   dataset = Dataset("bench", 10, x.reshape(-1, 28, 28, 1), y, x[:batch].reshape(-1, 28, 28, 1),
                     y[:batch], "bench")
-  problem = S.make_problem(config, dataset, jax.devices()[:1])
+  problem = make_problem(config, dataset, jax.devices()[:1])
   whole = whole_network(problem.specs)
-  device = problem.device_of(0)
-  run = S.start_segment(S.segment_task(problem, whole, "pixels"), config.train,
-                        S.init_params(problem, whole, device),
-                        {"x": problem.train_x, "y": problem.train_y},
-                        S.input_constants(problem, device), problem.key(S.ORDER_STREAM, 0),
-                        device, "network")
+  spec = segments.loop_spec(problem, "conventional", "network", whole, Inputs.PIXELS,
+                            train=config.train)
+  run = segments.segment_loop(problem, spec, {"x": problem.train_x, "y": problem.train_y},
+                              key=problem.key(ORDER_STREAM, 0))
 
   def epoch(index: int) -> float:
     return float(np.mean(jax.device_get(run.dispatch(index))))
 
-  return epoch, run.result.compile_seconds
+  return epoch, run.compile_seconds
 
 
 def torch_trainer(x: np.ndarray, y: np.ndarray, hidden: tuple[int, ...], batch: int,
