@@ -123,7 +123,9 @@ def compared():
   rec = S.train_recovery(problem, seq_params, seq, QUIET)[1]
   par = S.train_parallel(problem, QUIET)[1]
   runs = [conv, seq, rec, par]
-  return problem, runs, results_document("compare", problem, "generated", runs)
+  document = results_document("compare", P.describe(problem, "generated"),
+                              problem.config.to_dict(), runs)
+  return problem, runs, document
 
 
 def test_bytes_moved_match_the_ledger(compared):

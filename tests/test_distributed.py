@@ -27,7 +27,7 @@ from synthpart.files import write_json_atomic
 from synthpart.memory import tree_bytes
 from synthpart.prepare import load_config, prepare_dataset, prepare_fingerprinted
 from synthpart.progress import Progress
-from synthpart.results import SegmentResult
+from synthpart.records import CurvePoint, LoopRecord
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.loop import start_loop
@@ -70,7 +70,7 @@ def _reference(flags, devices=2):
   config = load_config(build_parser().parse_args(["train", *flags]))
   problem = P.make_problem(config, prepare_dataset(config, progress=False),
                            jax.devices()[:devices])
-  train = S.RUNNERS[config.schedule]
+  train = S.TRAINERS[config.schedule]
   return train(problem, QUIET, track_accuracy=False)
 
 
@@ -97,7 +97,7 @@ def test_two_processes_match_one_process_bit_for_bit(mnist_dir, tmp_path):
   assert run["method"] == "pnn-parallel" and run["transfers"] == []
   assert run["test_accuracy"] == reference.test_accuracy
   assert [s["loss_per_epoch"] for s in run["segments"]] == [
-      s.loss_per_epoch for s in reference.segments]
+      list(s.loss_per_epoch) for s in reference.segments]
   # What each process sent: no activations in the parallel schedule, only its parameters.
   assert [p["bytes_sent"] for p in doc["processes"]] == [
       {"activations": 0, "parameters": tree_bytes(p), "total": tree_bytes(p)} for p in params]
@@ -230,10 +230,10 @@ def test_a_failing_segment_keeps_the_others_and_says_how_to_rerun(mnist_dir, tmp
   out = tmp_path / "run"
   real = start_loop
 
-  def broken(task, *args, **kwargs):
-    if task.spec.index == 1:
+  def broken(spec, *args, **kwargs):
+    if spec.task.spec.index == 1:
       raise RuntimeError("injected failure")
-    return real(task, *args, **kwargs)
+    return real(spec, *args, **kwargs)
 
   monkeypatch.setattr(S, "start_loop", broken)
   assert main(["launch", *flags, "--num-processes", "1", "--out", str(out)]) == D.EXIT_INCOMPLETE
@@ -408,13 +408,13 @@ def test_a_failed_upstream_stops_the_wait(tmp_path):
 
 def test_curves_follow_the_schedule():
   def seg(seconds):
-    return SegmentResult("s", (0, 1), "", "cpu:0", "adam", 0.1, 10, len(seconds), 2,
-                         loss_per_epoch=[1.0] * len(seconds), epoch_seconds=seconds)
+    return LoopRecord("s", (0, 1), "", "cpu:0", "adam", 0.1, 10, len(seconds), 2,
+                      loss_per_epoch=(1.0,) * len(seconds), epoch_seconds=tuple(seconds))
   a, b = seg([1.0, 1.0]), seg([3.0])
-  assert D.curve("parallel", [a, b], [0, 0]) == [
-      {"epoch": 1, "seconds": 3.0, "examples": [20, 20]},
-      {"epoch": 2, "seconds": 3.0, "examples": [40, 20]}]
-  assert [p["seconds"] for p in D.curve("sequential", [a, b], [0.0, 0.5])] == [1.0, 2.0, 5.5]
+  assert D.curve("parallel", [a, b], [0, 0]) == (
+      CurvePoint(epoch=1, seconds=3.0, examples=(20, 20)),
+      CurvePoint(epoch=2, seconds=3.0, examples=(40, 20)))
+  assert [p.seconds for p in D.curve("sequential", [a, b], [0.0, 0.5])] == [1.0, 2.0, 5.5]
 
 
 # --- one launch per directory, signals, the coordinator's port ---------------------------------

@@ -17,7 +17,7 @@ from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
 from synthpart.progress import Progress
 from synthpart.tblog import write_tensorboard
-from synthpart.train.problem import make_problem
+from synthpart.train.problem import describe, make_problem
 
 from tiny import tiny_config, tiny_dataset
 
@@ -33,7 +33,9 @@ def document():
   """A results document of every method on a tiny problem (two segments, two devices)."""
   problem = make_problem(tiny_config(), tiny_dataset(), jax.devices()[:2])
   runs = exp.compare(problem, Progress(quiet=True))
-  return json.loads(json.dumps(results_lib.results_document("compare", problem, "generated", runs)))
+  document = results_lib.results_document("compare", describe(problem, "generated"),
+                                          problem.config.to_dict(), runs)
+  return json.loads(json.dumps(document))
 
 
 def write_run(directory, document):

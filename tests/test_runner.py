@@ -12,7 +12,7 @@ import pytest
 
 from synthpart import checkpoint, metrics
 from synthpart.data import fingerprint
-from synthpart.results import MethodResult, SegmentResult
+from synthpart.records import CurvePoint, LoopRecord, MethodRecord
 from synthpart.runner import RunOptions, run_experiment
 
 from tiny import tiny_config, tiny_dataset
@@ -49,16 +49,16 @@ def recording_writer(run_dir, hparams):
 RECORDING = metrics.MetricsOptions(factories=("test_runner:recording_writer",))
 
 
-def method(name: str, accuracy: float, rounds: int = 2) -> MethodResult:
+def method(name: str, accuracy: float, rounds: int = 2) -> MethodRecord:
   """A finished method of one loop, `rounds` epochs long."""
-  segment = SegmentResult(name="segment 0", layers=(0, 3), objective="cross-entropy",
-                          device="cpu:0", optimizer="adam", learning_rate=0.01, batch_size=32,
-                          epochs=rounds, steps_per_epoch=8, loss_per_epoch=[1.0] * rounds,
-                          epoch_seconds=[0.1] * rounds)
-  return MethodResult(name, test_accuracy=accuracy, wall_seconds=0.1 * rounds,
-                      segments=[segment],
-                      curve=[{"epoch": e, "seconds": 0.1 * e, "examples": [256 * e]}
-                             for e in range(1, rounds + 1)])
+  segment = LoopRecord(name="segment 0", layers=(0, 3), objective="cross-entropy",
+                       device="cpu:0", optimizer="adam", learning_rate=0.01, batch_size=32,
+                       epochs=rounds, steps_per_epoch=8, loss_per_epoch=(1.0,) * rounds,
+                       epoch_seconds=(0.1,) * rounds)
+  return MethodRecord(name, test_accuracy=accuracy, wall_seconds=0.1 * rounds,
+                      segments=(segment,),
+                      curve=tuple(CurvePoint(epoch=e, seconds=0.1 * e, examples=(256 * e,))
+                                  for e in range(1, rounds + 1)))
 
 
 def results(out: Path) -> dict:

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 
 from synthpart import checkpoint, cli, rundir
+from synthpart.config import TrainConfig
 from synthpart.data.idx import write_idx
 from synthpart.errors import DiskFullError, ResourceError
 from synthpart.prepare import SETTING_FLAGS
-from synthpart.progress import Progress
-from synthpart.results import MethodResult, SegmentResult, format_table
+from synthpart.records import LoopRecord, MethodRecord
+from synthpart.results import format_table
 from synthpart.train import driver
 from synthpart.train import loop as live
 from synthpart.train.epoch import TrainState
@@ -227,37 +228,41 @@ def test_non_finite_losses_are_null_in_strict_json(tmp_path, capsys):
   assert "DIVERGED" in capsys.readouterr().out
 
 
-def _loop(params, chance=None, chance_epochs=0) -> live.Loop:
-  result = SegmentResult("segment 1", (0, 1), "x", "cpu:0", "adam", 1e-3, 32, 10, 4)
-  return live.Loop(result, jax.devices()[0], lambda *a: None, TrainState(params, ()), {},
-                     Constants(), jax.random.key(0), chance=chance, chance_epochs=chance_epochs)
+def _loop(params, chance=None, chance_epochs=0, memory=None) -> live.Loop:
+  spec = live.LoopSpec("pnn-parallel", "segment 1", None,
+                       TrainConfig(learning_rate=1e-3, batch_size=32), jax.devices()[0])
+  info = LoopRecord("segment 1", (0, 1), "x", "cpu:0", "adam", 1e-3, 32, 10, 4, memory=memory)
+  return live.Loop(spec, info, lambda *a: None, TrainState(params, ()), {}, Constants(),
+                   jax.random.key(0), chance=chance, chance_epochs=chance_epochs)
 
 
 def test_what_counts_as_diverged():
   finite = {"w": jnp.ones(3)}
-  assert _loop(finite).record(jnp.array([1.0]), 0.1)
+  assert _loop(finite).record_epoch(jnp.array([1.0]), 0.1)
   loop = _loop({"w": jnp.array([1.0, jnp.inf])})
-  assert not loop.record(jnp.array([0.5]), 0.1) and "parameters" in loop.result.divergence
+  assert not loop.record_epoch(jnp.array([0.5]), 0.1) and "parameters" in loop.divergence
+  assert loop.record().diverged and loop.record().divergence == loop.divergence
   loop = _loop(finite)
-  assert not loop.record(jnp.array([0.5, jnp.nan]), 0.1) and "nan" in loop.result.divergence
+  assert not loop.record_epoch(jnp.array([0.5, jnp.nan]), 0.1) and "nan" in loop.divergence
   chance = math.log(10)
   stuck = _loop(finite, chance, 3)
-  assert [stuck.record(jnp.array([v]), 0.1) for v in (2.4, 2.31, 1e4)] == [True, True, False]
-  assert "chance" in stuck.result.divergence
+  assert [stuck.record_epoch(jnp.array([v]), 0.1) for v in (2.4, 2.31, 1e4)] == [
+      True, True, False]
+  assert "chance" in stuck.divergence
   # A slow learner crossing below chance within the patience goes on.
   slow = _loop(finite, chance, 3)
-  assert all(slow.record(jnp.array([v]), 0.1) for v in (2.36, 2.32, 2.27, 2.30, 2.29))
+  assert all(slow.record_epoch(jnp.array([v]), 0.1) for v in (2.36, 2.32, 2.27, 2.30, 2.29))
   never = _loop(finite, chance, 0)
-  assert all(never.record(jnp.array([v]), 0.1) for v in (3.0,) * 6)
+  assert all(never.record_epoch(jnp.array([v]), 0.1) for v in (3.0,) * 6)
   assert live.chance_loss(np.array([0, 1, 2, 3] * 5)) == pytest.approx(math.log(4))
   assert live.chance_loss(np.zeros(7, int)) is None
 
 
 def test_the_table_says_diverged():
-  ok = MethodResult("conventional", test_accuracy=0.9)
-  bad = MethodResult("pnn-parallel", test_accuracy=0.1, segments=[SegmentResult(
-      "segment 1", (0, 1), "x", "cpu:0", "adam", 1e3, 32, 3, 4, [2.3, math.nan], diverged=True,
-      divergence="loss nan at epoch 2")])
+  ok = MethodRecord("conventional", test_accuracy=0.9)
+  bad = MethodRecord("pnn-parallel", test_accuracy=0.1, segments=(LoopRecord(
+      "segment 1", (0, 1), "x", "cpu:0", "adam", 1e3, 32, 3, 4, (2.3, math.nan), diverged=True,
+      divergence="loss nan at epoch 2"),))
   table = format_table([ok, bad])
   assert "90.00%" in table and "DIVERGED" in table and "10.00" not in table
   assert bad.to_dict()["status"] == "diverged" and math.isnan(bad.to_dict()["test_accuracy"])
@@ -349,12 +354,10 @@ def test_out_of_memory_names_the_loop(tmp_path):
   def exhausted(*args):
     raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 96.00GiB")
 
-  loop = _loop({"w": jnp.ones(2)})
+  loop = _loop({"w": jnp.ones(2)}, memory={"peak": 3 * 2**30})
   loop.epoch_fn = exhausted
-  loop.result.memory = {"peak": 3 * 2**30}
-  result = MethodResult("pnn-parallel", segments=[loop.result])
   with pytest.raises(ResourceError, match="pnn-parallel segment 1 .*batch size 32.*3,072.0 MiB"):
-    driver.drive([loop], result, Progress(quiet=True), label="")
+    driver.drive([loop], MethodRecord("pnn-parallel"))
 
 
 def test_sweep_and_report_inputs(tmp_path, capsys):

@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 
 from synthpart import cli, rundir
 from synthpart import config as config_lib
+from synthpart.config import TrainConfig
 from synthpart.errors import CheckpointError, ConfigError, DataError, UserCodeError, call_user_code
 from synthpart.model import build_network, network_shapes
+from synthpart.records import LoopRecord
 from synthpart.report.reading import check_directory
-from synthpart.results import SegmentResult
 from synthpart.train import loop as live
 from synthpart.train.epoch import TrainState
 from synthpart.train.objectives import Constants
@@ -81,30 +82,32 @@ def test_the_loss_of_predicting_zeros():
 
 
 def _loop(chance=None, zero_loss=None) -> live.Loop:
-  result = SegmentResult("segment 1", (0, 1), "x", "cpu:0", "adam", 1e-3, 32, 10, 4)
-  return live.Loop(result, jax.devices()[0], lambda *a: None, TrainState({"w": jnp.ones(2)}, ()),
-                   {}, Constants(), jax.random.key(0), chance=chance, chance_epochs=5,
+  spec = live.LoopSpec("pnn-parallel", "segment 1", None,
+                       TrainConfig(learning_rate=1e-3, batch_size=32), jax.devices()[0])
+  info = LoopRecord("segment 1", (0, 1), "x", "cpu:0", "adam", 1e-3, 32, 10, 4)
+  return live.Loop(spec, info, lambda *a: None, TrainState({"w": jnp.ones(2)}, ()), {},
+                   Constants(), jax.random.key(0), chance=chance, chance_epochs=5,
                    zero_loss=zero_loss)
 
 
 def test_a_loop_whose_loss_blows_up_is_diverged_at_once():
   blown = _loop(chance=math.log(10))
-  assert not blown.record(jnp.array([2.3, 1e4, 1e5]), 0.1)  # mean 3.7e4 in its first epoch
+  assert not blown.record_epoch(jnp.array([2.3, 1e4, 1e5]), 0.1)  # mean 3.7e4 in its first epoch
   assert blown.first_step_loss == pytest.approx(2.3)
-  assert "over 1000 times chance" in blown.result.divergence
+  assert "over 1000 times chance" in blown.divergence
   # A healthy loop falls below its first step; one that rises a little is not blown up.
   healthy = _loop(chance=math.log(10))
-  assert all(healthy.record(jnp.array(v), 0.1) for v in ([2.4, 1.0], [0.5, 0.4], [3.0, 3.1]))
+  assert all(healthy.record_epoch(jnp.array(v), 0.1) for v in ([2.4, 1.0], [0.5, 0.4], [3.0, 3.1]))
   regression = _loop(zero_loss=0.33)
-  assert regression.record(jnp.array([0.3, 0.2]), 0.1)
-  assert not regression.record(jnp.array([5e2, 9e3]), 0.1)
-  assert "over 1000 times the loss of predicting zeros (0.33)" in regression.result.divergence
+  assert regression.record_epoch(jnp.array([0.3, 0.2]), 0.1)
+  assert not regression.record_epoch(jnp.array([5e2, 9e3]), 0.1)
+  assert "over 1000 times the loss of predicting zeros (0.33)" in regression.divergence
   # Its first step above the loss of predicting zeros: the bar is that first step.
   started_high = _loop(zero_loss=0.33)
-  assert started_high.record(jnp.array([1.5, 0.8]), 0.1)
-  assert started_high.record(jnp.array([400.0]), 0.1)
-  assert not started_high.record(jnp.array([2e3]), 0.1)
-  assert "first step's loss (1.5)" in started_high.result.divergence
+  assert started_high.record_epoch(jnp.array([1.5, 0.8]), 0.1)
+  assert started_high.record_epoch(jnp.array([400.0]), 0.1)
+  assert not started_high.record_epoch(jnp.array([2e3]), 0.1)
+  assert "first step's loss (1.5)" in started_high.divergence
 
 
 @pytest.mark.slow
