@@ -15,7 +15,7 @@ from synthpart import checkpoint, export, rundir
 from synthpart.cli import main
 from synthpart.data import load_dataset
 from synthpart.errors import CheckpointError, DiskFullError
-from synthpart.train import schedules as S
+from synthpart.train import segments
 from synthpart.train.objectives import Constants, preprocess_pixels
 from synthpart.train.problem import make_problem
 
@@ -288,7 +288,7 @@ def test_float_inputs_are_not_divided_by_255(tmp_path):
   ds = load_dataset(f"npz:{tmp_path / 'blobs.npz'}")
   assert ds.input_scale == 1.0 and load_dataset("digits").input_scale == 255.0
   problem = make_problem(tiny_config(**{"model.cuts": [1], "recovery.batch_size": 16}), ds)
-  task = S.segment_task(problem, problem.specs[0], "pixels")
+  task = segments.segment_task(problem, problem.specs[0], "pixels")
   assert problem.input_scale == task.input_scale == 1.0
   np.testing.assert_array_equal(preprocess_pixels(x, Constants(), task.input_scale), x)
   out = tmp_path / "run"

@@ -24,9 +24,9 @@ from synthpart.errors import DiskFullError, ResourceError
 from synthpart.prepare import SETTING_FLAGS
 from synthpart.records import LoopRecord, MethodRecord
 from synthpart.results import format_table
-from synthpart.train import driver
-from synthpart.train import loop as live
+from synthpart.train import divergence, driver
 from synthpart.train.epoch import TrainState
+from synthpart.train.loop import Loop, LoopSpec
 from synthpart.train.objectives import Constants
 
 TINY = ["--hidden", "16,16", "--cuts", "1", "--epochs", "1", "--recovery-epochs", "0",
@@ -228,11 +228,11 @@ def test_non_finite_losses_are_null_in_strict_json(tmp_path, capsys):
   assert "DIVERGED" in capsys.readouterr().out
 
 
-def _loop(params, chance=None, chance_epochs=0, memory=None) -> live.Loop:
-  spec = live.LoopSpec("pnn-parallel", "segment 1", None,
+def _loop(params, chance=None, chance_epochs=0, memory=None) -> Loop:
+  spec = LoopSpec("pnn-parallel", "segment 1", None,
                        TrainConfig(learning_rate=1e-3, batch_size=32), jax.devices()[0])
   info = LoopRecord("segment 1", (0, 1), "x", "cpu:0", "adam", 1e-3, 32, 10, 4, memory=memory)
-  return live.Loop(spec, info, lambda *a: None, TrainState(params, ()), {}, Constants(),
+  return Loop(spec, info, lambda *a: None, TrainState(params, ()), {}, Constants(),
                    jax.random.key(0), chance=chance, chance_epochs=chance_epochs)
 
 
@@ -254,8 +254,8 @@ def test_what_counts_as_diverged():
   assert all(slow.record_epoch(jnp.array([v]), 0.1) for v in (2.36, 2.32, 2.27, 2.30, 2.29))
   never = _loop(finite, chance, 0)
   assert all(never.record_epoch(jnp.array([v]), 0.1) for v in (3.0,) * 6)
-  assert live.chance_loss(np.array([0, 1, 2, 3] * 5)) == pytest.approx(math.log(4))
-  assert live.chance_loss(np.zeros(7, int)) is None
+  assert divergence.chance_loss(np.array([0, 1, 2, 3] * 5)) == pytest.approx(math.log(4))
+  assert divergence.chance_loss(np.zeros(7, int)) is None
 
 
 def test_the_table_says_diverged():

@@ -26,8 +26,9 @@ from synthpart.errors import CheckpointError, ConfigError, DataError, UserCodeEr
 from synthpart.model import build_network, network_shapes
 from synthpart.records import LoopRecord
 from synthpart.report.reading import check_directory
-from synthpart.train import loop as live
+from synthpart.train import divergence
 from synthpart.train.epoch import TrainState
+from synthpart.train.loop import Loop, LoopSpec
 from synthpart.train.objectives import Constants
 from synthpart.train.problem import make_problem
 
@@ -57,35 +58,37 @@ def _synthpart(*argv: str, env: dict[str, str] | None = None,
 
 def test_the_blow_up_rule_at_its_edges():
   chance = math.log(10)
-  limit = live.BLOWUP_FACTOR * chance
-  assert live.blown_up(limit, 1, chance, 1.0) is None  # at the limit: not above it
-  reason = live.blown_up(limit * 1.001, 1, chance, 1.0)
+  limit = divergence.BLOWUP_FACTOR * chance
+  assert divergence.blown_up(limit, 1, chance, 1.0) is None  # at the limit: not above it
+  reason = divergence.blown_up(limit * 1.001, 1, chance, 1.0)
   assert reason and "epoch 1" in reason and "1000 times chance" in reason
   # A first step above the level raises the bar: a network that starts at a loss of 50 may sit
   # far above chance without having blown up.
-  assert live.blown_up(limit * 2, 3, chance, 50.0) is None
-  assert "first step" in live.blown_up(50.0 * live.BLOWUP_FACTOR * 1.01, 3, chance, 50.0)
+  assert divergence.blown_up(limit * 2, 3, chance, 50.0) is None
+  assert "first step" in divergence.blown_up(50.0 * divergence.BLOWUP_FACTOR * 1.01, 3, chance,
+                                             50.0)
   # No level (one class) and no first step: nothing to judge by; a level of 0 or a first step
   # that is not finite is no reference.
-  assert live.blown_up(1e30, 2, None, None) is None
-  assert "first step" in live.blown_up(2e3, 2, 0.0, 1.0)
-  assert live.blown_up(1e30, 2, None, math.inf) is None
-  assert "predicting zeros" in live.blown_up(1e4, 1, 0.3, None, "the loss of predicting zeros")
+  assert divergence.blown_up(1e30, 2, None, None) is None
+  assert "first step" in divergence.blown_up(2e3, 2, 0.0, 1.0)
+  assert divergence.blown_up(1e30, 2, None, math.inf) is None
+  assert "predicting zeros" in divergence.blown_up(1e4, 1, 0.3, None,
+                                                   "the loss of predicting zeros")
 
 
 def test_the_loss_of_predicting_zeros():
   table = jnp.array([[1.0, 1.0], [3.0, 3.0]])
   labels = np.array([0, 1, 1])
-  assert live.zero_prediction_loss(table, labels, "mse") == pytest.approx((1 + 2 * 9) / 3)
-  assert live.zero_prediction_loss(table, labels, "l1") == pytest.approx((1 + 2 * 3) / 3)
-  assert live.zero_prediction_loss(table, labels, "cosine") == pytest.approx(1.0)
+  assert divergence.zero_prediction_loss(table, labels, "mse") == pytest.approx((1 + 2 * 9) / 3)
+  assert divergence.zero_prediction_loss(table, labels, "l1") == pytest.approx((1 + 2 * 3) / 3)
+  assert divergence.zero_prediction_loss(table, labels, "cosine") == pytest.approx(1.0)
 
 
-def _loop(chance=None, zero_loss=None) -> live.Loop:
-  spec = live.LoopSpec("pnn-parallel", "segment 1", None,
+def _loop(chance=None, zero_loss=None) -> Loop:
+  spec = LoopSpec("pnn-parallel", "segment 1", None,
                        TrainConfig(learning_rate=1e-3, batch_size=32), jax.devices()[0])
   info = LoopRecord("segment 1", (0, 1), "x", "cpu:0", "adam", 1e-3, 32, 10, 4)
-  return live.Loop(spec, info, lambda *a: None, TrainState({"w": jnp.ones(2)}, ()), {},
+  return Loop(spec, info, lambda *a: None, TrainState({"w": jnp.ones(2)}, ()), {},
                    Constants(), jax.random.key(0), chance=chance, chance_epochs=5,
                    zero_loss=zero_loss)
 

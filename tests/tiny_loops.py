@@ -10,6 +10,7 @@ from typing import Any
 import jax
 
 from synthpart.model import whole_network
+from synthpart.train import evaluation, segments
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.hooks import Evaluate
@@ -51,8 +52,8 @@ def _template(loop: Loop) -> Template:
 def network_template(name: str = "network", **overrides: Any) -> Template:
   """The whole network end to end on device 0."""
   p = problem(**overrides)
-  spec = S.loop_spec(p, "m", name, whole_network(p.specs), Inputs.PIXELS)
-  return _template(S.segment_loop(p, spec, {"x": p.train_x, "y": p.train_y}))
+  spec = segments.loop_spec(p, "m", name, whole_network(p.specs), Inputs.PIXELS)
+  return _template(segments.segment_loop(p, spec, {"x": p.train_x, "y": p.train_y}))
 
 
 @functools.cache
@@ -95,7 +96,7 @@ def evaluate_fn() -> Evaluate:
   """The composed network's test accuracy from the parameters of its segments (both, or the
   whole network's alone), on device 0."""
   p = problem()
-  return S.make_evaluator(p, p.device_of(0))
+  return evaluation.make_evaluator(p, p.device_of(0))
 
 
 
