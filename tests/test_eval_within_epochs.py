@@ -11,10 +11,11 @@ import pytest
 from synthpart import curves as C
 from synthpart.config import ConfigError, load
 from synthpart.progress import Progress
-from synthpart.results import MethodResult
+from synthpart.records import MethodRecord
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
-from synthpart.train.driver import Evaluation, drive
+from synthpart.train.driver import drive
+from synthpart.train.hooks import Evaluator
 from synthpart.train.stops import (
   EvalSchedule,
   chunks,
@@ -91,7 +92,7 @@ def test_evaluation_within_epochs_changes_no_training_and_costs_apart():
   ends_b = [p for p in C.accuracy_curve(b.to_dict(), widths, n) if not p.get("partial")]
   assert [p["flops"] for p in ends_a] == [p["flops"] for p in ends_b]
   assert b.segments[0].steps_per_epoch == 8  # evaluated after step 4 and at the end, 3 epochs
-  assert b.evaluations == len([p for p in b.curve if "accuracy" in p]) == 6
+  assert b.evaluations == len([p for p in b.curve if p.accuracy is not None]) == 6
   forward = b.segments[0].forward_flops * len(within.test_y)
   assert b.eval_flops == pytest.approx(b.evaluations * forward)
   assert a.eval_flops == pytest.approx(a.evaluations * forward) and a.evaluations == 3
@@ -100,20 +101,19 @@ def test_evaluation_within_epochs_changes_no_training_and_costs_apart():
 def test_evaluation_time_is_not_training_time():
   problem = _tiny(**{"model.cuts": [], "train.epochs": 1, "eval.every_steps": 2})
   loop = S.parallel_loop(problem, 0)
-  result = MethodResult("conventional", segments=[loop.result])
   pause = 0.3
 
   def slow(params):
     time.sleep(pause)
     return 0.5
 
-  drive([loop], result, QUIET, label="", evaluate=slow,
-        evaluation=Evaluation(EvalSchedule(every_steps=2), flops=7.0))
-  assert result.evaluations == loop.result.steps_per_epoch // 2
+  result = drive([loop], MethodRecord("conventional"),
+                 [Evaluator(slow, EvalSchedule(every_steps=2), flops=7.0)])
+  assert result.evaluations == loop.steps_per_epoch // 2
   assert result.eval_seconds >= pause * result.evaluations
   assert result.eval_flops == 7.0 * result.evaluations
   assert result.wall_seconds < result.eval_seconds / 2
-  assert [p["seconds"] for p in result.curve] == sorted(p["seconds"] for p in result.curve)
+  assert [p.seconds for p in result.curve] == sorted(p.seconds for p in result.curve)
 
 
 def test_the_sequential_curve_starts_at_its_first_network_and_pays_for_the_left_segment():

@@ -12,7 +12,7 @@ from synthpart.bench import stepwise
 from synthpart.data import Dataset
 from synthpart.experiment import compare
 from synthpart.progress import Progress
-from synthpart.results import MethodResult
+from synthpart.records import MethodRecord
 from synthpart.train import problem as P
 
 from tiny import tiny_config, tiny_dataset
@@ -33,7 +33,7 @@ def _as_floats(ds: Dataset) -> Dataset:
       test_images=ds.test_images.astype(np.float32) / np.float32(255))
 
 
-def _every_method(ds: Dataset) -> list[MethodResult]:
+def _every_method(ds: Dataset) -> list[MethodRecord]:
   """Every method `compare` runs (model-parallel included), then the stepwise reference."""
   config = tiny_config(**{"model.hidden": [16, 16], "model.cuts": [1], "train.epochs": 1,
                           "recovery.batch_size": 32, "data.standardize": False})
@@ -43,7 +43,7 @@ def _every_method(ds: Dataset) -> list[MethodResult]:
 
 
 @pytest.fixture(scope="module")
-def both() -> tuple[list[MethodResult], list[MethodResult]]:
+def both() -> tuple[list[MethodRecord], list[MethodRecord]]:
   pixels = tiny_dataset(num_train=64, num_test=32, classes=3, shape=(8, 8, 1))
   floats = _as_floats(pixels)
   assert pixels.input_scale == 255.0 and floats.input_scale == 1.0
@@ -61,6 +61,6 @@ def test_every_method_ran(both):
 def test_float_inputs_train_as_the_same_uint8_images(both):
   for u, f in zip(*both, strict=True):
     assert f.test_accuracy == u.test_accuracy, u.method
-    assert [p.get("accuracy") for p in f.curve] == [p.get("accuracy") for p in u.curve], u.method
+    assert [p.accuracy for p in f.curve] == [p.accuracy for p in u.curve], u.method
     assert [s.loss_per_epoch for s in f.segments] == [s.loss_per_epoch for s in u.segments], (
         u.method)

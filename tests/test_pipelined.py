@@ -13,7 +13,7 @@ from synthpart.errors import ConfigError
 from synthpart.model import apply_segment
 from synthpart.progress import Progress
 from synthpart.train import problem as P
-from synthpart.train import refresh, stops
+from synthpart.train import refresh
 from synthpart.train import schedules as S
 from synthpart.train.epoch import epoch_order
 from synthpart.transfers import hand_over
@@ -85,7 +85,7 @@ def test_it_learns_the_tiny_task():
                                            "pipeline.delay_epochs": 0})
   _, pip = S.train_pipelined(problem, QUIET)
   assert pip.test_accuracy > 0.9
-  assert [p["epoch"] for p in pip.curve] == list(range(1, 11))
+  assert [p.epoch for p in pip.curve] == list(range(1, 11))
   assert all(s.loss_per_epoch[-1] < s.loss_per_epoch[0] for s in pip.segments)
 
 
@@ -94,7 +94,7 @@ def test_a_delay_starts_later_segments_later():
   _, result = S.train_pipelined(problem, QUIET)
   first, second = result.segments
   assert len(first.loss_per_epoch) == len(second.loss_per_epoch) == 3
-  assert [p["examples"] for p in result.curve] == [[256, 0], [512, 256], [768, 512], [768, 768]]
+  assert [p.examples for p in result.curve] == [(256, 0), (512, 256), (768, 512), (768, 768)]
 
 
 def test_settings_are_checked():
@@ -137,7 +137,7 @@ def test_each_chunk_reads_the_current_outputs_of_the_segments_before_it(monkeypa
         continue
       loop = feeds.loops[c.loop]
       order = epoch_order(jax.device_get(loop.key), np.uint32(c.epoch), len(problem.train_y),
-                          loop.result.batch_size)  # drawn here, apart from the schedule's
+                          loop.batch_size)  # drawn here, apart from the schedule's
       rows = np.asarray(refresh.chunk_rows(order, np.int32(c.first), c.count))
       x = problem.train_x[rows].astype(np.float32) / 255
       for spec in problem.specs[:c.loop]:  # the earlier segments as they are now
@@ -152,17 +152,16 @@ def test_each_chunk_reads_the_current_outputs_of_the_segments_before_it(monkeypa
   assert len(checked) == 2 * problem.config.train.epochs * -(-steps // 3)
 
 
-def test_evaluations_and_moving_bars_inside_epochs_change_no_result(monkeypatch):
-  # Evaluation stops after steps 2, 4, 6 and bar chunks split the refresh spans of 3 steps;
-  # the refreshes still come every 3 steps, so the training is the same, bit for bit.
+def test_evaluations_and_moving_bars_inside_epochs_change_no_result():
+  # Evaluation stops after steps 2, 4, 6 split the refresh spans of 3 steps; the refreshes
+  # still come every 3 steps, so the training is the same, bit for bit, with bars shown.
   overrides = {"model.cuts": [1, 2], "pipeline.refresh_steps": 3, "pipeline.delay_epochs": 0}
   plain_params, plain = S.train_pipelined(_problem(jax.devices()[:3], **overrides), QUIET)
-  monkeypatch.setattr(stops, "MIN_CHUNK_STEPS", 2)  # the tiny epoch's 8 steps: 4 bar chunks
   problem = _problem(jax.devices()[:3], **overrides, **{"eval.every_steps": 2})
   params, result = S.train_pipelined(problem, Progress(quiet=False))
   assert _same_params(plain_params, params)
   assert [s.loss_per_epoch for s in plain.segments] == [s.loss_per_epoch for s in result.segments]
-  assert any(p.get("partial") for p in result.curve)
+  assert any(p.partial for p in result.curve)
 
 
 class _Killed(Exception):
@@ -200,8 +199,8 @@ def test_a_finished_segment_does_not_hold_a_resume_back(tmp_path, monkeypatch):
   assert got.test_accuracy == want.test_accuracy
 
 
-def _recording(restore, log, policy, method, loop, like, device, at_most=None):
-  out = restore(policy, method, loop, like, device, at_most)
+def _recording(restore, log, policy, method, loop, like, device, at_most=None, **kwargs):
+  out = restore(policy, method, loop, like, device, at_most, **kwargs)
   if out is not None:
     log.append((loop, out[1]["epoch"]))
   return out

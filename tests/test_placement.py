@@ -15,6 +15,7 @@ from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
 from synthpart.train.loop import start_loop
+from synthpart.train.objectives import Inputs
 
 from tiny import tiny_config, tiny_dataset
 
@@ -29,13 +30,10 @@ def _problem(**overrides):
 def _start(problem, index):
   """Segment `index` of the parallel schedule, started on its placement."""
   spec = problem.specs[index]
-  target = problem.device_of(index)
-  inputs = "pixels" if spec.is_first else "sil"
+  inputs = Inputs.PIXELS if spec.is_first else Inputs.SIL
   data = {"x": problem.train_x, "y": problem.train_y} if spec.is_first else {"y": problem.train_y}
-  return start_loop(S.segment_task(problem, spec, inputs), problem.config.segment_train(index),
-                         S.init_params(problem, spec, target), data,
-                         S.segment_constants(problem, spec, inputs, target),
-                         problem.key(P.ORDER_STREAM, spec.start), target, f"segment {index}")
+  return S.segment_loop(problem, S.loop_spec(problem, "pnn-parallel", f"segment {index}", spec,
+                                             inputs), data)
 
 
 def _collectives(hlo: str) -> list[tuple[str, str]]:
@@ -110,7 +108,7 @@ def test_a_group_segment_lives_on_its_group_and_reduces_only_there():
   problem = _problem(**{"placement.groups": [2, 2]})
   run = _start(problem, 1)
   group = set(jax.devices()[2:4])
-  assert run.result.device == "cpu:2,cpu:3"
+  assert run.info.device == "cpu:2,cpu:3"
   for leaf in jax.tree.leaves((run.state, run.data, run.consts, run.key)):
     assert leaf.devices() == group and leaf.sharding.is_fully_replicated
   assert set(run.epoch_fn.runtime_executable().local_devices()) == group
@@ -153,7 +151,7 @@ def test_parallel_groups_match_one_device_and_move_nothing_between_groups():
   problem = _problem(**{"placement.groups": [2, 2]})
   with jax.transfer_guard_device_to_device("disallow_explicit"):
     many, rk = S.train_parallel(problem, QUIET, track_accuracy=False)
-  assert rk.transfers == []
+  assert rk.transfers == ()
   assert [s.device for s in rk.segments] == ["cpu:0,cpu:1", "cpu:2,cpu:3"]
   # A group of k devices reaches the parameters of one device, up to the order of the sums.
   _assert_close(one, r1, many, rk)
@@ -204,14 +202,16 @@ def test_pmap_backend_conventional_and_recovery_and_noise():
     assert 0.5 < r.test_accuracy <= 1, r.method
   # Outside the epoch the arrays are the sharding backend's: replicated over the group.
   spec, target = problem.specs[0], problem.device_of(0)
-  loop = start_loop(S.segment_task(problem, spec, "pixels"), problem.config.train,
-                    S.init_params(problem, spec, target),
+  lspec = S.loop_spec(problem, "pnn-parallel", "segment 0", spec, Inputs.PIXELS,
+                      train=problem.config.train)
+  assert lspec.backend == "pmap" and lspec.device == target
+  loop = start_loop(lspec, S.init_params(problem, spec, target),
                     {"x": problem.train_x, "y": problem.train_y},
-                    S.segment_constants(problem, spec, "pixels", target),
-                    problem.key(P.ORDER_STREAM, 0), target, "segment 0", backend="pmap")
-  assert isinstance(loop.epoch_fn, placement.PmapEpoch) and loop.result.memory["temp"] >= 0
+                    S.segment_constants(problem, spec, Inputs.PIXELS, target),
+                    problem.key(P.ORDER_STREAM, 0))
+  assert isinstance(loop.epoch_fn, placement.PmapEpoch) and loop.info.memory["temp"] >= 0
   losses = loop.dispatch(0)
-  assert losses.shape == (loop.result.steps_per_epoch,)
+  assert losses.shape == (loop.steps_per_epoch,)
   for leaf in jax.tree.leaves(loop.state):
     assert leaf.sharding == target
 
