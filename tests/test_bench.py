@@ -10,6 +10,7 @@ from synthpart.optim import make_optimizer
 from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
+from synthpart.train import segments
 from synthpart.train.epoch import TrainState, make_epoch
 from synthpart.train.objectives import Constants, make_loss
 
@@ -43,14 +44,14 @@ def test_mixed_precision_trains_with_f32_master_weights():
   config = tiny_config(**{"model.dtype": "bfloat16", "model.param_dtype": "float32",
                           "train.epochs": 4})
   problem = P.make_problem(config, tiny_dataset(), jax.devices()[:2])
-  params, result = S.train_conventional(problem, Progress(quiet=True))
+  (params,), result = S.train_conventional(problem, Progress(quiet=True))
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params))
   losses = result.segments[0].loss_per_epoch
   assert all(np.isfinite(losses)) and losses[-1] < losses[0]
   assert result.test_accuracy > 0.5
   # The matmuls really run in bf16: the compiled step multiplies bf16 operands.
   whole = whole_network(problem.specs)
-  task = S.segment_task(problem, whole, "pixels")
+  task = segments.segment_task(problem, whole, "pixels")
   optimizer = make_optimizer(config.train)
   state = jax.jit(lambda p: TrainState(p, optimizer.init(p)))(params)
   data = {"x": jnp.asarray(problem.train_x), "y": jnp.asarray(problem.train_y)}

@@ -114,9 +114,9 @@ def test_own_writer_in_a_program():
   problem = P.make_problem(tiny_config(), tiny_dataset(), jax.devices()[:2])
   _, result = S.train_parallel(problem, Progress(quiet=True, metrics=writer))
   losses = writer.series("pnn-parallel/loss/segment 0")
-  assert [v for _, v in losses] == result.segments[0].loss_per_epoch
+  assert [v for _, v in losses] == list(result.segments[0].loss_per_epoch)
   assert [v for _, v in writer.series("pnn-parallel/accuracy/test")] == [
-      p["accuracy"] for p in result.curve]
+      p.accuracy for p in result.curve]
 
 
 def test_only_process_zero_writes(tmp_path, monkeypatch):

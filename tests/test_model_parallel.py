@@ -13,6 +13,7 @@ from synthpart.progress import Progress
 from synthpart.train import model_parallel as MP
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
+from synthpart.train import segments
 from synthpart.train.epoch import epoch_order
 
 from tiny import tiny_config, tiny_dataset
@@ -45,16 +46,16 @@ def _close(a_params, b_params, rtol=1e-5, atol=1e-6):
 
 
 def test_reaches_the_conventional_network(three_segments):
-  problem, (conv_params, conv), (mp_params, mp) = three_segments
+  problem, ((conv_params,), conv), (mp_params, mp) = three_segments
   assert mp.method == "model-parallel"
   _close(conv_params, compose(mp_params))
   np.testing.assert_allclose(mp.segments[0].loss_per_epoch, conv.segments[0].loss_per_epoch,
                              rtol=1e-6)
   assert mp.test_accuracy == pytest.approx(conv.test_accuracy, abs=1 / 64)
   assert mp.test_accuracy > 0.5  # it learned: 4 classes
-  assert [p["epoch"] for p in mp.curve] == [1, 2, 3]
-  assert mp.curve[-1]["accuracy"] == mp.test_accuracy
-  assert mp.curve[-1]["examples"] == [3 * 8 * 32]  # 256 examples, batch 32, 3 epochs
+  assert [p.epoch for p in mp.curve] == [1, 2, 3]
+  assert mp.curve[-1].accuracy == mp.test_accuracy
+  assert mp.curve[-1].examples == (3 * 8 * 32,)  # 256 examples, batch 32, 3 epochs
   # The loop records what start_loop records: memory of the compiled epoch, FLOPs.
   (loop,) = mp.segments
   assert loop.device == "cpu:0,cpu:1,cpu:2" and tuple(loop.layers) == (0, 4)
@@ -73,7 +74,7 @@ def test_each_stage_lives_on_its_own_device():
                                   problem.specs, strict=True):
     assert {d for leaf in jax.tree.leaves(params) for d in leaf.devices()} == {device}
     assert [leaf.shape for leaf in jax.tree.leaves(params)] == [
-        leaf.shape for leaf in jax.tree.leaves(S.init_params(problem, spec, device))]
+        leaf.shape for leaf in jax.tree.leaves(segments.init_params(problem, spec, device))]
 
 
 def test_activations_and_gradients_cross_inside_the_compiled_epoch():
@@ -127,7 +128,7 @@ def test_slots_hold_every_stage_and_give_it_back():
 
 def test_the_stepwise_reference_reaches_the_conventional_network_too():
   problem = _problem(jax.devices()[:2], **{"train.epochs": 2})
-  conv_params, _ = S.train_conventional(problem, QUIET)
+  (conv_params,), _ = S.train_conventional(problem, QUIET)
   params, result = stepwise.train_model_parallel(problem, QUIET, track_accuracy=False)
   assert result.method == "model-parallel-stepwise"
   _close(conv_params, compose(params), rtol=1e-4, atol=1e-5)

@@ -14,6 +14,7 @@ from synthpart.prepare import load_config
 from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
+from synthpart.train import segments
 from synthpart.train.loop import start_loop
 from synthpart.train.objectives import Inputs
 
@@ -32,8 +33,8 @@ def _start(problem, index):
   spec = problem.specs[index]
   inputs = Inputs.PIXELS if spec.is_first else Inputs.SIL
   data = {"x": problem.train_x, "y": problem.train_y} if spec.is_first else {"y": problem.train_y}
-  return S.segment_loop(problem, S.loop_spec(problem, "pnn-parallel", f"segment {index}", spec,
-                                             inputs), data)
+  spec_ = segments.loop_spec(problem, "pnn-parallel", f"segment {index}", spec, inputs)
+  return segments.segment_loop(problem, spec_, data)
 
 
 def _collectives(hlo: str) -> list[tuple[str, str]]:
@@ -202,12 +203,12 @@ def test_pmap_backend_conventional_and_recovery_and_noise():
     assert 0.5 < r.test_accuracy <= 1, r.method
   # Outside the epoch the arrays are the sharding backend's: replicated over the group.
   spec, target = problem.specs[0], problem.device_of(0)
-  lspec = S.loop_spec(problem, "pnn-parallel", "segment 0", spec, Inputs.PIXELS,
+  lspec = segments.loop_spec(problem, "pnn-parallel", "segment 0", spec, Inputs.PIXELS,
                       train=problem.config.train)
   assert lspec.backend == "pmap" and lspec.device == target
-  loop = start_loop(lspec, S.init_params(problem, spec, target),
+  loop = start_loop(lspec, segments.init_params(problem, spec, target),
                     {"x": problem.train_x, "y": problem.train_y},
-                    S.segment_constants(problem, spec, Inputs.PIXELS, target),
+                    segments.segment_constants(problem, spec, Inputs.PIXELS, target),
                     problem.key(P.ORDER_STREAM, 0))
   assert isinstance(loop.epoch_fn, placement.PmapEpoch) and loop.info.memory["temp"] >= 0
   losses = loop.dispatch(0)

@@ -11,7 +11,9 @@ from synthpart.model import apply_segment
 from synthpart.progress import Progress
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
+from synthpart.train import segments
 from synthpart.train.loop import start_loop
+from synthpart.train.objectives import Inputs
 
 from tiny import tiny_config, tiny_dataset
 
@@ -27,10 +29,11 @@ def test_segments_live_on_their_devices():
   problem = _problem(devices, **{"model.cuts": [1, 2]})  # 3 segments on 2 devices
   assert [problem.device_of(i) for i in range(3)] == [devices[0], devices[1], devices[0]]
   spec = problem.specs[1]
-  run = start_loop(S.segment_task(problem, spec, "sil"), problem.config.segment_train(1),
-                        S.init_params(problem, spec, devices[1]), {"y": problem.train_y},
-                        S.segment_constants(problem, spec, "sil", devices[1]),
-                        problem.key(0), devices[1], "segment 1")
+  lspec = segments.loop_spec(problem, "pnn-parallel", "segment 1", spec, Inputs.SIL)
+  assert lspec.device == devices[1]
+  run = start_loop(lspec, segments.init_params(problem, spec, devices[1]), {"y": problem.train_y},
+                   segments.segment_constants(problem, spec, Inputs.SIL, devices[1]),
+                   problem.key(0))
   for leaf in jax.tree.leaves((run.state, run.data, run.consts)):
     assert leaf.devices() == {devices[1]}
 
@@ -40,7 +43,7 @@ def test_parallel_moves_nothing_between_devices():
   # Explicit device-to-device copies are errors too: the only traffic is host <-> device.
   with jax.transfer_guard_device_to_device("disallow_explicit"):
     _, result = S.train_parallel(problem, QUIET, track_accuracy=False)
-  assert result.transfers == []
+  assert result.transfers == ()
   assert all(len(s.loss_per_epoch) == 3 for s in result.segments)
   assert {s.device for s in result.segments} == {"cpu:0", "cpu:1"}
 
@@ -91,7 +94,7 @@ def test_every_method_learns_the_tiny_task():
     assert r.test_accuracy > 0.9, (r.method, r.test_accuracy)
   # Chance is 0.25; the right segment only ever saw noisy SIL vectors, not real activations.
   assert par.test_accuracy > 0.7
-  assert len(conv.curve) == 6 and all("accuracy" in p for p in conv.curve)
+  assert len(conv.curve) == 6 and all(p.accuracy is not None for p in conv.curve)
   assert rec.method == "pnn-sequential+recovery" and len(rec.segments) == 3
   assert rec.wall_seconds > seq.wall_seconds
   # segment losses fall
@@ -148,7 +151,7 @@ def test_standardisation_uses_training_statistics_only():
 def test_an_epoch_in_chunks_trains_exactly_as_the_whole_epoch():
   problem = P.make_problem(tiny_config(), tiny_dataset())
   whole, chunked = S.parallel_loop(problem, 0), S.parallel_loop(problem, 0)
-  steps = whole.result.steps_per_epoch
+  steps = whole.steps_per_epoch
   losses = [whole.dispatch(e) for e in range(2)]
   pieces = []
   for e in range(2):
@@ -167,10 +170,10 @@ def test_a_stepwise_epoch_trains_as_the_scanned_epoch():
                                             tiny_dataset()), 0)
   for e in range(2):
     np.testing.assert_allclose(scanned.dispatch(e), stepwise.dispatch(e), rtol=1e-5, atol=1e-6)
-  half = stepwise.result.steps_per_epoch // 2
+  half = stepwise.steps_per_epoch // 2
   np.testing.assert_allclose(
       np.concatenate([stepwise.dispatch_steps(2, 0, half),
-                      stepwise.dispatch_steps(2, half, stepwise.result.steps_per_epoch - half)]),
+                      stepwise.dispatch_steps(2, half, stepwise.steps_per_epoch - half)]),
       scanned.dispatch(2), rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(scanned.state), jax.tree.leaves(stepwise.state)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -185,8 +188,8 @@ def test_the_nearest_sil_row_reads_out_the_first_segment_alone():
   nearest = np.argmin(((out[:, None] - table[None]) ** 2).mean(-1), axis=1)
   reference = runs[1]
   assert reference.test_accuracy == np.mean(nearest == problem.test_y) > 0.25  # chance: 4 classes
-  assert [s.name for s in reference.segments] == ["segment 0"] and reference.transfers == []
-  assert reference.curve[-1]["accuracy"] == reference.test_accuracy
+  assert [s.name for s in reference.segments] == ["segment 0"] and reference.transfers == ()
+  assert reference.curve[-1].accuracy == reference.test_accuracy
   # Drawn at the round its segment finished, not at the first round.
   rounds = len(reference.segments[0].loss_per_epoch)
-  assert curves.accuracy_points({"curve": reference.curve}) == [(rounds, reference.test_accuracy)]
+  assert curves.accuracy_points(reference.to_dict()) == [(rounds, reference.test_accuracy)]

@@ -11,6 +11,8 @@ from synthpart.progress import Progress
 from synthpart.results import results_document
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
+from synthpart.train import segments
+from synthpart.train.problem import describe
 
 from tiny import tiny_config, tiny_dataset
 
@@ -28,7 +30,7 @@ def _bits(key):
 def _parts(problem):
   """What each purpose draws: the SIL tables, the first segment's initial parameters, and the
   order keys of a segment and of recovery."""
-  init = S.init_params(problem, problem.specs[0], jax.devices()[0])
+  init = segments.init_params(problem, problem.specs[0], jax.devices()[0])
   return {"sil": [np.asarray(t) for t in problem.sil.values()],
           "init": [np.asarray(x) for x in jax.tree.leaves(init)],
           "order": [_bits(problem.key(P.ORDER_STREAM, 0)), _bits(problem.key(P.RECOVERY_STREAM))]}
@@ -67,13 +69,15 @@ def test_sil_seed_leaves_conventional_training_bit_for_bit():
 
 def test_prng_impl_is_settable_and_recorded():
   problem = _problem()
-  assert results_document("train", problem, "generated", [])["prng_impl"] == "threefry2x32"
+  assert results_document("train", describe(problem, "generated"), problem.config.to_dict(),
+                          [])["prng_impl"] == "threefry2x32"
   rbg = _problem(**{"seeds.prng_impl": "rbg", "train.epochs": 1})
   assert jax.random.key_impl(rbg.key(P.SIL_STREAM)) == jax.random.key_impl(
       jax.random.key(0, impl="rbg"))
   _, result = S.train_parallel(rbg, QUIET)
   assert 0 <= result.test_accuracy <= 1
-  assert results_document("train", rbg, "generated", [result])["prng_impl"] == "rbg"
+  assert results_document("train", describe(rbg, "generated"), rbg.config.to_dict(),
+                          [result])["prng_impl"] == "rbg"
   with pytest.raises(ConfigError, match="seeds.prng_impl"):
     _problem(**{"seeds.prng_impl": "philox"})
   with pytest.raises(ConfigError, match="seeds.sil must be an integer"):
