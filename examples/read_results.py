@@ -25,7 +25,7 @@ def summary(run_dir: Path) -> list[str]:
   lines = [f"{document['dataset']['name']} from {document['dataset']['source']}; PRNG "
            f"{document.get('prng_impl', '?')}; devices {', '.join(document['devices'])}"]
   for entry in document["runs"]:
-    run = method_from_dict(entry)  # back to a synthpart.results.MethodResult
+    run = method_from_dict(entry)  # back to a synthpart.records.MethodRecord
     flops = curves[run.method][-1]["flops"] if curves[run.method] else 0.0
     losses = " / ".join(f"{s.loss_per_epoch[-1]:.3f}" for s in run.segments)
     lines.append(f"{run.method:<25} {100 * run.test_accuracy:6.2f}%  final losses {losses}  "

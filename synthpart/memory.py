@@ -2,7 +2,7 @@
 
 Memory comes from XLA's buffer assignment of each compiled function (`memory_analysis()`), so it
 is what the program allocates on any device; every loop records its own when it compiles
-(`SegmentResult.memory`), so reports read memory from results and never compile anything;
+(`LoopRecord.memory`), so reports read memory from results and never compile anything;
 `synthpart.bench.compiled` compiles every method's loops for the `bench` memory table.
 Device `memory_stats()` (GPU and TPU; None on CPU) adds the measured peak where it exists.
 """

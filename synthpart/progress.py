@@ -1,8 +1,9 @@
 """Progress: one tqdm bar per optax loop (or nothing in quiet mode), a log file, and live metrics.
 
-The driver (`synthpart.train.driver`) reports here: bars move within an epoch as its chunks
-finish (`Bar.advance`) and by whole epochs with their metrics (`Bar.update`); after every epoch
-round the method's scalars go to the metric writer (`Progress.scalars`, `synthpart.metrics`).
+The driver's hooks (`synthpart.train.hooks`: `Bars`, `Scalars`) report here: bars move within an
+epoch where the driver waits on it anyway (`Bar.advance`: at evaluations inside epochs) and by
+whole epochs with their metrics (`Bar.update`); after every epoch round the method's scalars go
+to the metric writer (`Progress.scalars`, `synthpart.metrics`).
 """
 
 from __future__ import annotations

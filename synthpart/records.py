@@ -228,13 +228,17 @@ class Tally:
             "eval_flops": self.eval_flops, "transfers": [t.to_dict() for t in self.transfers]}
 
   @classmethod
-  def from_meta(cls, meta: Mapping[str, Any]) -> Tally:
+  def from_meta(cls, meta: Mapping[str, Any], default: Tally | None = None) -> Tally:
+    """The tally a checkpoint's meta holds; what it lacks (a checkpoint of an older version)
+    as in `default`."""
+    d = default or cls()
     return cls(curve=tuple(CurvePoint.from_dict(p) for p in meta.get("curve", ())),
-               wall_seconds=float(meta.get("wall_seconds", 0.0)),
-               evaluations=int(meta.get("evaluations", 0)),
-               eval_seconds=float(meta.get("eval_seconds", 0.0)),
-               eval_flops=float(meta.get("eval_flops", 0.0)),
-               transfers=tuple(Transfer(**t) for t in meta.get("transfers", ())))
+               wall_seconds=float(meta.get("wall_seconds", d.wall_seconds)),
+               evaluations=int(meta.get("evaluations", d.evaluations)),
+               eval_seconds=float(meta.get("eval_seconds", d.eval_seconds)),
+               eval_flops=float(meta.get("eval_flops", d.eval_flops)),
+               transfers=(tuple(Transfer(**t) for t in meta["transfers"]) if "transfers" in meta
+                          else d.transfers))
 
 
 def divergence_reason(record: MethodRecord) -> str:

@@ -38,10 +38,11 @@ for _schedule, _doc in (
      "every pipeline.refresh_steps steps")):
   SCHEDULES.add(_schedule.name, _schedule, _doc)
 
-# The methods a run can produce: conventional training, each schedule with and without recovery
-# epochs, the parallel schedule's nearest-SIL reference, and model-parallel backprop (compiled
-# and its step-by-step benchmark reference).
+# The methods a run can produce, in the order summaries list them: conventional training, each
+# schedule with and without recovery epochs, model-parallel backprop (compiled, and its
+# step-by-step benchmark reference) and the parallel schedule's nearest-SIL reference.
 METHODS: tuple[str, ...] = (
-    "conventional", *(s.method for s in SCHEDULES.values()),
-    *(f"{s.method}+recovery" for s in SCHEDULES.values()),
-    "pnn-parallel-nearest-sil", "model-parallel", "model-parallel-stepwise")
+    "conventional", "pnn-sequential", "pnn-parallel", "pnn-sequential+recovery",
+    "pnn-parallel+recovery", "model-parallel", "pnn-parallel-nearest-sil", "pnn-pipelined",
+    "pnn-pipelined+recovery", "model-parallel-stepwise")
+assert all(s.method in METHODS and f"{s.method}+recovery" in METHODS for s in SCHEDULES.values())

@@ -30,6 +30,7 @@ from synthpart.progress import Progress
 from synthpart.records import CurvePoint, LoopRecord
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
+from synthpart.train import segments
 from synthpart.train.loop import start_loop
 
 # Its module fixture is made once: every test of this file on one worker (pytest-xdist).
@@ -235,7 +236,7 @@ def test_a_failing_segment_keeps_the_others_and_says_how_to_rerun(mnist_dir, tmp
       raise RuntimeError("injected failure")
     return real(spec, *args, **kwargs)
 
-  monkeypatch.setattr(S, "start_loop", broken)
+  monkeypatch.setattr(segments, "start_loop", broken)
   assert main(["launch", *flags, "--num-processes", "1", "--out", str(out)]) == D.EXIT_INCOMPLETE
   run = D.RunDir(out, 1)
   status = json.loads(run.status(1).read_text())
@@ -247,7 +248,7 @@ def test_a_failing_segment_keeps_the_others_and_says_how_to_rerun(mnist_dir, tmp
   # A new launch into the same directory is refused; the rerun of segment 1 completes it.
   assert main(["launch", *flags, "--num-processes", "1", "--out", str(out)]) == 2
   assert "--overwrite" in capsys.readouterr().err
-  monkeypatch.setattr(S, "start_loop", real)
+  monkeypatch.setattr(segments, "start_loop", real)
   assert main(["launch", *flags, "--out", str(out), "--only-segment", "1"]) == 0
   results = json.loads(run.results.read_text())
   assert results["runs"][0]["method"] == "pnn-parallel"

@@ -70,9 +70,9 @@ def _compiled(stderr: str) -> list[str]:
 
 
 def test_quiet_and_bars_compile_run_and_record_the_same(tmp_path):
-  flags = ["train", "--hidden", "16,16", "--cuts", "1", "--epochs", "2", "--schedule",
+  flags = ["train", "--hidden", "16,16", "--cuts", "1", "--epochs", "1", "--schedule",
            "pipelined", "--set", "pipeline.refresh_steps=7", "--set", "train.batch_size=50",
-           "--recovery-epochs", "1"]
+           "--set", "eval.every_steps=5", "--recovery-epochs", "0"]
   env = {"JAX_LOG_COMPILES": "1", "JAX_PLATFORMS": "cpu"}
   quiet = synthpart(*flags, "-q", "--out", str(tmp_path / "quiet"), env=env)
   shown = synthpart(*flags, "--out", str(tmp_path / "shown"), env=env)

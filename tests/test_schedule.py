@@ -12,6 +12,7 @@ from synthpart.errors import ConfigError
 from synthpart.prepare import SETTING_FLAGS
 from synthpart.progress import Progress
 from synthpart.schedule import METHODS, SCHEDULES
+from synthpart.sweep.run import Job, check_jobs
 from synthpart.train import problem as P
 from synthpart.train import schedules as S
 
@@ -63,3 +64,11 @@ def test_each_loop_record_names_the_backend_it_trained_with(settings, backend):
   _, record = S.train_parallel(problem, QUIET, track_accuracy=False)
   assert [s.backend for s in record.segments] == [backend] * len(record.segments)
   assert all(s["backend"] == backend for s in record.to_dict()["segments"])
+
+
+def test_a_sweep_refuses_pmap_groups_for_a_compare_job_before_anything_is_written():
+  config = config_lib.load(overrides=PMAP_GROUPS)
+  check_jobs([Job("seq", config, "train"), Job("two", config, "schedules", ("parallel",))])
+  with pytest.raises(ConfigError, match=r"^cmp: placement.backend = pmap runs whole epochs, and "
+                     "the pipelined schedule"):
+    check_jobs([Job("seq", config, "train"), Job("cmp", config, "compare")])

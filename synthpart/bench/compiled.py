@@ -4,7 +4,7 @@
 dtypes only), so it runs nothing and allocates nothing on the devices; the numbers are XLA's
 buffer assignment (`synthpart.memory.MemoryUse`), with the training data resident on the device
 counted apart. Runs record the same numbers for the loops they really compiled
-(`SegmentResult.memory`); this report also covers methods and loops a run did not train, for
+(`LoopRecord.memory`); this report also covers methods and loops a run did not train, for
 the `bench --memory-report` table.
 """
 

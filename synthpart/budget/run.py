@@ -23,7 +23,7 @@ from synthpart.files import write_json_atomic
 from synthpart.prepare import Loader
 from synthpart.rundir import claim, refuse_foreign
 from synthpart.sweep.grid import PLAN_IGNORED, check_plan, expand, sweep_document
-from synthpart.sweep.run import Datasets, Job, RunOptions, jobs, pending, run_jobs
+from synthpart.sweep.run import Datasets, Job, RunOptions, check_jobs, jobs, pending, run_jobs
 from synthpart.sweep.summary import summarize, write_summary
 
 
@@ -85,6 +85,7 @@ def run_budget(budget: Budget, out: str | Path, options: RunOptions | None = Non
   and refused, untouched, where its plan files or any job's results are of other settings.
   """
   out, options = Path(out), options or RunOptions()
+  check_jobs(budget_jobs(budget))
   with claim(out, "budget"):
     check_plans(budget, out)
     todo, datasets = budget_jobs(budget), Datasets(load)

@@ -31,6 +31,7 @@ from synthpart.errors import ConfigError
 from synthpart.files import write_json_atomic
 from synthpart.prepare import Loader, read_dataset, select_devices, with_validation
 from synthpart.rundir import claim
+from synthpart.schedule import SCHEDULES
 from synthpart.sweep.grid import (
   Point,
   Sweep,
@@ -106,6 +107,18 @@ class Datasets:
   def fingerprint(self, config: config_lib.Config) -> str:
     """The fingerprint of `config`'s data as loaded (before any validation split)."""
     return self._get(config)[1]
+
+
+def check_jobs(todo: Sequence[Job]) -> None:
+  """Refuses, in one line and before anything is written, a job whose schedules cannot run on
+  its backend (`config.check_backend_for`: pmap groups and a schedule that runs in chunks)."""
+  for job in todo:
+    schedules = (SCHEDULES.names if job.kind == "compare" else job.schedules
+                 if job.kind == "schedules" else (job.config.schedule,))
+    try:
+      config_lib.check_backend_for(job.config, schedules)
+    except ConfigError as e:
+      raise ConfigError(f"{job.directory}: {e}") from None
 
 
 def job_methods(job: Job) -> tuple[str, ...]:
@@ -222,6 +235,7 @@ def run_sweep(sweep: Sweep, out: str | Path, options: RunOptions = RunOptions(),
   metrics.check(_writers(options))
   points = expand(sweep)
   todo = jobs(sweep, points)
+  check_jobs(todo)
   datasets = Datasets(load)
   document = sweep_document(sweep, points)
   with claim(out, "sweep"):

@@ -199,7 +199,7 @@ class _Step:
     accuracy = self.evaluator.evaluate([loop.state.params for loop in self.loops])
     self.running.eval_seconds += time.perf_counter() - start
     self.running.evaluations += 1
-    self.running.eval_flops += getattr(self.evaluator, "flops", 0.0)
+    self.running.eval_flops += self.evaluator.flops
     return accuracy
 
   def whole_round(self, due: dict[int, int]) -> list[int]:

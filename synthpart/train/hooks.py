@@ -79,6 +79,7 @@ class Hook:
   """A driver hook (module docstring): override what you use."""
   needs: Needs = Needs()
   evaluates: bool = False
+  flops: float = 0.0  # what one evaluation costs, for the hook that `evaluates`
 
   def resume(self, loops: Sequence[Loop], tally: Tally, coupled: bool) -> Resumed | None:
     """Restores the loops (and says where to start); None: nothing to resume."""

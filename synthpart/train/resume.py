@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from synthpart import checkpoint
-from synthpart.records import CurvePoint, Tally, Transfer
+from synthpart.errors import CheckpointError
+from synthpart.records import Tally
 from synthpart.train.hooks import Hook, Resumed, RoundEnd
 from synthpart.train.loop import Loop
 
@@ -38,14 +39,7 @@ def least_reached(reached: Sequence[int], finished: Sequence[bool]) -> int:
 def tally_of(meta: dict[str, Any], current: Tally) -> Tally:
   """The method's tally a checkpoint's meta holds; what it lacks (a checkpoint of an older
   version) as in `current`."""
-  return Tally(
-      curve=tuple(CurvePoint.from_dict(p) for p in meta["curve"]),
-      wall_seconds=float(meta["wall_seconds"]),
-      evaluations=int(meta.get("evaluations", current.evaluations)),
-      eval_seconds=float(meta.get("eval_seconds", current.eval_seconds)),
-      eval_flops=float(meta.get("eval_flops", current.eval_flops)),
-      transfers=(tuple(Transfer(**t) for t in meta["transfers"]) if "transfers" in meta
-                 else current.transfers))
+  return Tally.from_meta(meta, default=current)
 
 
 class Checkpoints(Hook):
@@ -81,7 +75,6 @@ class Checkpoints(Hook):
       loop.state, losses, seconds = fresh[i]
       loop.losses, loop.seconds = list(losses), list(seconds)
       loop.first_step_loss, loop.last_checkpoint = None, None
-      metas[i] = {}
 
     while coupled:
       target = least()
@@ -99,12 +92,9 @@ class Checkpoints(Hook):
     if not start:
       return None
     donors = [i for i, r in enumerate(reached()) if metas[i] and r == start]
-    if not donors:
-      # No checkpoint holds the method's tally at that round: everything trains again.
-      for i, loop in enumerate(loops):
-        checkpoint.discard_after(self.policy, loop.method, loop.name, 0)
-        afresh(i)
-      return None
+    if not donors:  # the checkpoints were pruned or moved by hand: nothing is deleted
+      raise CheckpointError(f"cannot resume {loops[0].method}: no checkpoint holds its record at "
+                            f"round {start}, where its loops stand; rerun with --overwrite")
     return Resumed(start, tally_of(metas[donors[0]], tally))
 
   def round_done(self, end: RoundEnd) -> None:
