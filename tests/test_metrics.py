@@ -19,33 +19,10 @@ from synthpart.train import problem as P
 from synthpart.train import schedules as S
 
 from tiny import tiny_config, tiny_dataset
+from writers import RecordingWriter
 
 RUN = ["train", "--hidden", "8,8", "--cuts", "1", "--epochs", "2", "--recovery-epochs", "1", "-q"]
 WRITTEN: list[RecordingWriter] = []
-
-
-class RecordingWriter:
-  """A writer of one's own: keeps what it is given."""
-
-  def __init__(self, run_dir: Path | None = None, hparams: dict | None = None):
-    self.run_dir, self.hparams = run_dir, dict(hparams or {})
-    self.scalars: list[tuple[int, dict]] = []
-    self.closed = False
-
-  def write_scalars(self, step, scalars):
-    self.scalars.append((step, dict(scalars)))
-
-  def write_hparams(self, hparams):
-    self.hparams.update(hparams)
-
-  def flush(self):
-    pass
-
-  def close(self):
-    self.closed = True
-
-  def series(self, key):
-    return [(step, s[key]) for step, s in self.scalars if key in s]
 
 
 def recording_writer(run_dir, hparams):

@@ -16,29 +16,9 @@ from synthpart.records import CurvePoint, LoopRecord, MethodRecord
 from synthpart.runner import RunOptions, run_experiment
 
 from tiny import tiny_config, tiny_dataset
+from writers import RecordingWriter
 
 WRITERS: list[RecordingWriter] = []
-
-
-class RecordingWriter:
-  """A writer of one's own (`--metrics-writer test_runner:recording_writer`): keeps its calls."""
-
-  def __init__(self, run_dir: Path, hparams: dict):
-    self.run_dir, self.hparams = run_dir, dict(hparams)
-    self.scalars: list[tuple[int, dict]] = []
-    self.closed = False
-
-  def write_scalars(self, step, scalars):
-    self.scalars.append((step, dict(scalars)))
-
-  def write_hparams(self, hparams):
-    self.hparams.update(hparams)
-
-  def flush(self):
-    pass
-
-  def close(self):
-    self.closed = True
 
 
 def recording_writer(run_dir, hparams):
