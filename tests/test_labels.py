@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 from synthpart.errors import ConfigError
 from synthpart.labels import reachable, sil_table, sil_tables
 from synthpart.progress import Progress
+from synthpart.train.objectives import Inputs
 from synthpart.train.problem import SIL_STREAM, make_problem
-from synthpart.train.schedules import segment_task, train_parallel
+from synthpart.train.schedules import train_parallel
+from synthpart.train.segments import segment_task
 
 from tiny import tiny_config, tiny_dataset
 
@@ -92,6 +94,6 @@ def test_parallel_noise_relative_to_kappa():
   relative = make_problem(tiny_config(**{"sil.scale": 3.0, "sil.noise": 0.2,
                                          "sil.noise_relative": True}), tiny_dataset())
   spec = relative.specs[1]
-  assert segment_task(absolute, spec, "sil").noise == 0.2
-  assert segment_task(relative, spec, "sil").noise == pytest.approx(0.6)
-  assert segment_task(relative, spec, "features").noise == 0
+  assert segment_task(absolute, spec, Inputs.SIL).noise == 0.2
+  assert segment_task(relative, spec, Inputs.SIL).noise == pytest.approx(0.6)
+  assert segment_task(relative, spec, Inputs.FEATURES).noise == 0

@@ -16,12 +16,12 @@ from hypothesis.extra import numpy as hnp
 from synthpart.data import (
   Dataset,
   canonical_name,
+  catalog,
   dataset_names,
   from_arrays,
   get_spec,
   load_dataset,
   register_dataset,
-  registry,
   split_validation,
 )
 from synthpart.errors import DataError
@@ -33,7 +33,7 @@ FLOAT_DTYPES = [np.float16, np.float32, np.float64]
 @pytest.fixture(autouse=True)
 def no_registered(monkeypatch):
   """Every test starts and ends with no registered datasets."""
-  monkeypatch.setattr(registry, "_REGISTERED", {})
+  monkeypatch.setattr(catalog, "_REGISTERED", {})
 
 
 @contextlib.contextmanager
@@ -424,7 +424,7 @@ def test_registered_dict_and_dataset_results():
 def test_bad_registrations_are_refused(name, loader, pattern):
   with one_line_error(pattern):
     register_dataset(name, loader)
-  assert dataset_names() == list(registry.REGISTRY)
+  assert dataset_names() == list(catalog.REGISTRY)
 
 
 @pytest.mark.parametrize("result, pattern", [
