@@ -127,7 +127,6 @@ def drive(loops: Sequence[Loop], record: MethodRecord, hooks: Sequence[Hook] = (
              or any(loop.max_steps % loop.steps_per_epoch for loop in loops))
   failed: set[int] = set()
   stopped: set[int] = set()
-  prior = len(record.segments)
   end = max((loop.start_round + loop.epochs for loop in loops), default=0)
   for round_index in range(start_round, end):
     epochs = {i: e for i, loop in enumerate(loops)
@@ -138,7 +137,7 @@ def drive(loops: Sequence[Loop], record: MethodRecord, hooks: Sequence[Hook] = (
         continue  # nothing trains in this round, but a later loop starts after it
       break
     due = {i: e for i, e in epochs.items() if e >= loops[i].done}
-    step = _Step(loops, running, failed, on_error, hooks, evaluator, prior, record)
+    step = _Step(loops, running, failed, on_error, hooks, evaluator, record)
     ran = (step.chunked_round(due, round_index, needs) if chunked else step.whole_round(due))
     diverged = tuple(i for i in ran if not loops[i].judge())
     stopped.update(diverged)
@@ -172,8 +171,7 @@ class _Step:
   on_error: OnError | None
   hooks: list[Hook]
   evaluator: Hook | None
-  prior: int  # loop records of the method before this drive's loops
-  record: MethodRecord
+  record: MethodRecord  # the method before this drive: its earlier loops come first
 
   def fail(self, i: int, e: Exception) -> None:
     e = resource_error(self.loops[i], e)

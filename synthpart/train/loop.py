@@ -190,10 +190,11 @@ class Loop:
       self.planned = (epoch, self.plan(self.key, jax.device_put(np.uint32(epoch), self.device)))
     return self.planned[1]
 
-  def prepare_chunk(self, count: int) -> float:
-    """Compiles the chunk of `count` steps unless done before; returns the seconds it took."""
+  def prepare_chunk(self, count: int) -> None:
+    """Compiles the chunk of `count` steps unless done before; its seconds join the loop's
+    compile seconds."""
     if count in self.compiled_chunks:
-      return 0.0
+      return
     if self.chunk is None:
       raise ValueError(f"{self.name}: this loop does not run epochs in chunks")
     start = time.perf_counter()
@@ -202,9 +203,7 @@ class Loop:
     self.compiled_chunks[count] = chunk if lower is None else lower(
         self.state, self.data, self.consts, *self.plan_of(0),
         jax.device_put(np.int32(0), self.device)).compile()
-    seconds = time.perf_counter() - start
-    self.compile_seconds += seconds
-    return seconds
+    self.compile_seconds += time.perf_counter() - start
 
   def restore(self, state: TrainState, meta: dict[str, Any], path: str) -> None:
     """Takes up a checkpoint of this loop: its state, and its losses and times from `meta`."""

@@ -96,9 +96,6 @@ class Feeds(Hook):
     self.needs = Needs(span_steps=self.span_steps, coupled=True)
 
   def before_span(self, chunks: list[Chunk]) -> None:
-    self.refresh(chunks)
-
-  def refresh(self, chunks: list[Chunk]) -> None:
     """Before `chunks` are dispatched: the inputs each later loop's chunk will read."""
     for chunk in sorted(chunks):
       if chunk.loop == 0:
