@@ -126,7 +126,7 @@ def test_segment_groups_match_one_device_each_and_get_a_copy_per_device():
 def test_each_chunk_reads_the_current_outputs_of_the_segments_before_it(monkeypatch, delay):
   problem = _problem(jax.devices()[:3], **{"model.cuts": [1, 2], "pipeline.refresh_steps": 3,
                                            "pipeline.delay_epochs": delay})
-  real = refresh.Feeds.refresh
+  real = refresh.Feeds.before_span
   checked = []
 
   def checking(feeds, chunks):
@@ -145,7 +145,7 @@ def test_each_chunk_reads_the_current_outputs_of_the_segments_before_it(monkeypa
       np.testing.assert_allclose(jax.device_get(loop.data["x"])[rows], x, rtol=1e-5, atol=1e-6)
       checked.append(c)
 
-  monkeypatch.setattr(refresh.Feeds, "refresh", checking)
+  monkeypatch.setattr(refresh.Feeds, "before_span", checking)
   S.train_pipelined(problem, QUIET, track_accuracy=False)
   steps = len(problem.train_y) // problem.config.train.batch_size
   # Segments 1 and 2 train every epoch in chunks of 3 steps.
